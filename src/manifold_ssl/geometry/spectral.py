@@ -1,0 +1,169 @@
+"""Singular-value quantities: nuclear norm, its bound, percent error, effective rank, PR.
+
+The nuclear norm is the centre of MMCR, so it gets a custom autograd function:
+
+* forward: the eigenvalues of the Gram matrix of the *smaller* side (``X Xᵀ`` or ``Xᵀ X``,
+  size ``min(m, n)``) in float64, ``‖X‖* = Σ √λ``. This is several times cheaper than an SVD
+  and far cheaper than a full SVD with singular vectors.
+* backward: ``∂‖X‖*/∂X = U Vᵀ`` restricted to the singular values above a tolerance, written as
+  ``X V Σ⁻¹ Vᵀ`` (or ``U Σ⁻¹ Uᵀ X``). It has no ``1/(σᵢ² − σⱼ²)`` terms, so it is exact at
+  repeated singular values, and at zero singular values it returns the minimum-norm element of
+  the subdifferential (the ``W = 0`` member of ``U Vᵀ + W``). The autograd gradient of a plain
+  ``eigh`` is infinite or NaN in both cases.
+
+Why by hand: ``torch.linalg.svdvals`` computes full singular vectors whenever a gradient is
+needed (it is an SVD in disguise), and ``torch.linalg.eigh``'s backward divides by eigenvalue
+gaps. Benchmarked in ``benchmarks/losses.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .._validation import check_tensor
+from ._precision import full_precision, to_spectral
+
+__all__ = [
+    "effective_rank",
+    "nuclear_norm",
+    "nuclear_norm_bound",
+    "nuclear_norm_from_gram",
+    "participation_ratio",
+    "percent_error",
+    "singular_values",
+]
+
+
+def _rank_tolerance(eigvals: torch.Tensor, n: int) -> torch.Tensor:
+    """Eigenvalues of a Gram matrix below this are zero (numerical rank, as ``matrix_rank``)."""
+    top = eigvals.amax(dim=-1, keepdim=True).clamp_min(0)
+    return top * n * torch.finfo(eigvals.dtype).eps
+
+
+class _SqrtTrace(torch.autograd.Function):
+    """``tr(G^{1/2}) = Σ √λ(G)`` for symmetric PSD ``G`` (..., n, n), with a safe backward.
+
+    ``∂ tr(G^{1/2}) / ∂G = ½ V Λ₊^{-1/2} Vᵀ`` on the numerical range of ``G`` (zero elsewhere).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, gram: torch.Tensor) -> torch.Tensor:
+        eigvals, eigvecs = torch.linalg.eigh(gram)
+        keep = eigvals > _rank_tolerance(eigvals, gram.shape[-1])
+        sqrt_vals = torch.where(keep, eigvals.clamp_min(0).sqrt(), torch.zeros_like(eigvals))
+        ctx.save_for_backward(eigvecs, sqrt_vals, keep)
+        return sqrt_vals.sum(dim=-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        eigvecs, sqrt_vals, keep = ctx.saved_tensors
+        inv = torch.where(keep, 0.5 / sqrt_vals.where(keep, torch.ones_like(sqrt_vals)), 0.0)
+        # (..., n, n) = V diag(inv) Vᵀ, scaled by the incoming gradient
+        out = (eigvecs * inv.unsqueeze(-2)) @ eigvecs.transpose(-1, -2)
+        return out * grad[..., None, None]
+
+
+def nuclear_norm_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    """``Σ √λ(G)`` of a symmetric PSD Gram matrix ``G = XᵀX`` (..., n, n), i.e. ``‖X‖*``.
+
+    Used by the distributed MMCR path, where ``G`` is summed over ranks. Computed in float64.
+    """
+    with full_precision(gram):
+        g = to_spectral(gram)
+        g = 0.5 * (g + g.transpose(-1, -2))
+        out: torch.Tensor = _SqrtTrace.apply(g)
+    return out
+
+
+def gram_of_smaller_side(x: torch.Tensor) -> torch.Tensor:
+    """``X Xᵀ`` if m <= n else ``Xᵀ X`` for ``X`` (..., m, n), in float64."""
+    x64 = to_spectral(x)
+    if x.shape[-2] <= x.shape[-1]:
+        return x64 @ x64.transpose(-1, -2)
+    return x64.transpose(-1, -2) @ x64
+
+
+def nuclear_norm(x: torch.Tensor) -> torch.Tensor:
+    """Nuclear norm ``‖X‖* = Σᵢ σᵢ(X)`` of ``x`` (..., m, n), batched over leading dims.
+
+    Returns a tensor of shape ``x.shape[:-2]`` in ``x``'s dtype; the spectrum is computed in
+    float64 even under autocast. Differentiable with the (sub)gradient ``U Vᵀ``, finite at
+    repeated and zero singular values (see the module docstring).
+    """
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (..., m, n), got {tuple(x.shape)}")
+    with full_precision(x):
+        out = nuclear_norm_from_gram(gram_of_smaller_side(x))
+    return out.to(x.dtype)
+
+
+def singular_values(x: torch.Tensor) -> torch.Tensor:
+    """Singular values of ``x`` (..., m, n) in descending order, float64, no gradient."""
+    with torch.no_grad(), full_precision(x):
+        return torch.linalg.svdvals(to_spectral(x.detach()))
+
+
+def nuclear_norm_bound(P: int, D: int) -> float:
+    """Upper bound ``√(P·min(P, D))`` on ‖C‖* for P centroids of norm ≤ 1 in D dims.
+
+    Schaeffer et al. (2024), Prop. 3.3: ``0 ≤ ‖C‖* ≤ √(P·min(P, D))``.
+    """
+    for name, value in (("P", P), ("D", D)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return math.sqrt(P * min(P, D))
+
+
+def percent_error(c: torch.Tensor) -> torch.Tensor:
+    """MMCR pretraining percent error of a centroid matrix ``c`` (P, D) (Schaeffer Eq. 4).
+
+    ``(√(P·min(P, D)) − ‖C‖*) / √(P·min(P, D))``, in [0, 1] when every row has norm ≤ 1 (the
+    premise of Prop. 3.3; MMCR centroids are means of unit vectors). Returned in float64 as a
+    fraction; multiply by 100 for percent. No gradient.
+    """
+    c = check_tensor(c, "c", 2, "(P, D)")
+    bound = nuclear_norm_bound(c.shape[0], c.shape[1])
+    with torch.no_grad():
+        nuc = nuclear_norm(to_spectral(c.detach()))
+    return (bound - nuc) / bound
+
+
+def _entropy_exp(weights: torch.Tensor) -> torch.Tensor:
+    """``exp(H(p))`` with ``p = w / Σw`` over the last dim, ``0 log 0 = 0``."""
+    total = weights.sum(dim=-1, keepdim=True)
+    p = weights / total
+    plogp = torch.where(p > 0, p * torch.log(p.where(p > 0, torch.ones_like(p))), 0.0)
+    return torch.exp(-plogp.sum(dim=-1))
+
+
+def effective_rank(x: torch.Tensor) -> torch.Tensor:
+    """Effective rank (Roy & Vetterli 2007; Matrix-SSL Def. 3.5) of ``x`` (..., m, n).
+
+    ``erank(A) = exp(H(p))`` with ``pᵢ = σᵢ / Σₖ σₖ`` the normalised singular values. Applied to
+    an embedding matrix (N, D) this is RankMe; applied to a covariance it is the erank of
+    Prop. 3.6. Float64, no gradient. Raises for an all-zero matrix, where it is undefined.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (..., m, n), got {tuple(x.shape)}")
+    sv = singular_values(x)
+    if bool((sv.sum(dim=-1) <= 0).any()):
+        raise ValueError("effective_rank is undefined for an all-zero matrix")
+    return _entropy_exp(sv)
+
+
+def participation_ratio(features: torch.Tensor, *, center: bool = True) -> torch.Tensor:
+    """Participation ratio ``(Σλ)² / Σλ²`` of the covariance of ``features`` (N, D).
+
+    λ are the eigenvalues of the (centred, unless ``center=False``) feature covariance; PR is
+    between 1 (one direction) and D (isotropic). Yerxa et al. (2023), App. L. Float64.
+    """
+    features = check_tensor(features, "features", 2, "(N, D)", min_sizes={0: 2})
+    with torch.no_grad():
+        x = to_spectral(features.detach())
+        if center:
+            x = x - x.mean(dim=0, keepdim=True)
+        lam = singular_values(x) ** 2 / (x.shape[0] - 1)
+        return lam.sum() ** 2 / (lam**2).sum()

@@ -1,0 +1,55 @@
+"""BYOL and SimSiam regression losses; Matrix-SSL Sec. 3.2, Eqs. 2–3."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import distributed as dist_utils
+from ._common import check_pair
+from ._registry import register_loss
+
+__all__ = ["BYOLLoss", "SimSiamLoss", "byol_loss", "simsiam_loss"]
+
+
+def _cosine(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool) -> torch.Tensor:
+    p, z = check_pair(p, z, ("p", "z"))
+    return F.cosine_similarity(p, z.detach() if stop_gradient else z, dim=-1, eps=1e-12)
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor, *, stop_gradient: bool = True) -> torch.Tensor:
+    """BYOL: ``mean_i ‖p̄_i − z̄_i‖² = mean_i (2 − 2 cos(p_i, z_i))`` (Matrix-SSL Eq. 3, / B).
+
+    ``p`` (B, D) are the online predictions, ``z`` (B, D) the target projections; the target
+    is detached (``stop_gradient``) as in BYOL and SimSiam. Symmetrising over the two views is
+    the training method's job. Distributed: the mean is over the global batch.
+    """
+    cos = _cosine(p, z, stop_gradient)
+    return dist_utils.global_mean((2 - 2 * cos).sum(), cos.shape[0])
+
+
+def simsiam_loss(p: torch.Tensor, z: torch.Tensor, *, stop_gradient: bool = True) -> torch.Tensor:
+    """SimSiam: ``−mean_i cos(p_i, stopgrad(z_i))`` (Matrix-SSL Eq. 2, / B)."""
+    cos = _cosine(p, z, stop_gradient)
+    return dist_utils.global_mean(-cos.sum(), cos.shape[0])
+
+
+@register_loss("byol")
+class BYOLLoss(nn.Module):
+    """BYOL's normalised MSE. ``forward(p, z)``, both (B, D). See :func:`byol_loss`."""
+
+    inputs = "pair"
+
+    def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return byol_loss(p, z)
+
+
+@register_loss("simsiam")
+class SimSiamLoss(nn.Module):
+    """SimSiam's negative cosine. ``forward(p, z)``, both (B, D). See :func:`simsiam_loss`."""
+
+    inputs = "pair"
+
+    def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return simsiam_loss(p, z)

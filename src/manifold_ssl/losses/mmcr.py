@@ -1,0 +1,177 @@
+"""Maximum Manifold Capacity Representations (MMCR).
+
+Yerxa, Kuang, Simoncelli & Chung, *Efficient Coding of Natural Images using Maximum Manifold
+Capacity Representations*, NeurIPS 2023: Sec. 2.2, Eq. 2, and the pseudocode of App. B.
+Multimodal form: Schaeffer et al., *Towards an Improved Understanding and Utilization of MMCR*
+(2024), Sec. 7.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import distributed as dist_utils
+from .._validation import check_positive
+from ..geometry._precision import full_precision, to_spectral
+from ..geometry.spectral import gram_of_smaller_side, nuclear_norm_bound, nuclear_norm_from_gram
+from ._common import Terms, check_pair, check_views, unit
+from ._registry import register_loss
+
+__all__ = ["MMCRLoss", "MultimodalMMCRLoss", "mmcr_loss", "multimodal_mmcr_loss"]
+
+
+def _global_centroid_nuclear_norm(c: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``‖C‖*`` of the global centroid matrix (float64) and the global number of centroids.
+
+    One process: the spectrum of the smaller Gram of ``c`` (B, D). Distributed, with
+    ``B_global`` centroids: if ``D <= B_global`` the D×D Gram ``CᵀC = Σ_ranks C_rᵀ C_r`` is summed
+    over ranks (D² numbers travel, whatever the batch); otherwise the centroids themselves are
+    gathered (``B_global·D < D²`` numbers) and the smaller Gram ``C Cᵀ`` is used.
+    """
+    n_global = dist_utils.global_count(c.shape[0], c.device)
+    if not dist_utils.is_distributed():
+        return nuclear_norm_from_gram(gram_of_smaller_side(c)), n_global
+    if c.shape[1] <= n_global:
+        c64 = to_spectral(c)
+        gram = dist_utils.all_reduce_sum(c64.transpose(0, 1) @ c64)  # (D, D)
+        return nuclear_norm_from_gram(gram), n_global
+    return nuclear_norm_from_gram(gram_of_smaller_side(dist_utils.gather(c))), n_global
+
+
+def mmcr_loss(
+    z: torch.Tensor,
+    lmbda: float = 0.0,
+    z_momentum: torch.Tensor | None = None,
+    *,
+    return_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+    """MMCR loss ``−‖C‖* + λ · (1/B) Σ_b ‖Z_b‖*`` (Yerxa Eq. 2 and App. B).
+
+    Args:
+        z: raw projector outputs (B, K, D) of K augmented views of B images. Rows are
+            L2-normalised here; the centroids ``C`` (B, D) are the means over the K views.
+        lmbda: weight λ >= 0 of the local nuclear-norm term (App. B, D, O); 0 is the paper's
+            default and skips that term's B small spectra.
+        z_momentum: optional (B, K', D) outputs of a momentum encoder for the same views
+            (App. B): concatenated with ``z`` along K before normalising and averaging. It is
+            detached, as the momentum network is not updated by gradient descent.
+        return_terms: also return a dict of named terms for logging.
+
+    Returns:
+        The scalar loss in ``z``'s dtype (spectra are computed in float64, autocast off), and
+        with ``return_terms`` a dict with ``centroid_nuclear_norm``, ``percent_error``
+        (Schaeffer Eq. 4, as a fraction) and, when λ > 0, ``local_nuclear_norm``.
+
+    Distributed: the loss of the global batch on every rank (see
+    :mod:`manifold_ssl.distributed`); ``‖C‖*`` reduces the D×D Gram when D <= global B and
+    gathers the centroids otherwise.
+
+    Example:
+        >>> z = torch.randn(256, 4, 128, requires_grad=True)
+        >>> loss = mmcr_loss(z)
+        >>> loss.backward()
+    """
+    lmbda = check_positive(lmbda, "lmbda", allow_zero=True)
+    z = check_views(z, "z", min_views=1 if z_momentum is not None else 2)
+    if z_momentum is not None:
+        z_momentum = check_views(z_momentum, "z_momentum", min_views=1)
+        if z_momentum.shape[0] != z.shape[0] or z_momentum.shape[2] != z.shape[2]:
+            raise ValueError(
+                f"z_momentum must be (B, K', D) with the B and D of z {tuple(z.shape)}, got "
+                f"{tuple(z_momentum.shape)}"
+            )
+        z = torch.cat([z, z_momentum.detach().to(z.dtype)], dim=1)
+
+    with full_precision(z):
+        zn = unit(to_spectral(z))  # (B, K, D) on the unit sphere
+        centroids = zn.mean(dim=1)  # (B, D)
+        nuc, n_global = _global_centroid_nuclear_norm(centroids)
+        loss = -nuc
+        terms: Terms = {"centroid_nuclear_norm": nuc.detach()}
+        if lmbda > 0:
+            # (B,) nuclear norms of the K×D view matrices, via their K×K Grams
+            local = nuclear_norm_from_gram(gram_of_smaller_side(zn))
+            local_mean = dist_utils.global_mean(local.sum(), z.shape[0])
+            loss = loss + lmbda * local_mean
+            terms["local_nuclear_norm"] = local_mean.detach()
+        bound = nuclear_norm_bound(n_global, z.shape[2])
+        terms["percent_error"] = (bound - nuc.detach()) / bound
+    out = loss.to(z.dtype)
+    return (out, terms) if return_terms else out
+
+
+@register_loss("mmcr")
+class MMCRLoss(nn.Module):
+    """MMCR objective (Yerxa et al. 2023, Eq. 2). See :func:`mmcr_loss`.
+
+    ``forward(z, z_momentum=None)`` with ``z`` (B, K, D).
+    """
+
+    inputs = "views"
+
+    def __init__(self, lmbda: float = 0.0) -> None:
+        super().__init__()
+        self.lmbda = check_positive(lmbda, "lmbda", allow_zero=True)
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        z_momentum: torch.Tensor | None = None,
+        *,
+        return_terms: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+        return mmcr_loss(z, self.lmbda, z_momentum, return_terms=return_terms)
+
+    def extra_repr(self) -> str:
+        return f"lmbda={self.lmbda}"
+
+
+def multimodal_mmcr_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    lmbda: float = 0.0,
+    *,
+    return_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+    """Multimodal MMCR (Schaeffer et al. 2024, Sec. 7): an image and its caption are two views.
+
+    ``image_features`` and ``text_features`` are (B, D) outputs of the two towers; the loss is
+    :func:`mmcr_loss` of the (B, 2, D) stack, so each centroid is the mean of the normalised
+    image and text embeddings of one pair.
+    """
+    image_features, text_features = check_pair(
+        image_features, text_features, ("image_features", "text_features")
+    )
+    z = torch.stack([image_features, text_features], dim=1)  # (B, 2, D)
+    return mmcr_loss(z, lmbda, return_terms=return_terms)
+
+
+@register_loss("multimodal_mmcr")
+class MultimodalMMCRLoss(nn.Module):
+    """Drop-in replacement for OpenCLIP's ``ClipLoss`` (Schaeffer et al. 2024, Sec. 7).
+
+    ``forward(image_features, text_features, logit_scale=None, output_dict=False)`` takes the
+    arguments an OpenCLIP training loop passes (``loss(**model_out, output_dict=True)``);
+    ``logit_scale`` is accepted and ignored, since MMCR has no temperature.
+    """
+
+    inputs = "pair"
+
+    def __init__(self, lmbda: float = 0.0) -> None:
+        super().__init__()
+        self.lmbda = check_positive(lmbda, "lmbda", allow_zero=True)
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float | None = None,
+        output_dict: bool = False,
+        **unused: object,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        loss = multimodal_mmcr_loss(image_features, text_features, self.lmbda)
+        assert isinstance(loss, torch.Tensor)
+        return {"mmcr_loss": loss} if output_dict else loss
+
+

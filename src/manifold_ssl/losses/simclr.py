@@ -1,0 +1,130 @@
+"""SimCLR's NT-Xent (InfoNCE) for K >= 2 views, and the CLIP loss.
+
+Chen et al., *A Simple Framework for Contrastive Learning of Visual Representations* (2020),
+Eq. 1; in Matrix-SSL's notation Sec. 3.1, Eq. 1. Radford et al. (2021) for CLIP.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import distributed as dist_utils
+from .._validation import check_positive
+from ._common import Terms, check_pair, check_views, unit
+from ._registry import register_loss
+
+__all__ = ["CLIPLoss", "SimCLRLoss", "clip_loss", "simclr_loss"]
+
+
+def simclr_loss(
+    z: torch.Tensor, temperature: float = 0.5, *, return_terms: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+    """NT-Xent over K >= 2 views (Matrix-SSL Eq. 1; SimCLR Eq. 1).
+
+    Every one of the B·K embeddings is an anchor; its positives are the K − 1 other views of
+    the same image, its denominator every other embedding of the batch:
+
+    ``ℓ_i = −(1/(K−1)) Σ_{p ∈ P(i)} log[ exp(s_ip/τ) / Σ_{k≠i} exp(s_ik/τ) ]``, ``s`` the cosine
+    similarity, and the loss is the mean of ``ℓ_i`` over anchors. For K = 2 this is exactly the
+    standard NT-Xent over 2B anchors.
+
+    Args:
+        z: (B, K, D) projector outputs; normalised here.
+        temperature: τ > 0 (0.5 is SimCLR's CIFAR-10 setting).
+
+    Distributed: keys are gathered from every rank (with gradient); each rank scores its own
+    anchors against the global batch, and the mean is taken over the global anchors.
+    """
+    z = check_views(z, "z", min_views=2)
+    temperature = check_positive(temperature, "temperature")
+    b, k, d = z.shape
+    zn = unit(z)
+    keys, start = dist_utils.gather_with_offset(zn)  # (B_global, K, D)
+    n_global = keys.shape[0]
+    anchors = zn.reshape(b * k, d)
+    logits = anchors @ keys.reshape(n_global * k, d).T / temperature  # (B·K, B_global·K)
+    anchor_ids = torch.arange(start, start + b, device=z.device).repeat_interleave(k)
+    key_ids = torch.arange(n_global, device=z.device).repeat_interleave(k)
+    self_cols = start * k + torch.arange(b * k, device=z.device)
+    is_self = torch.zeros_like(logits, dtype=torch.bool)
+    is_self[torch.arange(b * k, device=z.device), self_cols] = True
+    positive = (anchor_ids.unsqueeze(1) == key_ids.unsqueeze(0)) & ~is_self
+    logits = logits.masked_fill(is_self, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    per_anchor = -log_prob.masked_fill(~positive, 0.0).sum(dim=1) / (k - 1)
+    loss = dist_utils.global_mean(per_anchor.sum(), b * k)
+    if return_terms:
+        with torch.no_grad():
+            pos_sim = (logits.masked_fill(~positive, 0.0).sum(1) / (k - 1)).mean() * temperature
+        return loss, {"positive_cosine": pos_sim}
+    return loss
+
+
+@register_loss("simclr")
+class SimCLRLoss(nn.Module):
+    """NT-Xent for K >= 2 views. See :func:`simclr_loss`. ``forward(z)``, ``z`` (B, K, D)."""
+
+    inputs = "views"
+
+    def __init__(self, temperature: float = 0.5) -> None:
+        super().__init__()
+        self.temperature = check_positive(temperature, "temperature")
+
+    def forward(
+        self, z: torch.Tensor, *, return_terms: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+        return simclr_loss(z, self.temperature, return_terms=return_terms)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+def clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: float | torch.Tensor = 1 / 0.07,
+) -> torch.Tensor:
+    """Symmetric CLIP loss: the mean of image→text and text→image cross-entropies.
+
+    ``image_features`` and ``text_features`` are (B, D) and normalised here; ``logit_scale``
+    multiplies the cosine similarities (OpenCLIP passes ``logit_scale.exp()``; the default is
+    the initial 1/0.07). Distributed: both modalities are gathered with gradient and every
+    rank scores its own rows against the global batch (OpenCLIP's ``gather_with_grad``).
+    """
+    image_features, text_features = check_pair(
+        image_features, text_features, ("image_features", "text_features")
+    )
+    if isinstance(logit_scale, torch.Tensor):
+        if logit_scale.numel() != 1 or not bool(torch.isfinite(logit_scale).all()):
+            raise ValueError(f"logit_scale must be a finite scalar, got {logit_scale}")
+    else:
+        logit_scale = check_positive(logit_scale, "logit_scale")
+    img, txt = unit(image_features), unit(text_features)
+    img_all, start = dist_utils.gather_with_offset(img)
+    txt_all = dist_utils.gather(txt)
+    labels = torch.arange(start, start + img.shape[0], device=img.device)
+    per_row = F.cross_entropy(logit_scale * img @ txt_all.T, labels, reduction="sum")
+    per_row = per_row + F.cross_entropy(logit_scale * txt @ img_all.T, labels, reduction="sum")
+    return dist_utils.global_mean(per_row, img.shape[0]) / 2
+
+
+@register_loss("clip")
+class CLIPLoss(nn.Module):
+    """CLIP loss with a fixed ``logit_scale``. ``forward(image_features, text_features)``."""
+
+    inputs = "pair"
+
+    def __init__(self, logit_scale: float = 1 / 0.07) -> None:
+        super().__init__()
+        self.logit_scale = check_positive(logit_scale, "logit_scale")
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
+        scale = self.logit_scale if logit_scale is None else logit_scale
+        return clip_loss(image_features, text_features, scale)
