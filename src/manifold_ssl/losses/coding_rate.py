@@ -58,6 +58,7 @@ class TCRLoss(nn.Module):
         self.eps = check_positive(eps, "eps")
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        check_pair(z1, z2)
         return (tcr_loss(z1, self.eps) + tcr_loss(z2, self.eps)) / 2
 
 

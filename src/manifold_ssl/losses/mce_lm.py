@@ -10,7 +10,7 @@ from .. import distributed as dist_utils
 from .._validation import check_order, check_positive, check_tensor
 from ..geometry._precision import full_precision, to_spectral
 from ..geometry.matrix_info import matrix_log
-from ._common import Terms, unit
+from ._common import Terms, at_least_float32, unit
 from ._registry import register_loss
 
 __all__ = ["MCELMLoss", "mce_lm_loss"]
@@ -22,7 +22,7 @@ def mce_lm_loss(
     embeddings: torch.Tensor,
     *,
     order: int | None = None,
-    eps: float = 0.0,
+    eps: float = 1e-4,
     ignore_index: int = -100,
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
@@ -39,8 +39,10 @@ def mce_lm_loss(
         targets: (N,) target ids in [0, V), or ``ignore_index``.
         embeddings: (V, d) token representation vectors; L2-normalised here.
         order: Taylor order of ``log Q`` around I, or None (default) for the exact log.
-        eps: ridge ``eps·I`` added to ``Q``; ``Q`` is singular when V < d or the embeddings
-            span fewer than d dimensions, whose exact log is then floored (very negative).
+        eps: ridge ``eps·I`` added to ``Q`` (default 1e-4). ``Q`` is singular, and the
+            gradient of ``log Q`` infinite, whenever the prediction is confident (``q`` near
+            one-hot), V < d, or the embeddings span fewer than d dimensions; the ridge keeps
+            the loss finite there. ``eps=0`` is the paper's unregularised form.
         ignore_index: target id that contributes nothing (padding).
 
     Cost: one d×d matrix (and, with ``order=None``, one eigendecomposition) per token.
@@ -63,7 +65,7 @@ def mce_lm_loss(
     order = check_order(order)
 
     logits, tgt = logits[keep], targets[keep]
-    ce = F.cross_entropy(logits.float(), tgt, reduction="sum")
+    ce = F.cross_entropy(at_least_float32(logits), tgt, reduction="sum")
     with full_precision(logits):
         e = unit(to_spectral(embeddings))  # (V, d)
         q = torch.softmax(to_spectral(logits), dim=-1)  # (N, V)
@@ -87,7 +89,7 @@ class MCELMLoss(nn.Module):
 
     inputs = "lm"
 
-    def __init__(self, order: int | None = None, eps: float = 0.0, ignore_index: int = -100) -> None:
+    def __init__(self, order: int | None = None, eps: float = 1e-4, ignore_index: int = -100) -> None:
         super().__init__()
         self.order = check_order(order)
         self.eps = check_positive(eps, "eps", allow_zero=True)

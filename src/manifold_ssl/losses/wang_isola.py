@@ -70,4 +70,5 @@ class UniformityLoss(nn.Module):
         self.t = check_positive(t, "t")
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        check_pair(z1, z2)
         return (uniformity_loss(z1, self.t) + uniformity_loss(z2, self.t)) / 2

@@ -1,0 +1,190 @@
+"""Per-objective properties and non-default settings against the float64 references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import reference
+import torch
+import torch.nn.functional as F
+
+from manifold_ssl.geometry import nuclear_norm_bound
+from manifold_ssl.losses import (
+    NO_OVERLAP_LOSS,
+    clamp_loss,
+    matrix_ssl_loss,
+    mec_loss,
+    mmcr_loss,
+    multimodal_mmcr_loss,
+    simclr_loss,
+)
+
+f64 = torch.float64
+
+
+def random_rotation(d: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=f64))[0]
+
+
+# --------------------------------------------------------------------------- MMCR
+def test_mmcr_local_term_and_momentum_views_match_reference(gen):
+    z = torch.randn(6, 3, 4, generator=gen, dtype=f64, requires_grad=True)
+    zm = torch.randn(6, 2, 4, generator=gen, dtype=f64)
+    loss = mmcr_loss(z, lmbda=0.3, z_momentum=zm)
+    expected = reference.mmcr(z.detach().numpy(), 0.3, zm.numpy())
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    loss.backward()
+    num = reference.numerical_grad(
+        lambda a: reference.mmcr(a, 0.3, zm.numpy()), [z.detach().numpy().copy()], 0
+    )
+    np.testing.assert_allclose(z.grad.numpy(), num, rtol=1e-6, atol=1e-8)
+
+
+def test_mmcr_momentum_views_are_detached_and_count_as_views(gen):
+    z = torch.randn(5, 1, 8, generator=gen, requires_grad=True)  # one online view is enough
+    zm = torch.randn(5, 1, 8, generator=gen, requires_grad=True)
+    mmcr_loss(z, z_momentum=zm).backward()
+    assert zm.grad is None and torch.isfinite(z.grad).all()
+    with pytest.raises(ValueError, match="z_momentum"):
+        mmcr_loss(z, z_momentum=zm[:, :, :4])
+    with pytest.raises(ValueError, match="K >= 2"):
+        mmcr_loss(z)
+
+
+@pytest.mark.parametrize("b, k, d", [(16, 2, 64), (64, 4, 16), (32, 8, 32), (300, 2, 5)])
+def test_mmcr_nuclear_norm_within_proposition_3_3_bounds(b, k, d, gen):
+    z = torch.randn(b, k, d, generator=gen)
+    loss, terms = mmcr_loss(z, return_terms=True)
+    bound = nuclear_norm_bound(b, d)
+    assert 0 <= -loss.item() <= bound * (1 + 1e-6)
+    assert terms["percent_error"].item() == pytest.approx(1 + loss.item() / bound, rel=1e-5)
+    assert 0 <= terms["percent_error"].item() <= 1
+
+
+@pytest.mark.parametrize("b, d", [(8, 8), (5, 12), (12, 4)])
+def test_mmcr_minimum_is_reached_by_orthogonal_unit_centroids(b, d, gen):
+    # identical views on an orthonormal set (B <= D) or a tight frame (B = 3D): ‖C‖* = bound
+    rows = torch.eye(max(b, d))[:d].T[:b] if b <= d else torch.eye(d).repeat(b // d, 1)
+    rows = rows.double() @ random_rotation(d, gen)
+    z = rows.unsqueeze(1).repeat(1, 3, 1)
+    best = mmcr_loss(z).item()
+    assert best == pytest.approx(-nuclear_norm_bound(b, d), rel=1e-10)
+    for _ in range(5):  # any other configuration of unit-norm views is worse
+        assert mmcr_loss(torch.randn(b, 3, d, generator=gen, dtype=f64)).item() > best
+
+
+def test_mmcr_invariances(gen):
+    z = torch.randn(10, 4, 6, generator=gen, dtype=f64)
+    base = mmcr_loss(z, lmbda=0.2).item()
+    rotated = z @ random_rotation(6, gen)
+    scaled = z * torch.rand(10, 4, 1, generator=gen, dtype=f64).add(0.1)
+    permuted = z[torch.randperm(10, generator=gen)][:, torch.randperm(4, generator=gen)]
+    for other in (rotated, scaled, permuted):
+        assert mmcr_loss(other, lmbda=0.2).item() == pytest.approx(base, rel=1e-10)
+
+
+def test_mmcr_percent_error_is_zero_only_at_the_bound(gen):
+    _, perfect = mmcr_loss(torch.eye(6).unsqueeze(1).repeat(1, 2, 1), return_terms=True)
+    assert perfect["percent_error"].item() == pytest.approx(0.0, abs=1e-12)
+    _, random = mmcr_loss(torch.randn(6, 2, 6, generator=gen), return_terms=True)
+    assert random["percent_error"].item() > 0.01
+
+
+def test_multimodal_mmcr_is_mmcr_of_the_two_modalities(gen):
+    img, txt = torch.randn(9, 7, generator=gen), torch.randn(9, 7, generator=gen)
+    torch.testing.assert_close(
+        multimodal_mmcr_loss(img, txt), mmcr_loss(torch.stack([img, txt], dim=1))
+    )
+    from manifold_ssl.losses import MultimodalMMCRLoss
+
+    out = MultimodalMMCRLoss()(img, txt, logit_scale=torch.tensor(14.0), output_dict=True)
+    assert set(out) == {"mmcr_loss"}
+
+
+# --------------------------------------------------------------------------- CLAMP
+def test_clamp_unbiased_covariance_variant_matches_reference(gen):
+    z = torch.randn(6, 4, 5, generator=gen, dtype=f64, requires_grad=True)
+    loss = clamp_loss(z, r_s=3.0, covariance="unbiased")
+    assert loss.item() == pytest.approx(reference.clamp(z.detach().numpy(), 3.0, ddof=1), rel=1e-12)
+    paper = clamp_loss(z, r_s=3.0).item()
+    assert paper < loss.item()  # 1/(m−1) gives larger radii, hence more overlap
+
+
+def test_clamp_without_overlap_returns_documented_floor_with_zero_gradient():
+    # four tight sub-manifolds on orthogonal axes: far apart compared with their radii
+    centres = torch.eye(4, 8, dtype=f64)
+    z = (centres.unsqueeze(1) + 1e-4 * torch.randn(4, 3, 8, dtype=f64)).requires_grad_(True)
+    loss, terms = clamp_loss(z, return_terms=True)
+    assert loss.item() == pytest.approx(NO_OVERLAP_LOSS) and NO_OVERLAP_LOSS == pytest.approx(-87.3365, abs=1e-3)
+    assert terms["n_overlapping_pairs"].item() == 0
+    loss.backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))
+
+
+def test_clamp_invariant_to_rotation_translation_and_scale(gen):
+    z = torch.randn(8, 4, 6, generator=gen, dtype=f64)
+    base = clamp_loss(z).item()
+    shift = torch.randn(6, generator=gen, dtype=f64)
+    for other in (z @ random_rotation(6, gen), z + shift, 3.7 * z):
+        assert clamp_loss(other).item() == pytest.approx(base, rel=1e-10)
+
+
+def test_clamp_overlap_grows_with_r_s(gen):
+    z = torch.randn(10, 4, 6, generator=gen, dtype=f64)
+    values = [clamp_loss(z, r_s=r).item() for r in (0.5, 1.0, 2.0, 4.0, 8.0)]
+    assert values == sorted(values)
+
+
+# --------------------------------------------------------------------------- Matrix-SSL
+@pytest.mark.parametrize("order", [None, 2, 3, 5])
+def test_matrix_ssl_orders_and_hyperparameters_match_reference(order, gen):
+    z1 = torch.randn(9, 4, generator=gen, dtype=f64, requires_grad=True)
+    z2 = (z1.detach() + 0.3 * torch.randn(9, 4, generator=gen, dtype=f64)).requires_grad_(True)
+    kw = {"gamma": 0.7, "lam": 0.2, "order": order}
+    loss = matrix_ssl_loss(z1, z2, **kw)
+    a, b = z1.detach().numpy().copy(), z2.detach().numpy().copy()
+    assert loss.item() == pytest.approx(reference.matrix_ssl(a, b, **kw), rel=1e-10)
+    loss.backward()
+    for i, t in enumerate((z1, z2)):
+        num = reference.numerical_grad(lambda x, y: reference.matrix_ssl(x, y, **kw), [a, b], i)
+        np.testing.assert_allclose(t.grad.numpy(), num, rtol=1e-5, atol=1e-8)
+
+
+def test_matrix_ssl_alignment_vanishes_for_identical_branches(gen):
+    z = torch.randn(16, 5, generator=gen, dtype=f64)
+    _, terms = matrix_ssl_loss(z, z.clone(), return_terms=True)
+    assert terms["alignment"].item() == pytest.approx(0.0, abs=1e-12)
+    _, terms = matrix_ssl_loss(z, torch.randn(16, 5, generator=gen, dtype=f64), return_terms=True)
+    assert terms["alignment"].item() > 0
+
+
+def test_matrix_ssl_needs_two_samples():
+    with pytest.raises(ValueError, match="B >= 2"):
+        matrix_ssl_loss(torch.randn(1, 4), torch.randn(1, 4))
+
+
+# --------------------------------------------------------------------------- SimCLR, MEC
+def test_simclr_two_views_is_the_standard_nt_xent(gen):
+    z = torch.randn(12, 2, 8, generator=gen, dtype=f64)
+    a, b = F.normalize(z[:, 0], dim=1), F.normalize(z[:, 1], dim=1)
+    reps = torch.cat([a, b])  # (2B, D), the usual layout
+    logits = reps @ reps.T / 0.2
+    logits.fill_diagonal_(-math.inf)
+    labels = torch.cat([torch.arange(12, 24), torch.arange(12)])
+    torch.testing.assert_close(simclr_loss(z, temperature=0.2), F.cross_entropy(logits, labels))
+
+
+def test_simclr_many_views_matches_reference(gen):
+    z = torch.randn(5, 4, 3, generator=gen, dtype=f64)
+    assert simclr_loss(z, 0.3).item() == pytest.approx(reference.simclr(z.numpy(), 0.3), rel=1e-12)
+
+
+def test_mec_exact_log_determinant_matches_reference(gen):
+    z1, z2 = torch.randn(10, 4, generator=gen, dtype=f64), torch.randn(10, 4, generator=gen, dtype=f64)
+    value = mec_loss(z1, z2, eps=2.0, order=None).item()
+    assert value == pytest.approx(reference.mec(z1.numpy(), z2.numpy(), 2.0, None), rel=1e-12)
+    # the Taylor series converges to it when ‖λ Z1ᵀZ2‖ < 1
+    taylor = mec_loss(z1, z2, eps=2.0, order=30).item()
+    assert taylor == pytest.approx(value, rel=1e-6)
