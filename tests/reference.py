@@ -106,7 +106,9 @@ def barlow_twins(z1: np.ndarray, z2: np.ndarray, lambd: float = 0.0051) -> float
     return float(on + lambd * off)
 
 
-def vicreg(z1: np.ndarray, z2: np.ndarray, sim: float = 25, std: float = 25, cov: float = 1) -> float:
+def vicreg(
+    z1: np.ndarray, z2: np.ndarray, sim: float = 25, std: float = 25, cov: float = 1
+) -> float:
     b, d = z1.shape
     inv = np.mean((z1 - z2) ** 2)
 
@@ -114,7 +116,9 @@ def vicreg(z1: np.ndarray, z2: np.ndarray, sim: float = 25, std: float = 25, cov
         x = x - x.mean(0)
         s = np.sqrt(x.var(0, ddof=1) + 1e-4)
         c = x.T @ x / (b - 1)
-        return float(np.mean(np.maximum(0, 1 - s))), float((c**2).sum() - (np.diag(c) ** 2).sum()) / d
+        return float(np.mean(np.maximum(0, 1 - s))), float(
+            (c**2).sum() - (np.diag(c) ** 2).sum()
+        ) / d
 
     v1, c1 = var_cov(z1)
     v2, c2 = var_cov(z2)
@@ -158,7 +162,10 @@ def alignment(x: np.ndarray, y: np.ndarray, alpha: float = 2.0) -> float:
 def uniformity(x: np.ndarray, t: float = 2.0) -> float:
     x = _unit(x)
     vals = [
-        np.exp(-t * np.sum((x[i] - x[j]) ** 2)) for i in range(len(x)) for j in range(len(x)) if i < j
+        np.exp(-t * np.sum((x[i] - x[j]) ** 2))
+        for i in range(len(x))
+        for j in range(len(x))
+        if i < j
     ]
     return float(np.log(np.mean(vals)))
 
@@ -195,7 +202,9 @@ REFERENCES: dict[str, Callable[..., float]] = {
 }
 
 
-def numerical_grad(fn: Callable[..., float], args: list[np.ndarray], index: int, h: float = 1e-6) -> np.ndarray:
+def numerical_grad(
+    fn: Callable[..., float], args: list[np.ndarray], index: int, h: float = 1e-6
+) -> np.ndarray:
     """Central-difference gradient of ``fn(*args)`` with respect to ``args[index]``."""
     x = args[index]
     grad = np.zeros_like(x)

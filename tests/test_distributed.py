@@ -81,7 +81,9 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         loss.backward()
         results[index] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
     # the embedding-level convention, on MMCR
-    z_global = torch.randn(10, 3, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    z_global = torch.randn(
+        10, 3, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64
+    )
     z_local = z_global[rank * 5 : (rank + 1) * 5].clone().requires_grad_(True)
     build_loss("mmcr")(z_local).backward()
     results["embedding_grad"] = z_local.grad
@@ -95,10 +97,14 @@ def rank_results():
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
         mp.spawn(worker, args=(init_file, tmp), nprocs=WORLD, join=True)
-        yield [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
+        yield [
+            torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)
+        ]
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "index", range(len(CASES)), ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+)
 def test_two_processes_equal_one_process_on_the_global_batch(index, rank_results):
     x, model = case_data(index)
     loss = run_loss(index, model, x)

@@ -43,10 +43,10 @@ def test_nuclear_norm_value_and_gradient_match_svd(shape, gen):
 
 def test_nuclear_norm_gradient_at_rank_deficiency_is_the_minimum_norm_subgradient(gen):
     # rank 2 in a 6x8 matrix: four zero singular values
-    x = (torch.randn(6, 2, generator=gen, dtype=f64) @ torch.randn(2, 8, generator=gen, dtype=f64))
+    x = torch.randn(6, 2, generator=gen, dtype=f64) @ torch.randn(2, 8, generator=gen, dtype=f64)
     x.requires_grad_(True)
     nuclear_norm(x).backward()
-    u, s, vh = torch.linalg.svd(x.detach(), full_matrices=False)
+    u, _, vh = torch.linalg.svd(x.detach(), full_matrices=False)
     expected = u[:, :2] @ vh[:2]
     torch.testing.assert_close(x.grad, expected)
 

@@ -18,11 +18,14 @@ def check_tensor(
     layout: str,
     *,
     min_sizes: dict[int, int] | None = None,
+    finite: bool = True,
 ) -> torch.Tensor:
     """Check that ``x`` is a finite floating tensor with ``ndim`` dims; return it.
 
     ``layout`` is the expected layout in words, e.g. ``"(B, K, D)"``. ``min_sizes`` maps a
     dimension index to its smallest allowed size, with the layout letter used in the message.
+    ``finite=False`` skips the finiteness pass for callers that check a reduction instead
+    (see :func:`check_finite_via`).
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
@@ -37,9 +40,25 @@ def check_tensor(
             raise ValueError(
                 f"{name} must have {letter} >= {smallest} in {layout}, got shape {tuple(x.shape)}"
             )
+    if finite:
+        check_finite(x, name)
+    return x
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
-    return x
+
+
+def check_finite_via(reduction: torch.Tensor, x: torch.Tensor, name: str) -> None:
+    """Finiteness of ``x`` from a reduction of it (e.g. row norms), one pass cheaper.
+
+    A NaN or Inf in ``x`` makes the reduction non-finite; only then is ``x`` scanned, to tell
+    a non-finite input from finite values whose reduction overflowed.
+    """
+    if not bool(torch.isfinite(reduction).all()):
+        check_finite(x, name)
+        raise ValueError(f"{name} has values too large for {x.dtype} (their norms overflow)")
 
 
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:

@@ -117,7 +117,9 @@ def test_clamp_without_overlap_returns_documented_floor_with_zero_gradient():
     centres = torch.eye(4, 8, dtype=f64)
     z = (centres.unsqueeze(1) + 1e-4 * torch.randn(4, 3, 8, dtype=f64)).requires_grad_(True)
     loss, terms = clamp_loss(z, return_terms=True)
-    assert loss.item() == pytest.approx(NO_OVERLAP_LOSS) and NO_OVERLAP_LOSS == pytest.approx(-87.3365, abs=1e-3)
+    assert loss.item() == pytest.approx(NO_OVERLAP_LOSS) and NO_OVERLAP_LOSS == pytest.approx(
+        -87.3365, abs=1e-3
+    )
     assert terms["n_overlapping_pairs"].item() == 0
     loss.backward()
     assert torch.equal(z.grad, torch.zeros_like(z))
@@ -182,9 +184,34 @@ def test_simclr_many_views_matches_reference(gen):
 
 
 def test_mec_exact_log_determinant_matches_reference(gen):
-    z1, z2 = torch.randn(10, 4, generator=gen, dtype=f64), torch.randn(10, 4, generator=gen, dtype=f64)
+    z1, z2 = (
+        torch.randn(10, 4, generator=gen, dtype=f64),
+        torch.randn(10, 4, generator=gen, dtype=f64),
+    )
     value = mec_loss(z1, z2, eps=2.0, order=None).item()
     assert value == pytest.approx(reference.mec(z1.numpy(), z2.numpy(), 2.0, None), rel=1e-12)
     # the Taylor series converges to it when ‖λ Z1ᵀZ2‖ < 1
     taylor = mec_loss(z1, z2, eps=2.0, order=30).item()
     assert taylor == pytest.approx(value, rel=1e-6)
+
+
+def test_fused_normalisation_matches_f_normalize_including_zero_rows(gen):
+    from manifold_ssl.losses._common import unit_views_and_centroids
+
+    z = torch.randn(5, 3, 4, generator=gen, dtype=f64)
+    z[1, 2] = 0.0  # a zero view: F.normalize's clamped branch
+    weights = torch.randn(5, 3, 4, generator=gen, dtype=f64)
+    a = z.clone().requires_grad_(True)
+    zn, c = unit_views_and_centroids(a)
+    ((zn * weights).sum() + (c**2).sum()).backward()
+    b = z.clone().requires_grad_(True)
+    ref = F.normalize(b, dim=-1)
+    ((ref * weights).sum() + (ref.mean(1) ** 2).sum()).backward()
+    torch.testing.assert_close(zn, ref.detach())
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_mmcr_reports_overflowing_norms_separately_from_nan():
+    huge = torch.full((4, 2, 3), 1e30)  # finite in float32, but its squared norm overflows
+    with pytest.raises(ValueError, match="too large"):
+        mmcr_loss(huge)

@@ -119,7 +119,11 @@ def _edge_cases(name: str, gen: torch.Generator) -> dict[str, list]:
     logits, targets, emb = base
     return {
         "uniform_prediction": [torch.zeros_like(logits), targets, emb],
-        "confident_prediction": [100.0 * torch.nn.functional.one_hot(targets, 6).float(), targets, emb],
+        "confident_prediction": [
+            100.0 * torch.nn.functional.one_hot(targets, 6).float(),
+            targets,
+            emb,
+        ],
         "repeated_embeddings": [logits, targets, emb[:1].expand(6, -1).clone()],
     }
 
@@ -165,9 +169,7 @@ def test_bad_inputs_raise_clear_errors(name, gen):
             loss_fn(inputs[0], torch.full_like(inputs[1], 99), inputs[2])
 
 
-@pytest.mark.parametrize(
-    "name, kwargs", [(n, kw) for n in NAMES for kw in BAD_HYPERPARAMETERS[n]]
-)
+@pytest.mark.parametrize("name, kwargs", [(n, kw) for n in NAMES for kw in BAD_HYPERPARAMETERS[n]])
 def test_invalid_hyperparameters_raise(name, kwargs):
     key = next(iter(kwargs))
     with pytest.raises(ValueError, match=key):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .._validation import check_order
-from ._precision import full_precision, to_spectral
+from ._precision import full_precision, to_float64
 
 __all__ = [
     "matrix_cross_entropy",
@@ -89,7 +89,7 @@ def matrix_log(a: torch.Tensor, order: int | None = None) -> torch.Tensor:
     _check_square(a, "a")
     order = check_order(order)
     with full_precision(a):
-        a64 = to_spectral(a)
+        a64 = to_float64(a)
         if order is not None:
             return taylor_log(a64, order)
         out: torch.Tensor = _SymLog.apply(0.5 * (a64 + a64.transpose(-1, -2)))
@@ -110,7 +110,7 @@ def trace_p_log_p(p: torch.Tensor, order: int | None = None) -> torch.Tensor:
     _check_square(p, "p")
     order = check_order(order)
     with full_precision(p):
-        p64 = to_spectral(p)
+        p64 = to_float64(p)
         if order is not None:
             return _trace_of_product(p64, taylor_log(p64, order))
         lam = torch.linalg.eigvalsh(0.5 * (p64 + p64.transpose(-1, -2)))
@@ -123,7 +123,7 @@ def matrix_entropy(a: torch.Tensor, order: int | None = None) -> torch.Tensor:
     """``ME(A) = −tr(A log A) + tr(A)`` (Matrix-SSL Def. 3.1) of PSD ``a`` (..., n, n)."""
     _check_square(a, "a")
     with full_precision(a):
-        return -trace_p_log_p(a, order) + _trace(to_spectral(a))
+        return -trace_p_log_p(a, order) + _trace(to_float64(a))
 
 
 def matrix_cross_entropy(
@@ -133,14 +133,16 @@ def matrix_cross_entropy(
     _check_square(p, "p")
     _check_square(q, "q")
     if p.shape != q.shape:
-        raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)}, {tuple(q.shape)}")
+        raise ValueError(
+            f"p and q must have the same shape, got {tuple(p.shape)}, {tuple(q.shape)}"
+        )
     with full_precision(q):
-        q64 = to_spectral(q)
-        return -_trace_of_product(to_spectral(p), matrix_log(q64, order)) + _trace(q64)
+        q64 = to_float64(q)
+        return -_trace_of_product(to_float64(p), matrix_log(q64, order)) + _trace(q64)
 
 
 def matrix_kl(p: torch.Tensor, q: torch.Tensor, order: int | None = None) -> torch.Tensor:
     """``MKL(P‖Q) = tr(P log P − P log Q − P + Q)`` (Matrix-SSL Def. 3.2, Eq. 10)."""
     with full_precision(p):
-        p64 = to_spectral(p)
+        p64 = to_float64(p)
         return matrix_cross_entropy(p, q, order) + trace_p_log_p(p64, order) - _trace(p64)

@@ -3,8 +3,9 @@
 The nuclear norm is the centre of MMCR, so it gets a custom autograd function:
 
 * forward: the eigenvalues of the Gram matrix of the *smaller* side (``X Xᵀ`` or ``Xᵀ X``,
-  size ``min(m, n)``) in float64, ``‖X‖* = Σ √λ``. This is several times cheaper than an SVD
-  and far cheaper than a full SVD with singular vectors.
+  size ``min(m, n)``), ``‖X‖* = Σ √λ``, in the input's precision promoted to at least float32
+  (eigenvalues below the rank tolerance of that precision count as zero). This is cheaper
+  than an SVD and far cheaper than a full SVD with singular vectors.
 * backward: ``∂‖X‖*/∂X = U Vᵀ`` restricted to the singular values above a tolerance, written as
   ``X V Σ⁻¹ Vᵀ`` (or ``U Σ⁻¹ Uᵀ X``). It has no ``1/(σᵢ² − σⱼ²)`` terms, so it is exact at
   repeated singular values, and at zero singular values it returns the minimum-norm element of
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from .._validation import check_tensor
-from ._precision import full_precision, to_spectral
+from ._precision import full_precision, to_float64, to_spectral
 
 __all__ = [
     "effective_rank",
@@ -37,10 +38,10 @@ __all__ = [
 ]
 
 
-def _rank_tolerance(eigvals: torch.Tensor, n: int) -> torch.Tensor:
+def _rank_tolerance(eigvals: torch.Tensor, n: int, eps: float) -> torch.Tensor:
     """Eigenvalues of a Gram matrix below this are zero (numerical rank, as ``matrix_rank``)."""
     top = eigvals.amax(dim=-1, keepdim=True).clamp_min(0)
-    return top * n * torch.finfo(eigvals.dtype).eps
+    return top * n * eps
 
 
 class _SqrtTrace(torch.autograd.Function):
@@ -50,60 +51,63 @@ class _SqrtTrace(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, gram: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, gram: torch.Tensor, eps: float) -> torch.Tensor:
         eigvals, eigvecs = torch.linalg.eigh(gram)
-        keep = eigvals > _rank_tolerance(eigvals, gram.shape[-1])
+        keep = eigvals > _rank_tolerance(eigvals, gram.shape[-1], eps)
         sqrt_vals = torch.where(keep, eigvals.clamp_min(0).sqrt(), torch.zeros_like(eigvals))
         ctx.save_for_backward(eigvecs, sqrt_vals, keep)
         return sqrt_vals.sum(dim=-1)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         eigvecs, sqrt_vals, keep = ctx.saved_tensors
         inv = torch.where(keep, 0.5 / sqrt_vals.where(keep, torch.ones_like(sqrt_vals)), 0.0)
         # (..., n, n) = V diag(inv) Vᵀ, scaled by the incoming gradient
         out = (eigvecs * inv.unsqueeze(-2)) @ eigvecs.transpose(-1, -2)
-        return out * grad[..., None, None]
+        return out * grad[..., None, None], None
 
 
-def nuclear_norm_from_gram(gram: torch.Tensor) -> torch.Tensor:
+def nuclear_norm_from_gram(gram: torch.Tensor, rank_eps: float | None = None) -> torch.Tensor:
     """``Σ √λ(G)`` of a symmetric PSD Gram matrix ``G = XᵀX`` (..., n, n), i.e. ``‖X‖*``.
 
-    Used by the distributed MMCR path, where ``G`` is summed over ranks. Computed in float64.
+    Eigenvalues below ``λ_max · n · rank_eps`` count as zero (value and gradient); ``rank_eps``
+    is the machine epsilon of the precision ``G`` was accumulated in (default: its dtype's).
+    Used by the distributed MMCR path, where ``G`` is summed over ranks. Computed in ``G``'s
+    precision promoted to at least float32.
     """
+    eps = float(torch.finfo(gram.dtype).eps) if rank_eps is None else rank_eps
     with full_precision(gram):
         g = to_spectral(gram)
         g = 0.5 * (g + g.transpose(-1, -2))
-        out: torch.Tensor = _SqrtTrace.apply(g)
+        out: torch.Tensor = _SqrtTrace.apply(g, eps)
     return out
 
 
 def gram_of_smaller_side(x: torch.Tensor) -> torch.Tensor:
-    """``X Xᵀ`` if m <= n else ``Xᵀ X`` for ``X`` (..., m, n), in float64."""
-    x64 = to_spectral(x)
+    """``X Xᵀ`` if m <= n else ``Xᵀ X`` for ``X`` (..., m, n), in ``x``'s dtype."""
     if x.shape[-2] <= x.shape[-1]:
-        return x64 @ x64.transpose(-1, -2)
-    return x64.transpose(-1, -2) @ x64
+        return x @ x.transpose(-1, -2)
+    return x.transpose(-1, -2) @ x
 
 
 def nuclear_norm(x: torch.Tensor) -> torch.Tensor:
     """Nuclear norm ``‖X‖* = Σᵢ σᵢ(X)`` of ``x`` (..., m, n), batched over leading dims.
 
-    Returns a tensor of shape ``x.shape[:-2]`` in ``x``'s dtype; the spectrum is computed in
-    float64 even under autocast. Differentiable with the (sub)gradient ``U Vᵀ``, finite at
-    repeated and zero singular values (see the module docstring).
+    Returns a tensor of shape ``x.shape[:-2]`` in ``x``'s dtype; the spectrum is computed in at
+    least float32 (float64 for float64 input) even under autocast. Differentiable with the
+    (sub)gradient ``U Vᵀ``, finite at repeated and zero singular values (module docstring).
     """
     if x.ndim < 2:
         raise ValueError(f"x must have shape (..., m, n), got {tuple(x.shape)}")
     with full_precision(x):
-        out = nuclear_norm_from_gram(gram_of_smaller_side(x))
+        out = nuclear_norm_from_gram(gram_of_smaller_side(to_spectral(x)))
     return out.to(x.dtype)
 
 
 def singular_values(x: torch.Tensor) -> torch.Tensor:
     """Singular values of ``x`` (..., m, n) in descending order, float64, no gradient."""
     with torch.no_grad(), full_precision(x):
-        return torch.linalg.svdvals(to_spectral(x.detach()))
+        return torch.linalg.svdvals(to_float64(x.detach()))
 
 
 def nuclear_norm_bound(P: int, D: int) -> float:
@@ -127,7 +131,7 @@ def percent_error(c: torch.Tensor) -> torch.Tensor:
     c = check_tensor(c, "c", 2, "(P, D)")
     bound = nuclear_norm_bound(c.shape[0], c.shape[1])
     with torch.no_grad():
-        nuc = nuclear_norm(to_spectral(c.detach()))
+        nuc = nuclear_norm(to_float64(c.detach()))
     return (bound - nuc) / bound
 
 
@@ -162,7 +166,7 @@ def participation_ratio(features: torch.Tensor, *, center: bool = True) -> torch
     """
     features = check_tensor(features, "features", 2, "(N, D)", min_sizes={0: 2})
     with torch.no_grad():
-        x = to_spectral(features.detach())
+        x = to_float64(features.detach())
         if center:
             x = x - x.mean(dim=0, keepdim=True)
         lam = singular_values(x) ** 2 / (x.shape[0] - 1)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_same_shape, check_tensor
+from .._validation import check_finite_via, check_same_shape, check_tensor
 
 Terms = dict[str, torch.Tensor]
 
 
-def check_views(z: torch.Tensor, name: str = "z", min_views: int = 2) -> torch.Tensor:
+def check_views(
+    z: torch.Tensor, name: str = "z", min_views: int = 2, finite: bool = True
+) -> torch.Tensor:
     """``z`` must be a finite (B, K, D) tensor with B >= 1 and K >= ``min_views``."""
-    z = check_tensor(z, name, 3, "(B, K, D)", min_sizes={0: 1, 2: 1})
+    z = check_tensor(z, name, 3, "(B, K, D)", min_sizes={0: 1, 2: 1}, finite=finite)
     if z.shape[1] < min_views:
         raise ValueError(
             f"{name} must hold K >= {min_views} views along dim 1 of (B, K, D), got K = "
@@ -34,6 +38,45 @@ def check_pair(
 def unit(x: torch.Tensor) -> torch.Tensor:
     """L2-normalise along the last dim (safe at zero vectors)."""
     return F.normalize(x, dim=-1, eps=1e-12)
+
+
+class _UnitMean(torch.autograd.Function):
+    """``(ẑ, ẑ.mean(dim=1), ‖z‖)`` for views ``z`` (B, K, D), ``ẑ = z / max(‖z‖, 1e-12)``.
+
+    One fused function instead of ``F.normalize`` and ``mean``: autograd's generic backward of
+    ``normalize`` makes about twice as many passes over the (B, K, D) views, and those passes
+    cost more than MMCR's whole spectrum (measured in ``benchmarks/losses.py``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        norms = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # (B, K, 1)
+        inv = 1.0 / norms.clamp_min(1e-12)
+        zn = z * inv
+        ctx.save_for_backward(zn, inv, norms)
+        ctx.mark_non_differentiable(norms)
+        return zn, zn.mean(dim=1), norms
+
+    @staticmethod
+    def backward(
+        ctx: Any, g_zn: torch.Tensor | None, g_c: torch.Tensor | None, _: torch.Tensor | None
+    ) -> torch.Tensor:
+        zn, inv, norms = ctx.saved_tensors
+        g = torch.zeros_like(zn) if g_zn is None else g_zn
+        if g_c is not None:
+            g = g + g_c.unsqueeze(1) / zn.shape[1]  # (B, K, D)
+        # ∂ẑ/∂z = (I − ẑẑᵀ)/‖z‖; below the clamp ẑ = z/1e-12 and the projection is dropped,
+        # exactly as F.normalize's gradient
+        radial = (g * zn).sum(dim=-1, keepdim=True) * (norms > 1e-12)
+        return (g - radial * zn) * inv
+
+
+def unit_views_and_centroids(z: torch.Tensor, name: str = "z") -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-normalised views ``ẑ`` (B, K, D) and their centroids (B, D), with a finiteness
+    check of ``z`` folded into the row norms (see :func:`check_finite_via`)."""
+    zn, centroids, norms = _UnitMean.apply(z)
+    check_finite_via(norms, z, name)
+    return zn, centroids
 
 
 def safe_norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-24) -> torch.Tensor:

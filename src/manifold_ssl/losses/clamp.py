@@ -17,7 +17,7 @@ from ..geometry._precision import full_precision
 from ._common import Terms, at_least_float32, check_views, safe_norm, unit
 from ._registry import register_loss
 
-__all__ = ["CLAMPLoss", "NO_OVERLAP_LOSS", "clamp_loss"]
+__all__ = ["NO_OVERLAP_LOSS", "CLAMPLoss", "clamp_loss"]
 
 _FLOOR = float(torch.finfo(torch.float32).tiny)
 #: The loss returned when no two sub-manifolds overlap: ``log`` of the smallest normal float32.

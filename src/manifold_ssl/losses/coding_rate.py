@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .._validation import check_order, check_positive, check_tensor
-from ..geometry._precision import full_precision, to_spectral
+from ..geometry._precision import full_precision, to_float64
 from ..geometry.matrix_info import taylor_log
 from ._common import check_pair, unit
 from ._registry import register_loss
@@ -24,8 +24,8 @@ def tcr_loss(z: torch.Tensor, eps: float = 0.5) -> torch.Tensor:
 
     Relation to the uniformity losses (Matrix-SSL Thm 4.4), derived here because the printed
     theorem drops a factor 1/d on the TCR term. With ``Q = ZZᵀ/B + λI`` (trace ``1 + dλ`` for
-    unit rows) and ``λ = ε²/d``: ``tr log Q = d log λ + log det(I + d/(Bε²) ZZᵀ) = d log λ − 2 L_TCR``,
-    so
+    unit rows) and ``λ = ε²/d``:
+    ``tr log Q = d log λ + log det(I + d/(Bε²) ZZᵀ) = d log λ − 2 L_TCR``, so
 
     * ``L_UMCE = MCE((1/d + λ)I, Q) = (1 + dλ)(−log λ + 1 + (2/d) L_TCR)``,
     * ``L_UMKL = MKL((1/d + λ)I ‖ Q) = (1 + dλ)(log((1 + dλ)/(dλ)) + (2/d) L_TCR)``,
@@ -37,7 +37,7 @@ def tcr_loss(z: torch.Tensor, eps: float = 0.5) -> torch.Tensor:
     z = check_tensor(z, "z", 2, "(B, D)", min_sizes={0: 1, 1: 1})
     eps = check_positive(eps, "eps")
     with full_precision(z):
-        zn = unit(to_spectral(z))
+        zn = unit(to_float64(z))
         n = dist_utils.global_count(z.shape[0], z.device)
         d = z.shape[1]
         gram = dist_utils.all_reduce_sum(zn.T @ zn)  # (d, d)
@@ -84,7 +84,7 @@ def mec_loss(
     eps = check_positive(eps, "eps")
     order = check_order(order)
     with full_precision(z1):
-        a, b = unit(to_spectral(z1)), unit(to_spectral(z2))
+        a, b = unit(to_float64(z1)), unit(to_float64(z2))
         n = dist_utils.global_count(z1.shape[0], z1.device)
         d = z1.shape[1]
         scale = (n + d) / 2 if mu is None else check_positive(mu, "mu")

@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .._validation import check_order, check_positive
-from ..geometry._precision import full_precision, to_spectral
+from ..geometry._precision import full_precision, to_float64
 from ..geometry.matrix_info import matrix_cross_entropy, matrix_kl
 from ._common import Terms, check_pair, unit
 from ._registry import register_loss
@@ -29,12 +29,14 @@ def global_covariances(
     summed over ranks when distributed (d×d numbers travel, whatever the batch size).
     """
     n = dist_utils.global_count(z1.shape[0], z1.device)
-    a, b = to_spectral(z1), to_spectral(z2)
+    a, b = to_float64(z1), to_float64(z2)
     sa = dist_utils.all_reduce_sum(a.sum(dim=0))  # (d,)
     sb = dist_utils.all_reduce_sum(b.sum(dim=0))
 
     def cov(x: torch.Tensor, y: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
-        return (dist_utils.all_reduce_sum(x.transpose(0, 1) @ y) - torch.outer(sx, sy) / n) / (n - 1)
+        return (dist_utils.all_reduce_sum(x.transpose(0, 1) @ y) - torch.outer(sx, sy) / n) / (
+            n - 1
+        )
 
     return cov(a, b, sa, sb), cov(a, a, sa, sa), cov(b, b, sb, sb)
 
@@ -73,7 +75,7 @@ def matrix_ssl_loss(
     order = check_order(order)
     d = z1.shape[1]
     with full_precision(z1):
-        c12, c11, c22 = global_covariances(unit(to_spectral(z1)), unit(to_spectral(z2)))
+        c12, c11, c22 = global_covariances(unit(to_float64(z1)), unit(to_float64(z2)))
         ridge = lam * torch.eye(d, dtype=c12.dtype, device=c12.device)
         target = torch.eye(d, dtype=c12.dtype, device=c12.device) / d
         uniformity = matrix_cross_entropy(target, c12 + ridge, order)
@@ -100,9 +102,7 @@ class MatrixSSLLoss(nn.Module):
     def forward(
         self, z1: torch.Tensor, z2: torch.Tensor, *, return_terms: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
-        return matrix_ssl_loss(
-            z1, z2, self.gamma, self.lam, self.order, return_terms=return_terms
-        )
+        return matrix_ssl_loss(z1, z2, self.gamma, self.lam, self.order, return_terms=return_terms)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, lam={self.lam}, order={self.order}"

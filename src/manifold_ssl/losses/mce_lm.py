@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .._validation import check_order, check_positive, check_tensor
-from ..geometry._precision import full_precision, to_spectral
+from ..geometry._precision import full_precision, to_float64
 from ..geometry.matrix_info import matrix_log
 from ._common import Terms, at_least_float32, unit
 from ._registry import register_loss
@@ -67,8 +67,8 @@ def mce_lm_loss(
     logits, tgt = logits[keep], targets[keep]
     ce = F.cross_entropy(at_least_float32(logits), tgt, reduction="sum")
     with full_precision(logits):
-        e = unit(to_spectral(embeddings))  # (V, d)
-        q = torch.softmax(to_spectral(logits), dim=-1)  # (N, V)
+        e = unit(to_float64(embeddings))  # (V, d)
+        q = torch.softmax(to_float64(logits), dim=-1)  # (N, V)
         big_q = torch.einsum("nv,vd,ve->nde", q, e, e)  # (N, d, d)
         if eps > 0:
             big_q = big_q + eps * torch.eye(e.shape[1], dtype=e.dtype, device=e.device)
@@ -89,7 +89,9 @@ class MCELMLoss(nn.Module):
 
     inputs = "lm"
 
-    def __init__(self, order: int | None = None, eps: float = 1e-4, ignore_index: int = -100) -> None:
+    def __init__(
+        self, order: int | None = None, eps: float = 1e-4, ignore_index: int = -100
+    ) -> None:
         super().__init__()
         self.order = check_order(order)
         self.eps = check_positive(eps, "eps", allow_zero=True)
@@ -99,7 +101,11 @@ class MCELMLoss(nn.Module):
         self, logits: torch.Tensor, targets: torch.Tensor, embeddings: torch.Tensor
     ) -> torch.Tensor:
         out = mce_lm_loss(
-            logits, targets, embeddings, order=self.order, eps=self.eps,
+            logits,
+            targets,
+            embeddings,
+            order=self.order,
+            eps=self.eps,
             ignore_index=self.ignore_index,
         )
         assert isinstance(out, torch.Tensor)

@@ -15,14 +15,14 @@ from .. import distributed as dist_utils
 from .._validation import check_positive
 from ..geometry._precision import full_precision, to_spectral
 from ..geometry.spectral import gram_of_smaller_side, nuclear_norm_bound, nuclear_norm_from_gram
-from ._common import Terms, check_pair, check_views, unit
+from ._common import Terms, at_least_float32, check_pair, check_views, unit_views_and_centroids
 from ._registry import register_loss
 
 __all__ = ["MMCRLoss", "MultimodalMMCRLoss", "mmcr_loss", "multimodal_mmcr_loss"]
 
 
 def _global_centroid_nuclear_norm(c: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``‖C‖*`` of the global centroid matrix (float64) and the global number of centroids.
+    """``‖C‖*`` of the global centroid matrix and the global number of centroids.
 
     One process: the spectrum of the smaller Gram of ``c`` (B, D). Distributed, with
     ``B_global`` centroids: if ``D <= B_global`` the D×D Gram ``CᵀC = Σ_ranks C_rᵀ C_r`` is summed
@@ -30,13 +30,13 @@ def _global_centroid_nuclear_norm(c: torch.Tensor) -> tuple[torch.Tensor, int]:
     gathered (``B_global·D < D²`` numbers) and the smaller Gram ``C Cᵀ`` is used.
     """
     n_global = dist_utils.global_count(c.shape[0], c.device)
+    cs = to_spectral(c)  # float32, or float64 for float64 input
     if not dist_utils.is_distributed():
-        return nuclear_norm_from_gram(gram_of_smaller_side(c)), n_global
+        return nuclear_norm_from_gram(gram_of_smaller_side(cs)), n_global
     if c.shape[1] <= n_global:
-        c64 = to_spectral(c)
-        gram = dist_utils.all_reduce_sum(c64.transpose(0, 1) @ c64)  # (D, D)
+        gram = dist_utils.all_reduce_sum(cs.transpose(0, 1) @ cs)  # (D, D)
         return nuclear_norm_from_gram(gram), n_global
-    return nuclear_norm_from_gram(gram_of_smaller_side(dist_utils.gather(c))), n_global
+    return nuclear_norm_from_gram(gram_of_smaller_side(dist_utils.gather(cs))), n_global
 
 
 def mmcr_loss(
@@ -59,7 +59,7 @@ def mmcr_loss(
         return_terms: also return a dict of named terms for logging.
 
     Returns:
-        The scalar loss in ``z``'s dtype (spectra are computed in float64, autocast off), and
+        The scalar loss in ``z``'s dtype (spectra in at least float32, autocast off), and
         with ``return_terms`` a dict with ``centroid_nuclear_norm``, ``percent_error``
         (Schaeffer Eq. 4, as a fraction) and, when λ > 0, ``local_nuclear_norm``.
 
@@ -73,7 +73,7 @@ def mmcr_loss(
         >>> loss.backward()
     """
     lmbda = check_positive(lmbda, "lmbda", allow_zero=True)
-    z = check_views(z, "z", min_views=1 if z_momentum is not None else 2)
+    z = check_views(z, "z", min_views=1 if z_momentum is not None else 2, finite=False)
     if z_momentum is not None:
         z_momentum = check_views(z_momentum, "z_momentum", min_views=1)
         if z_momentum.shape[0] != z.shape[0] or z_momentum.shape[2] != z.shape[2]:
@@ -84,14 +84,17 @@ def mmcr_loss(
         z = torch.cat([z, z_momentum.detach().to(z.dtype)], dim=1)
 
     with full_precision(z):
-        zn = unit(to_spectral(z))  # (B, K, D) on the unit sphere
-        centroids = zn.mean(dim=1)  # (B, D)
+        # (B, K, D) views on the unit sphere and their (B, D) centroids; checks finiteness
+        zn, centroids = unit_views_and_centroids(at_least_float32(z))
         nuc, n_global = _global_centroid_nuclear_norm(centroids)
         loss = -nuc
         terms: Terms = {"centroid_nuclear_norm": nuc.detach()}
         if lmbda > 0:
-            # (B,) nuclear norms of the K×D view matrices, via their K×K Grams
-            local = nuclear_norm_from_gram(gram_of_smaller_side(zn))
+            # (B,) nuclear norms of the K×D view matrices, via their K×K Grams accumulated in
+            # zn's precision: eigenvalues below that precision's rank tolerance count as zero
+            local = nuclear_norm_from_gram(
+                gram_of_smaller_side(zn), rank_eps=float(torch.finfo(zn.dtype).eps)
+            )
             local_mean = dist_utils.global_mean(local.sum(), z.shape[0])
             loss = loss + lmbda * local_mean
             terms["local_nuclear_norm"] = local_mean.detach()
@@ -173,5 +176,3 @@ class MultimodalMMCRLoss(nn.Module):
         loss = multimodal_mmcr_loss(image_features, text_features, self.lmbda)
         assert isinstance(loss, torch.Tensor)
         return {"mmcr_loss": loss} if output_dict else loss
-
-

@@ -50,7 +50,11 @@ def vicreg_loss(
     z1, z2 = check_pair(z1, z2, min_batch=2)
     coeffs = [
         check_positive(v, name, allow_zero=True)
-        for v, name in ((sim_coeff, "sim_coeff"), (std_coeff, "std_coeff"), (cov_coeff, "cov_coeff"))
+        for v, name in (
+            (sim_coeff, "sim_coeff"),
+            (std_coeff, "std_coeff"),
+            (cov_coeff, "cov_coeff"),
+        )
     ]
     x, y = dist_utils.gather(at_least_float32(z1)), dist_utils.gather(at_least_float32(z2))
     invariance = F.mse_loss(x, y)

@@ -1,0 +1,70 @@
+"""What every run directory records: version, git hash, environment, time."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+
+
+def git_hash() -> str | None:
+    """The commit of the source tree this package runs from, ``+dirty`` if modified."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_metadata(seed: int | None = None) -> dict[str, Any]:
+    return {
+        "manifold_ssl_version": __version__,
+        "git_hash": git_hash(),
+        "seed": seed,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def make_run_dir(root: str | os.PathLike[str], name: str) -> Path:
+    """A new directory ``root/name-YYYYmmdd-HHMMSS[-N]``."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        path = Path(f"{base}-{n}")
+        n += 1
+    path.mkdir(parents=True)
+    return path
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename), so a crash leaves no half file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
