@@ -205,22 +205,18 @@ def plot_simulation(result: SimulationResult, out_dir: str | Path) -> list[Path]
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     cmap = plt.get_cmap("viridis")
-    for k, d in enumerate(result.D):
-        pts = [(p, result.cell(p, d)) for p in result.P]
-        xs = [p for p, c in pts if c]
-        ys = [100 * c["percent_error_mean"] for _, c in pts if c]
-        if xs:
-            axes[0].plot(
-                xs, ys, "o-", ms=3, color=cmap(k / max(1, len(result.D) - 1)), label=f"D={d}"
-            )
-    for k, p in enumerate(result.P):
-        pts = [(d, result.cell(p, d)) for d in result.D]
-        xs = [d for d, c in pts if c]
-        ys = [100 * c["percent_error_mean"] for _, c in pts if c]
-        if xs:
-            axes[1].plot(
-                xs, ys, "o-", ms=3, color=cmap(k / max(1, len(result.P) - 1)), label=f"P={p}"
-            )
+    # left: one curve per D over P; right: one curve per P over D
+    for ax, fixed, varying, by_p in (
+        (axes[0], result.D, result.P, False),
+        (axes[1], result.P, result.D, True),
+    ):
+        for k, f in enumerate(fixed):
+            cells = [(v, result.cell(f, v) if by_p else result.cell(v, f)) for v in varying]
+            xs = [v for v, c in cells if c]
+            ys = [100 * c["percent_error_mean"] for _, c in cells if c]
+            if xs:
+                label = f"{'P' if by_p else 'D'}={f}"
+                ax.plot(xs, ys, "o-", ms=3, color=cmap(k / max(1, len(fixed) - 1)), label=label)
     axes[0].set_xlabel("number of centroids P")
     axes[1].set_xlabel("embedding dimension D")
     axes[0].set_ylabel("pretraining percent error (%)")
