@@ -79,11 +79,6 @@ def unit_views_and_centroids(z: torch.Tensor, name: str = "z") -> tuple[torch.Te
     return zn, centroids
 
 
-def safe_norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-24) -> torch.Tensor:
-    """Euclidean norm with a finite gradient at zero (``√(‖x‖² + 0)`` clamped inside)."""
-    return torch.sqrt((x * x).sum(dim=dim).clamp_min(eps))
-
-
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """Promote half/bfloat16 (autocast outputs) to float32; leave float32/64 alone."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

@@ -14,7 +14,7 @@ from torch import nn
 from .. import distributed as dist_utils
 from .._validation import check_positive
 from ..geometry._precision import full_precision
-from ._common import Terms, at_least_float32, check_views, safe_norm, unit
+from ._common import Terms, at_least_float32, check_views, unit
 from ._registry import register_loss
 
 __all__ = ["NO_OVERLAP_LOSS", "CLAMPLoss", "clamp_loss"]
@@ -84,7 +84,9 @@ def _clamp(
 
     q_all, start = dist_utils.gather_with_offset(q)  # (b_global, D)
     r_all = dist_utils.gather(r)  # (b_global,)
-    dist_ij = safe_norm(q.unsqueeze(1) - q_all.unsqueeze(0))  # (b, b_global)
+    # ‖q_i − q_j‖ from the Gram matrix: no (b, b_global, D) tensor of differences
+    sq = (q * q).sum(1, keepdim=True) + (q_all * q_all).sum(1) - 2 * q @ q_all.T
+    dist_ij = torch.sqrt(sq.clamp_min(1e-24))  # (b, b_global), finite gradient at 0
     reach = r.unsqueeze(1) + r_all.unsqueeze(0)  # (b, b_global)
     not_self = torch.ones_like(dist_ij, dtype=torch.bool)
     rows = torch.arange(b, device=z.device)

@@ -45,20 +45,16 @@ def simclr_loss(
     n_global = keys.shape[0]
     anchors = zn.reshape(b * k, d)
     logits = anchors @ keys.reshape(n_global * k, d).T / temperature  # (B·K, B_global·K)
-    anchor_ids = torch.arange(start, start + b, device=z.device).repeat_interleave(k)
-    key_ids = torch.arange(n_global, device=z.device).repeat_interleave(k)
-    self_cols = start * k + torch.arange(b * k, device=z.device)
-    is_self = torch.zeros_like(logits, dtype=torch.bool)
-    is_self[torch.arange(b * k, device=z.device), self_cols] = True
-    positive = (anchor_ids.unsqueeze(1) == key_ids.unsqueeze(0)) & ~is_self
-    logits = logits.masked_fill(is_self, float("-inf"))
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    per_anchor = -log_prob.masked_fill(~positive, 0.0).sum(dim=1) / (k - 1)
+    self_cols = (start * k + torch.arange(b * k, device=z.device)).unsqueeze(1)
+    logits = logits.scatter(1, self_cols, float("-inf"))  # an anchor is not its own negative
+    log_denominator = torch.logsumexp(logits, dim=1)  # (B·K,)
+    # positives: the K − 1 other views of the same image, from the local (B, K, K) similarities
+    pos = zn @ zn.transpose(1, 2) / temperature  # (B, K, K)
+    pos_sum = (pos.sum(dim=2) - pos.diagonal(dim1=1, dim2=2)).reshape(b * k)
+    per_anchor = log_denominator - pos_sum / (k - 1)
     loss = dist_utils.global_mean(per_anchor.sum(), b * k)
     if return_terms:
-        with torch.no_grad():
-            pos_sim = (logits.masked_fill(~positive, 0.0).sum(1) / (k - 1)).mean() * temperature
-        return loss, {"positive_cosine": pos_sim}
+        return loss, {"positive_cosine": (pos_sum.detach() / (k - 1)).mean() * temperature}
     return loss
 
 
