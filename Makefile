@@ -6,16 +6,16 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU build of torch: small, and what CI uses. A CUDA machine may install any torch>=2.1 first.
-TORCH  ?= torch==2.13.0
+# torch and torchvision as pinned for CI (the CUDA build; it runs on the CPU as well).
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: run test lint install
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet "$(TORCH)" -e ".[dev]"
+	$(BIN)/pip install --quiet $(TORCH) -e ".[dev]"
 	touch $@
 
 run: install
