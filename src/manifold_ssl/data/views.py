@@ -1,0 +1,355 @@
+"""K augmented views of a whole batch at once, on the batch's device.
+
+The per-image torchvision pipelines of the papers (``RandomResizedCrop``, ``RandomHorizontalFlip``,
+``RandomApply(ColorJitter)``, ``RandomGrayscale``, ``GaussianBlur``, ``RandomSolarize``) are
+re-implemented on (N, C, H, W) tensors: random parameters are drawn for the whole batch from
+one seeded ``torch.Generator`` (same algorithm and distributions as torchvision, tested in
+``tests/data/test_views.py``), then applied with a handful of batched kernels:
+
+* crop + resize + flip: one ``grid_sample`` per batch (bilinear, equal to
+  ``torchvision.transforms.functional.resized_crop(..., antialias=False)``);
+* colour jitter: brightness, contrast, saturation and hue in an independent random order per
+  image, as ``ColorJitter``;
+* blur: a depthwise convolution with one Gaussian kernel per image (reflect padding).
+
+Parameters are drawn on the CPU (a few numbers per image) and applied on the device. Drawing and
+applying are separate steps, so that under DDP every rank draws the parameters of the global
+batch and applies its own slice: the views are the same as on one process.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["PRESETS", "AugmentSpec", "MultiViewAugment", "preset"]
+
+_GRAY = (0.2989, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """One augmentation distribution (a torchvision ``Compose`` of the usual SSL transforms)."""
+
+    size: int | None = None  # output side; None keeps the input size
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_kernel: int = 3
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}")
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            p = getattr(self, name)
+            if not 0 <= p <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+        if self.hue < 0 or self.hue > 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be a positive odd integer, got {self.blur_kernel}")
+
+
+# Normalisation statistics of the datasets (channel means and standard deviations).
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+_CIFAR = AugmentSpec(mean=CIFAR_MEAN, std=CIFAR_STD)
+PRESETS: dict[str, tuple[AugmentSpec, ...]] = {
+    # Yerxa et al. App. D: Barlow Twins' augmentations without blur and solarisation
+    "cifar": (_CIFAR,),
+    # CLAMP App. B, Table 3: T1 = T2
+    "clamp_cifar": (
+        replace(_CIFAR, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
+                blur_p=0.5, blur_kernel=3),
+    ),
+    # Barlow Twins / BYOL ImageNet pair: T1 always blurs, T2 sometimes blurs and solarises
+    "imagenet": (
+        AugmentSpec(size=224, blur_p=1.0, blur_kernel=23, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        AugmentSpec(size=224, blur_p=0.1, blur_kernel=23, solarize_p=0.2,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    ),
+    # CLAMP App. B, Table 4: T1 / T2 differ in solarisation
+    "clamp_imagenet": (
+        AugmentSpec(size=224, brightness=0.8, contrast=0.8, saturation=0.2, hue=0.1,
+                    blur_p=0.8, blur_kernel=23, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        AugmentSpec(size=224, brightness=0.8, contrast=0.8, saturation=0.2, hue=0.1,
+                    blur_p=0.8, blur_kernel=23, solarize_p=0.2,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    ),
+    # 8x8 grey digits: mild crops, no flips (digits are not mirror-symmetric), intensity jitter
+    "digits": (
+        AugmentSpec(crop_scale=(0.5, 1.0), flip_p=0.0, jitter_p=0.8, brightness=0.4,
+                    contrast=0.4, saturation=0.0, hue=0.0, grayscale_p=0.0,
+                    mean=(0.5,), std=(0.5,)),
+    ),
+}
+
+
+def preset(name: str) -> tuple[AugmentSpec, ...]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown view preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+# --------------------------------------------------------------------------- parameters
+def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+def sample_crops(
+    n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+    gen: torch.Generator, attempts: int = 10,
+) -> torch.Tensor:
+    """(n, 4) int64 boxes ``(i, j, h, w)`` with torchvision's ``RandomResizedCrop.get_params``
+    algorithm: up to 10 tries of area ~ U(scale)·HW and log-ratio ~ U(log ratio), the first that
+    fits wins; otherwise a centre crop clamped to the ratio range."""
+    area = height * width
+    target = area * _uniform(n * attempts, *scale, gen).view(n, attempts)
+    log_r = _uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), gen).view(n, attempts)
+    aspect = torch.exp(log_r)
+    w = torch.round(torch.sqrt(target * aspect)).long()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    u_i = torch.rand(n, attempts, generator=gen, dtype=torch.float64)
+    u_j = torch.rand(n, attempts, generator=gen, dtype=torch.float64)
+    i = torch.floor(u_i * (height - h + 1).clamp_min(1)).long()
+    j = torch.floor(u_j * (width - w + 1).clamp_min(1)).long()
+    first = torch.argmax(ok.int(), dim=1)  # index of the first valid attempt (0 if none)
+    rows = torch.arange(n)
+    boxes = torch.stack([i[rows, first], j[rows, first], h[rows, first], w[rows, first]], dim=1)
+    # fallback: centre crop, as torchvision
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fh, fw = height, int(round(height * max(ratio)))
+    else:
+        fw, fh = width, height
+    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw])
+    return torch.where(ok.any(dim=1, keepdim=True), boxes, fallback)
+
+
+@dataclass
+class ViewParams:
+    """Random parameters of one view for a batch of n images (CPU tensors)."""
+
+    boxes: torch.Tensor  # (n, 4) int64: i, j, h, w
+    flip: torch.Tensor  # (n,) bool
+    jitter: torch.Tensor  # (n,) bool: colour jitter applied
+    factors: torch.Tensor  # (n, 4) float64: brightness, contrast, saturation, hue
+    order: torch.Tensor  # (n, 4) int64: a permutation of the four jitter ops
+    gray: torch.Tensor  # (n,) bool
+    blur: torch.Tensor  # (n,) bool
+    sigma: torch.Tensor  # (n,) float64
+    solarize: torch.Tensor  # (n,) bool
+
+    def slice(self, start: int, stop: int) -> ViewParams:
+        kw = {k: getattr(self, k)[start:stop] for k in
+              ("boxes", "flip", "jitter", "factors", "order", "gray", "blur", "sigma", "solarize")}
+        return ViewParams(**kw)
+
+
+def sample_params(spec: AugmentSpec, n: int, height: int, width: int, gen: torch.Generator) -> ViewParams:
+    """Draw every random choice of ``spec`` for n images, in a fixed order (reproducible)."""
+    boxes = sample_crops(n, height, width, spec.crop_scale, spec.crop_ratio, gen)
+    flip = torch.rand(n, generator=gen) < spec.flip_p
+    jitter = torch.rand(n, generator=gen) < spec.jitter_p
+    factors = torch.stack(
+        [
+            _uniform(n, max(0.0, 1 - spec.brightness), 1 + spec.brightness, gen),
+            _uniform(n, max(0.0, 1 - spec.contrast), 1 + spec.contrast, gen),
+            _uniform(n, max(0.0, 1 - spec.saturation), 1 + spec.saturation, gen),
+            _uniform(n, -spec.hue, spec.hue, gen),
+        ],
+        dim=1,
+    )
+    order = torch.argsort(torch.rand(n, 4, generator=gen), dim=1)
+    gray = torch.rand(n, generator=gen) < spec.grayscale_p
+    blur = torch.rand(n, generator=gen) < spec.blur_p
+    sigma = _uniform(n, *spec.blur_sigma, gen)
+    solarize = torch.rand(n, generator=gen) < spec.solarize_p
+    return ViewParams(boxes, flip, jitter, factors, order, gray, blur, sigma, solarize)
+
+
+# --------------------------------------------------------------------------- kernels
+def resized_crop(
+    x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Crop ``boxes`` (n, 4: i, j, h, w) from ``x`` (n, C, H, W) float, resize to size×size
+    (bilinear, half-pixel centres, no antialias) and mirror horizontally where ``flip``: the
+    same numbers as torchvision's ``resized_crop(..., antialias=False)`` then ``hflip``, in one
+    ``grid_sample`` for the whole batch."""
+    n, _, height, width = x.shape
+    b = boxes.to(device=x.device, dtype=x.dtype)
+    i, j, h, w = b.unbind(dim=1)
+    steps = torch.arange(size, device=x.device, dtype=x.dtype) + 0.5  # output pixel centres
+    # source pixel coordinates, clamped to the crop as interpolating the cropped image does
+    sx = (j.unsqueeze(1) + (steps * (w / size).unsqueeze(1) - 0.5).clamp_min(0)).minimum(
+        (j + w - 1).unsqueeze(1)
+    )  # (n, size)
+    sy = (i.unsqueeze(1) + (steps * (h / size).unsqueeze(1) - 0.5).clamp_min(0)).minimum(
+        (i + h - 1).unsqueeze(1)
+    )
+    if flip is not None:
+        sx = torch.where(flip.to(x.device).unsqueeze(1), sx.flip(1), sx)
+    gx = 2 * sx / max(width - 1, 1) - 1  # align_corners=True normalisation of pixel indices
+    gy = 2 * sy / max(height - 1, 1) - 1
+    grid = torch.stack(torch.broadcast_tensors(gx.unsqueeze(1), gy.unsqueeze(2)), dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(n, 1, H, W) luma of RGB ``x`` (ITU-R 601-2, as torchvision); grey input is returned."""
+    if x.shape[1] == 1:
+        return x
+    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    f = f.view(-1, 1, 1, 1)
+    return (f * x + (1 - f) * other).clamp(0, 1)
+
+
+def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return _blend(x, torch.zeros_like(x), f)
+
+
+def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(x, mean, f)
+
+
+def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    return _blend(x, grayscale(x), f)
+
+
+def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue by ``f`` (n,) turns, through HSV, with torchvision's formulas."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(dim=1)
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    eqc = maxc == minc
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    cr_divisor = torch.where(eqc, ones, cr)
+    rc, gc, bc = (maxc - r) / cr_divisor, (maxc - g) / cr_divisor, (maxc - b) / cr_divisor
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    h = torch.remainder(h + f.view(-1, 1, 1), 1.0)
+    v = maxc
+    i = torch.floor(h * 6.0)
+    fr = h * 6.0 - i
+    i = i.to(torch.int64) % 6
+    p = (v * (1.0 - s)).clamp(0, 1)
+    q = (v * (1.0 - s * fr)).clamp(0, 1)
+    t = (v * (1.0 - s * (1.0 - fr))).clamp(0, 1)
+    mask = i.unsqueeze(1) == torch.arange(6, device=x.device).view(1, -1, 1, 1)
+    a1 = torch.stack((v, q, p, p, t, v), dim=1)
+    a2 = torch.stack((t, v, v, q, p, p), dim=1)
+    a3 = torch.stack((p, p, t, v, v, q), dim=1)
+    a4 = torch.stack((a1, a2, a3), dim=1)  # (n, 3, 6, H, W)
+    return torch.einsum("nijk,nxijk->nxjk", mask.to(x.dtype), a4)
+
+
+def gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image with its own σ (n,), kernel size ``kernel``, reflect padding."""
+    n, c, height, width = x.shape
+    half = (kernel - 1) / 2
+    pos = torch.linspace(-half, half, kernel, device=x.device, dtype=x.dtype)
+    pdf = torch.exp(-0.5 * (pos / sigma.to(x.device, x.dtype).view(-1, 1)) ** 2)
+    k1 = (pdf / pdf.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (n·C, k)
+    pad = kernel // 2
+    y = x.reshape(1, n * c, height, width)
+    y = F.pad(y, (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, k1.view(n * c, 1, 1, kernel), groups=n * c)
+    y = F.conv2d(y, k1.view(n * c, 1, kernel, 1), groups=n * c)
+    return y.view(n, c, height, width)
+
+
+_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def apply_params(spec: AugmentSpec, images: torch.Tensor, p: ViewParams) -> torch.Tensor:
+    """One augmented view of uint8 ``images`` (n, C, H, W): normalised float (n, C, s, s)."""
+    x = images.float().div_(255.0)
+    size = spec.size or images.shape[-1]
+    x = resized_crop(x, p.boxes, size, p.flip)
+    dev = x.device
+    jit = p.jitter.to(dev)
+    factors = p.factors.to(dev, x.dtype)
+    order = p.order.to(dev)
+    for slot in range(4):  # each image applies its four ops in its own random order
+        for op_index, op in enumerate(_JITTER_OPS):
+            idx = torch.nonzero(jit & (order[:, slot] == op_index)).flatten()
+            if idx.numel():
+                x[idx] = op(x[idx], factors[idx, op_index])
+    idx = torch.nonzero(p.gray.to(dev)).flatten()
+    if idx.numel() and x.shape[1] == 3:
+        x[idx] = grayscale(x[idx]).expand(-1, 3, -1, -1)
+    idx = torch.nonzero(p.blur.to(dev)).flatten()
+    if idx.numel():
+        x[idx] = gaussian_blur(x[idx], spec.blur_kernel, p.sigma[idx.cpu()])
+    idx = torch.nonzero(p.solarize.to(dev)).flatten()
+    if idx.numel():
+        x[idx] = torch.where(x[idx] >= 0.5, 1.0 - x[idx], x[idx])
+    c = x.shape[1]
+    mean = torch.tensor(spec.mean * (c if len(spec.mean) == 1 else 1), device=dev).view(1, c, 1, 1)
+    std = torch.tensor(spec.std * (c if len(spec.std) == 1 else 1), device=dev).view(1, c, 1, 1)
+    return (x - mean) / std
+
+
+class MultiViewAugment:
+    """K views per image: the first ⌈K/2⌉ from ``specs[0]``, the rest from ``specs[-1]``.
+
+    With one spec every view has the same distribution; with two (CLAMP's T1/T2, BYOL's pair)
+    half the views come from each, as CLAMP's Algorithm 1.
+    """
+
+    def __init__(self, specs: tuple[AugmentSpec, ...], num_views: int) -> None:
+        if num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        if not 1 <= len(specs) <= 2:
+            raise ValueError(f"specs must hold one or two AugmentSpec, got {len(specs)}")
+        self.specs = specs
+        self.num_views = num_views
+
+    def spec_of(self, view: int) -> AugmentSpec:
+        return self.specs[0] if view < (self.num_views + 1) // 2 else self.specs[-1]
+
+    def sample(self, n: int, height: int, width: int, gen: torch.Generator) -> list[ViewParams]:
+        return [sample_params(self.spec_of(k), n, height, width, gen) for k in range(self.num_views)]
+
+    def apply(self, images: torch.Tensor, params: list[ViewParams]) -> torch.Tensor:
+        """(n, K, C, s, s) float views of uint8 ``images`` (n, C, H, W)."""
+        views = [apply_params(self.spec_of(k), images, p) for k, p in enumerate(params)]
+        return torch.stack(views, dim=1)
+
+    def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        params = self.sample(images.shape[0], images.shape[-2], images.shape[-1], gen)
+        return self.apply(images, params)

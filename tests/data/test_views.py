@@ -1,0 +1,146 @@
+"""Batched views against the per-image torchvision transforms they replace."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.v2.functional as TF
+from scipy import stats
+
+from manifold_ssl.data.views import (
+    AugmentSpec,
+    MultiViewAugment,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    gaussian_blur,
+    preset,
+    resized_crop,
+    sample_crops,
+    sample_params,
+)
+
+N = 4000
+
+
+def images(n=6, c=3, h=32, w=32, seed=0) -> torch.Tensor:
+    return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("shape, scale, ratio", [
+    ((32, 32), (0.08, 1.0), (3 / 4, 4 / 3)),
+    ((40, 24), (0.2, 0.6), (0.5, 2.0)),
+    ((8, 8), (0.5, 1.0), (3 / 4, 4 / 3)),
+])
+def test_crop_parameters_follow_torchvision_distribution(shape, scale, ratio):
+    h, w = shape
+    ours = sample_crops(N, h, w, scale, ratio, torch.Generator().manual_seed(1)).double()
+    torch.manual_seed(2)
+    img = torch.zeros(1, h, w)
+    ref = torch.tensor(
+        [T.RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(N)]
+    ).double()
+    for name, a, b in (
+        ("area", ours[:, 2] * ours[:, 3], ref[:, 2] * ref[:, 3]),
+        ("aspect", ours[:, 3] / ours[:, 2], ref[:, 3] / ref[:, 2]),
+        ("top", ours[:, 0], ref[:, 0]),
+        ("left", ours[:, 1], ref[:, 1]),
+    ):
+        assert stats.ks_2samp(a.numpy(), b.numpy()).pvalue > 1e-3, name
+    assert (ours[:, 0] + ours[:, 2] <= h).all() and (ours[:, 1] + ours[:, 3] <= w).all()
+
+
+def test_crop_and_resize_equal_torchvision_resized_crop():
+    x = images()
+    boxes = torch.tensor([[0, 0, 32, 32], [3, 5, 20, 11], [10, 2, 7, 30], [1, 1, 31, 31],
+                          [16, 16, 16, 16], [0, 7, 9, 25]])
+    flip = torch.tensor([False, True, False, True, False, True])
+    out = resized_crop(x, boxes, 24, flip)
+    for k, (i, j, h, w) in enumerate(boxes.tolist()):
+        ref = TF.resized_crop(x[k], i, j, h, w, [24, 24], antialias=False)
+        if flip[k]:
+            ref = TF.horizontal_flip(ref)
+        torch.testing.assert_close(out[k], ref, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ours, theirs, lo, hi", [
+    (adjust_brightness, TF.adjust_brightness, 0.3, 1.7),
+    (adjust_contrast, TF.adjust_contrast, 0.3, 1.7),
+    (adjust_saturation, TF.adjust_saturation, 0.0, 2.0),
+    (adjust_hue, TF.adjust_hue, -0.5, 0.5),
+])
+def test_colour_ops_equal_torchvision(ours, theirs, lo, hi):
+    x = images()
+    f = torch.linspace(lo, hi, 6)
+    out = ours(x.clone(), f)
+    for k in range(6):
+        torch.testing.assert_close(out[k], theirs(x[k], f[k].item()), atol=2e-5, rtol=0)
+
+
+def test_blur_equals_torchvision_gaussian_blur():
+    x = images()
+    sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.7], dtype=torch.float64)
+    for kernel in (3, 5):
+        out = gaussian_blur(x, kernel, sigma)
+        for k in range(6):
+            ref = TF.gaussian_blur(x[k], [kernel, kernel], [sigma[k].item()] * 2)
+            torch.testing.assert_close(out[k], ref, atol=2e-5, rtol=0)
+
+
+def test_jitter_factors_probabilities_and_order_match_torchvision():
+    spec = AugmentSpec(brightness=0.8, contrast=0.4, saturation=0.2, hue=0.1, jitter_p=0.8,
+                       grayscale_p=0.2, flip_p=0.5, blur_p=0.3, solarize_p=0.1)
+    p = sample_params(spec, N, 32, 32, torch.Generator().manual_seed(3))
+    torch.manual_seed(4)
+    ref = [T.ColorJitter.get_params([0.2, 1.8], [0.6, 1.4], [0.8, 1.2], [-0.1, 0.1])
+           for _ in range(N)]
+    for col, k in ((0, 1), (1, 2), (2, 3), (3, 4)):
+        theirs = np.array([r[k] for r in ref])
+        assert stats.ks_2samp(p.factors[:, col].numpy(), theirs).pvalue > 1e-3
+    # every one of the 24 orders about equally often, as torch.randperm(4) per image
+    counts = np.unique(p.order.numpy(), axis=0, return_counts=True)[1]
+    assert len(counts) == 24 and stats.chisquare(counts).pvalue > 1e-3
+    for flag, prob in ((p.jitter, 0.8), (p.gray, 0.2), (p.flip, 0.5), (p.blur, 0.3),
+                       (p.solarize, 0.1)):
+        assert abs(flag.float().mean().item() - prob) < 4 * math.sqrt(prob * (1 - prob) / N)
+
+
+def test_views_are_reproducible_and_distinct():
+    aug = MultiViewAugment(preset("cifar"), 3)
+    x = (images(8) * 255).to(torch.uint8)
+    a = aug(x, torch.Generator().manual_seed(5))
+    b = aug(x, torch.Generator().manual_seed(5))
+    c = aug(x, torch.Generator().manual_seed(6))
+    assert a.shape == (8, 3, 3, 32, 32)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a[:, 0], a[:, 1])
+
+
+def test_two_specs_split_the_views_in_halves():
+    t1, t2 = preset("clamp_imagenet")
+    aug = MultiViewAugment((t1, t2), 4)
+    assert [aug.spec_of(k) for k in range(4)] == [t1, t1, t2, t2]
+
+
+def test_sliced_parameters_give_the_same_views():
+    # what DDP relies on: drawing for the global batch and applying a slice
+    aug = MultiViewAugment(preset("clamp_cifar"), 2)
+    x = (images(10) * 255).to(torch.uint8)
+    params = aug.sample(10, 32, 32, torch.Generator().manual_seed(7))
+    whole = aug.apply(x, params)
+    part = aug.apply(x[4:], [p.slice(4, 10) for p in params])
+    torch.testing.assert_close(part, whole[4:])
+
+
+def test_bad_specs_raise():
+    with pytest.raises(ValueError, match="crop_scale"):
+        AugmentSpec(crop_scale=(0.5, 0.2))
+    with pytest.raises(ValueError, match="blur_kernel"):
+        AugmentSpec(blur_kernel=4)
+    with pytest.raises(ValueError, match="preset"):
+        preset("nope")
