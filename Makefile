@@ -1,5 +1,5 @@
 # Two commands set up and run everything on a fresh machine (see README):
-#   make run    -- install into .venv, then run the main job
+#   make run    -- install into .venv, then run the main job (MMCR on digits, about a minute)
 #   make test   -- install into .venv, then run the test suite
 # OMP_WAIT_POLICY=PASSIVE: PyTorch's default OpenMP busy-waiting makes SVD/eigen calls 15-200x
 # slower when anything else runs on a small machine; passive waiting costs nothing measurable.
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 run: install
-	$(BIN)/manifold-ssl simulate
+	$(BIN)/manifold-ssl pretrain
 
 test: install
 	$(BIN)/python -m pytest -q

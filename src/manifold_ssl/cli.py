@@ -76,6 +76,124 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_results(results: dict[str, dict[str, object]]) -> None:
+    def pct(v: object) -> str:
+        return f"{100 * v:7.2f}%" if isinstance(v, float) else f"{'-':>8}"
+
+    print(f"\n{'encoder':>12} | {'kNN val':>8} {'kNN test':>8} | {'lin val':>8} {'lin test':>8}")
+    for name, r in results.items():
+        print(
+            f"{name:>12} | {pct(r.get('knn_val_accuracy'))} {pct(r.get('knn_test_accuracy'))} | "
+            f"{pct(r.get('linear_val_accuracy'))} {pct(r.get('linear_test_accuracy'))}"
+        )
+
+
+def _evaluate_and_report(
+    cfg: object,
+    method: object,
+    splits: object,
+    run_dir: Path,
+    device: str,
+    extra: dict[str, object],
+) -> None:
+    import torch
+
+    from .config import Config
+    from .evaluation.protocol import evaluate_with_baselines
+    from .evaluation.report import write_report
+    from .runinfo import write_json
+    from .training.loop import build_method_for
+
+    assert isinstance(cfg, Config)
+    torch.manual_seed(cfg.train.seed)  # the same initialisation the pretrained encoder had
+    random_encoder = build_method_for(cfg, splits.train.images.shape[1]).backbone  # type: ignore[attr-defined]
+    results = evaluate_with_baselines(cfg, method.backbone, splits, device, random_encoder)  # type: ignore[attr-defined]
+    write_json(run_dir / "eval.json", {"results": results, **extra})
+    report = write_report(run_dir, results, extra)
+    _print_results(results)
+    for key, value in extra.items():
+        print(f"{key}: {value}")
+    print(
+        f"\nrun directory: {run_dir}\n  report: {report}\n  curves: {run_dir / 'curves.png'}"
+        f"\n  metrics: {run_dir / 'metrics.jsonl'}\n  checkpoint: {run_dir / 'checkpoints' / 'last.pt'}"
+    )
+
+
+def _final_percent_error(run_dir: Path) -> object:
+    from .training.metrics import read_metrics
+
+    values = [
+        r["percent_error"] for r in read_metrics(run_dir / "metrics.jsonl") if "percent_error" in r
+    ]
+    return f"{100 * values[-1]:.2f}% (batch centroids, last logged step)" if values else "-"
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import apply_overrides, config_from_dict, load_recipe
+    from .training.distributed import resolve_device, setup_distributed
+    from .training.loop import pretrain
+
+    if args.resume:
+        if args.recipe or args.overrides:
+            raise ValueError(
+                "--resume continues a run with its own config; give no recipe or overrides"
+            )
+        import yaml
+
+        cfg = config_from_dict(yaml.safe_load((Path(args.resume) / "config.yaml").read_text()))
+    else:
+        cfg = apply_overrides(load_recipe(args.recipe or "digits_mmcr"), args.overrides)
+    result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
+    ctx = setup_distributed(cfg.train.device)
+    if result.status != "finished" or not ctx.is_main or args.no_eval:
+        return 0 if result.status in ("finished", "interrupted", "budget", "max_steps") else 1
+    device = str(resolve_device(cfg.train.device, ctx))
+    extra = {
+        "method": cfg.method.name,
+        "dataset": cfg.data.name,
+        "steps": result.step,
+        "final percent error": _final_percent_error(result.run_dir),
+    }
+    _evaluate_and_report(cfg, result.method, result.splits, result.run_dir, device, extra)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .config import config_from_dict
+    from .data.splits import load_splits
+    from .training.checkpoint import load_checkpoint
+    from .training.distributed import DistContext, resolve_device
+    from .training.loop import build_method_for
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    state = load_checkpoint(run_dir / "checkpoints" / args.checkpoint)
+    if config_from_dict(state["config"]) != cfg:
+        raise ValueError(
+            f"checkpoint {args.checkpoint} was written with another config than {run_dir}"
+        )
+    device = str(resolve_device(args.device or cfg.train.device, DistContext()))
+    splits = load_splits(
+        cfg.data.name, cfg.data.root, cfg.data.path, cfg.data.val_fraction, cfg.data.split_seed
+    )
+    method = build_method_for(cfg, splits.train.images.shape[1])
+    method.load_state_dict(state["model"])
+    method.to(device)
+    extra = {
+        "method": cfg.method.name,
+        "dataset": cfg.data.name,
+        "steps": state["step"],
+        "checkpoint": args.checkpoint,
+        "final percent error": _final_percent_error(run_dir),
+    }
+    _evaluate_and_report(cfg, method, splits, run_dir, device, extra)
+    return 0
+
+
 def _cmd_losses(args: argparse.Namespace) -> int:
     from .losses import LOSSES
 
@@ -126,6 +244,32 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=_cmd_simulate)
 
+    pre = sub.add_parser(
+        "pretrain",
+        help="pretrain an encoder (default: MMCR on digits), then evaluate it against baselines",
+        description="Pretrain with a recipe (a packaged name or a YAML path; default "
+        "digits_mmcr) and --section.key=value overrides; then kNN and linear-probe accuracy next "
+        "to a random-init encoder and raw pixels. Under torchrun it runs DDP.",
+    )
+    pre.add_argument("recipe", nargs="?", help="recipe name or YAML path (default digits_mmcr)")
+    pre.add_argument("--resume", help="continue the run in this directory exactly where it stopped")
+    pre.add_argument("--no-eval", dest="no_eval", action="store_true", help="skip the evaluation")
+    pre.add_argument("--quiet", action="store_true", help="no progress bar")
+    pre.set_defaults(func=_cmd_pretrain)
+
+    ev = sub.add_parser("evaluate", help="evaluate a run directory's checkpoint")
+    ev.add_argument("run_dir")
+    ev.add_argument("--checkpoint", default="last.pt")
+    ev.add_argument("--device", default=None)
+    ev.set_defaults(func=_cmd_evaluate)
+
+    recipes = sub.add_parser("recipes", help="list the packaged recipes")
+    recipes.set_defaults(
+        func=lambda a: (
+            print("\n".join(__import__("manifold_ssl.config", fromlist=["x"]).list_recipes())) or 0
+        )
+    )
+
     losses = sub.add_parser("losses", help="list the registered objectives")
     losses.set_defaults(func=_cmd_losses)
     return parser
@@ -133,10 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "pretrain":
+        args.overrides = unknown  # --section.key=value
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args))
-    except ValueError as err:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
         print(f"manifold-ssl {args.command}: error: {err}", file=sys.stderr)
         return 2
 

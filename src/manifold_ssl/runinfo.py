@@ -62,9 +62,16 @@ def make_run_dir(root: str | os.PathLike[str], name: str) -> Path:
     return path
 
 
-def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename), so a crash leaves no half file."""
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write atomically (temporary file, fsync, rename), so a crash leaves no half file."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

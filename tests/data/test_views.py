@@ -32,11 +32,14 @@ def images(n=6, c=3, h=32, w=32, seed=0) -> torch.Tensor:
     return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("shape, scale, ratio", [
-    ((32, 32), (0.08, 1.0), (3 / 4, 4 / 3)),
-    ((40, 24), (0.2, 0.6), (0.5, 2.0)),
-    ((8, 8), (0.5, 1.0), (3 / 4, 4 / 3)),
-])
+@pytest.mark.parametrize(
+    "shape, scale, ratio",
+    [
+        ((32, 32), (0.08, 1.0), (3 / 4, 4 / 3)),
+        ((40, 24), (0.2, 0.6), (0.5, 2.0)),
+        ((8, 8), (0.5, 1.0), (3 / 4, 4 / 3)),
+    ],
+)
 def test_crop_parameters_follow_torchvision_distribution(shape, scale, ratio):
     h, w = shape
     ours = sample_crops(N, h, w, scale, ratio, torch.Generator().manual_seed(1)).double()
@@ -57,8 +60,16 @@ def test_crop_parameters_follow_torchvision_distribution(shape, scale, ratio):
 
 def test_crop_and_resize_equal_torchvision_resized_crop():
     x = images()
-    boxes = torch.tensor([[0, 0, 32, 32], [3, 5, 20, 11], [10, 2, 7, 30], [1, 1, 31, 31],
-                          [16, 16, 16, 16], [0, 7, 9, 25]])
+    boxes = torch.tensor(
+        [
+            [0, 0, 32, 32],
+            [3, 5, 20, 11],
+            [10, 2, 7, 30],
+            [1, 1, 31, 31],
+            [16, 16, 16, 16],
+            [0, 7, 9, 25],
+        ]
+    )
     flip = torch.tensor([False, True, False, True, False, True])
     out = resized_crop(x, boxes, 24, flip)
     for k, (i, j, h, w) in enumerate(boxes.tolist()):
@@ -68,12 +79,15 @@ def test_crop_and_resize_equal_torchvision_resized_crop():
         torch.testing.assert_close(out[k], ref, atol=2e-5, rtol=0)
 
 
-@pytest.mark.parametrize("ours, theirs, lo, hi", [
-    (adjust_brightness, TF.adjust_brightness, 0.3, 1.7),
-    (adjust_contrast, TF.adjust_contrast, 0.3, 1.7),
-    (adjust_saturation, TF.adjust_saturation, 0.0, 2.0),
-    (adjust_hue, TF.adjust_hue, -0.5, 0.5),
-])
+@pytest.mark.parametrize(
+    "ours, theirs, lo, hi",
+    [
+        (adjust_brightness, TF.adjust_brightness, 0.3, 1.7),
+        (adjust_contrast, TF.adjust_contrast, 0.3, 1.7),
+        (adjust_saturation, TF.adjust_saturation, 0.0, 2.0),
+        (adjust_hue, TF.adjust_hue, -0.5, 0.5),
+    ],
+)
 def test_colour_ops_equal_torchvision(ours, theirs, lo, hi):
     x = images()
     f = torch.linspace(lo, hi, 6)
@@ -93,20 +107,35 @@ def test_blur_equals_torchvision_gaussian_blur():
 
 
 def test_jitter_factors_probabilities_and_order_match_torchvision():
-    spec = AugmentSpec(brightness=0.8, contrast=0.4, saturation=0.2, hue=0.1, jitter_p=0.8,
-                       grayscale_p=0.2, flip_p=0.5, blur_p=0.3, solarize_p=0.1)
+    spec = AugmentSpec(
+        brightness=0.8,
+        contrast=0.4,
+        saturation=0.2,
+        hue=0.1,
+        jitter_p=0.8,
+        grayscale_p=0.2,
+        flip_p=0.5,
+        blur_p=0.3,
+        solarize_p=0.1,
+    )
     p = sample_params(spec, N, 32, 32, torch.Generator().manual_seed(3))
     torch.manual_seed(4)
-    ref = [T.ColorJitter.get_params([0.2, 1.8], [0.6, 1.4], [0.8, 1.2], [-0.1, 0.1])
-           for _ in range(N)]
+    ref = [
+        T.ColorJitter.get_params([0.2, 1.8], [0.6, 1.4], [0.8, 1.2], [-0.1, 0.1]) for _ in range(N)
+    ]
     for col, k in ((0, 1), (1, 2), (2, 3), (3, 4)):
         theirs = np.array([r[k] for r in ref])
         assert stats.ks_2samp(p.factors[:, col].numpy(), theirs).pvalue > 1e-3
     # every one of the 24 orders about equally often, as torch.randperm(4) per image
     counts = np.unique(p.order.numpy(), axis=0, return_counts=True)[1]
     assert len(counts) == 24 and stats.chisquare(counts).pvalue > 1e-3
-    for flag, prob in ((p.jitter, 0.8), (p.gray, 0.2), (p.flip, 0.5), (p.blur, 0.3),
-                       (p.solarize, 0.1)):
+    for flag, prob in (
+        (p.jitter, 0.8),
+        (p.gray, 0.2),
+        (p.flip, 0.5),
+        (p.blur, 0.3),
+        (p.solarize, 0.1),
+    ):
         assert abs(flag.float().mean().item() - prob) < 4 * math.sqrt(prob * (1 - prob) / N)
 
 

@@ -43,10 +43,14 @@ class ImageTensors:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels must be ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
+            raise ValueError(
+                f"labels must be ({self.images.shape[0]},), got {tuple(self.labels.shape)}"
+            )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -182,7 +186,9 @@ def _stl10(root: Path, split: str, path: str | None) -> ImageTensors:
 def _iter_folder(path: Path, split: str) -> Iterator[tuple[str, str, Callable[[], bytes]]]:
     base = path / split
     if not base.is_dir():
-        raise FileNotFoundError(f"imagefolder: no folder {base} (expected <path>/{split}/<class>/<image>)")
+        raise FileNotFoundError(
+            f"imagefolder: no folder {base} (expected <path>/{split}/<class>/<image>)"
+        )
     for cls_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         for file in sorted(cls_dir.iterdir()):
             if file.suffix.lower() in IMAGE_SUFFIXES:
@@ -213,7 +219,9 @@ def _imagefolder(root: Path, split: str, path: str | None) -> ImageTensors:
     from PIL import Image, UnidentifiedImageError
 
     if path is None:
-        raise ValueError("imagefolder needs data.path: a folder or .tar/.tar.gz of <split>/<class>/<image>")
+        raise ValueError(
+            "imagefolder needs data.path: a folder or .tar/.tar.gz of <split>/<class>/<image>"
+        )
     src = Path(path).expanduser()
     if not src.exists():
         raise FileNotFoundError(f"imagefolder: data.path {src} does not exist")

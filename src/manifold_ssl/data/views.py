@@ -77,28 +77,62 @@ PRESETS: dict[str, tuple[AugmentSpec, ...]] = {
     "cifar": (_CIFAR,),
     # CLAMP App. B, Table 3: T1 = T2
     "clamp_cifar": (
-        replace(_CIFAR, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
-                blur_p=0.5, blur_kernel=3),
+        replace(
+            _CIFAR, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_p=0.5, blur_kernel=3
+        ),
     ),
     # Barlow Twins / BYOL ImageNet pair: T1 always blurs, T2 sometimes blurs and solarises
     "imagenet": (
         AugmentSpec(size=224, blur_p=1.0, blur_kernel=23, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        AugmentSpec(size=224, blur_p=0.1, blur_kernel=23, solarize_p=0.2,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        AugmentSpec(
+            size=224,
+            blur_p=0.1,
+            blur_kernel=23,
+            solarize_p=0.2,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        ),
     ),
     # CLAMP App. B, Table 4: T1 / T2 differ in solarisation
     "clamp_imagenet": (
-        AugmentSpec(size=224, brightness=0.8, contrast=0.8, saturation=0.2, hue=0.1,
-                    blur_p=0.8, blur_kernel=23, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        AugmentSpec(size=224, brightness=0.8, contrast=0.8, saturation=0.2, hue=0.1,
-                    blur_p=0.8, blur_kernel=23, solarize_p=0.2,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        AugmentSpec(
+            size=224,
+            brightness=0.8,
+            contrast=0.8,
+            saturation=0.2,
+            hue=0.1,
+            blur_p=0.8,
+            blur_kernel=23,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        ),
+        AugmentSpec(
+            size=224,
+            brightness=0.8,
+            contrast=0.8,
+            saturation=0.2,
+            hue=0.1,
+            blur_p=0.8,
+            blur_kernel=23,
+            solarize_p=0.2,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        ),
     ),
     # 8x8 grey digits: mild crops, no flips (digits are not mirror-symmetric), intensity jitter
     "digits": (
-        AugmentSpec(crop_scale=(0.5, 1.0), flip_p=0.0, jitter_p=0.8, brightness=0.4,
-                    contrast=0.4, saturation=0.0, hue=0.0, grayscale_p=0.0,
-                    mean=(0.5,), std=(0.5,)),
+        AugmentSpec(
+            crop_scale=(0.5, 1.0),
+            flip_p=0.0,
+            jitter_p=0.8,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.0,
+            hue=0.0,
+            grayscale_p=0.0,
+            mean=(0.5,),
+            std=(0.5,),
+        ),
     ),
 }
 
@@ -115,8 +149,13 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor
 
 
 def sample_crops(
-    n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-    gen: torch.Generator, attempts: int = 10,
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    gen: torch.Generator,
+    attempts: int = 10,
 ) -> torch.Tensor:
     """(n, 4) int64 boxes ``(i, j, h, w)`` with torchvision's ``RandomResizedCrop.get_params``
     algorithm: up to 10 tries of area ~ U(scale)·HW and log-ratio ~ U(log ratio), the first that
@@ -162,12 +201,26 @@ class ViewParams:
     solarize: torch.Tensor  # (n,) bool
 
     def slice(self, start: int, stop: int) -> ViewParams:
-        kw = {k: getattr(self, k)[start:stop] for k in
-              ("boxes", "flip", "jitter", "factors", "order", "gray", "blur", "sigma", "solarize")}
+        kw = {
+            k: getattr(self, k)[start:stop]
+            for k in (
+                "boxes",
+                "flip",
+                "jitter",
+                "factors",
+                "order",
+                "gray",
+                "blur",
+                "sigma",
+                "solarize",
+            )
+        }
         return ViewParams(**kw)
 
 
-def sample_params(spec: AugmentSpec, n: int, height: int, width: int, gen: torch.Generator) -> ViewParams:
+def sample_params(
+    spec: AugmentSpec, n: int, height: int, width: int, gen: torch.Generator
+) -> ViewParams:
     """Draw every random choice of ``spec`` for n images, in a fixed order (reproducible)."""
     boxes = sample_crops(n, height, width, spec.crop_scale, spec.crop_ratio, gen)
     flip = torch.rand(n, generator=gen) < spec.flip_p
@@ -343,7 +396,9 @@ class MultiViewAugment:
         return self.specs[0] if view < (self.num_views + 1) // 2 else self.specs[-1]
 
     def sample(self, n: int, height: int, width: int, gen: torch.Generator) -> list[ViewParams]:
-        return [sample_params(self.spec_of(k), n, height, width, gen) for k in range(self.num_views)]
+        return [
+            sample_params(self.spec_of(k), n, height, width, gen) for k in range(self.num_views)
+        ]
 
     def apply(self, images: torch.Tensor, params: list[ViewParams]) -> torch.Tensor:
         """(n, K, C, s, s) float views of uint8 ``images`` (n, C, H, W)."""

@@ -1,0 +1,66 @@
+"""The run report: loss and accuracy curves (PNG) and a Markdown summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..training.metrics import read_metrics
+
+__all__ = ["write_report"]
+
+
+def _plot_curves(run_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    steps = [r for r in records if "loss" in r]
+    knn = [r for r in records if "knn_val_accuracy" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps])
+    axes[0].set(xlabel="step", ylabel="loss", title="pretraining loss")
+    if steps and "percent_error" in steps[0]:
+        axes[1].plot([r["step"] for r in steps], [100 * r["percent_error"] for r in steps])
+    axes[1].set(xlabel="step", ylabel="%", title="percent error of batch centroids")
+    axes[2].plot([r["epoch"] for r in knn], [100 * r["knn_val_accuracy"] for r in knn], "o-")
+    axes[2].set(xlabel="epoch", ylabel="%", title="kNN accuracy (validation)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = run_dir / "curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.2f}" if isinstance(value, float) else "-"
+
+
+def write_report(run_dir: Path, results: dict[str, dict[str, Any]], extra: dict[str, Any]) -> Path:
+    figures = _plot_curves(run_dir)
+    lines = [f"# Run report: {run_dir.name}", ""]
+    for key, value in extra.items():
+        lines.append(f"- **{key}**: {value}")
+    lines += [
+        "",
+        "| encoder | kNN val % | kNN test % | linear val % | linear test % |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {_pct(r.get('knn_val_accuracy'))} | {_pct(r.get('knn_test_accuracy'))} | "
+            f"{_pct(r.get('linear_val_accuracy'))} | {_pct(r.get('linear_test_accuracy'))} |"
+        )
+    lines += [
+        "",
+        "Test accuracies are computed once, with the weight decay chosen on validation.",
+        "",
+    ]
+    lines += [f"![curves]({f.name})" for f in figures]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,137 @@
+"""The method table and the one class that runs every method (see the package docstring)."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..losses import LOSSES
+from ..models.heads import MomentumEncoder, cosine_momentum, mlp_from_spec
+
+__all__ = ["METHODS", "MethodSpec", "SSLMethod", "build_method"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    loss: str  # name in LOSSES
+    layout: str  # "views" | "pair" | "predict"
+    predictor: bool = False
+    target: str = "none"  # "none" | "ema" (always) | "optional" (when momentum > 0)
+    last_bn: bool = False  # affine-free BN after the projector (SimSiam)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "mmcr": MethodSpec("mmcr", "views", target="optional"),
+    "clamp": MethodSpec("clamp", "views"),
+    "simclr": MethodSpec("simclr", "views"),
+    "barlow_twins": MethodSpec("barlow_twins", "pair"),
+    "vicreg": MethodSpec("vicreg", "pair"),
+    "byol": MethodSpec("byol", "predict", predictor=True, target="ema"),
+    "simsiam": MethodSpec("simsiam", "predict", predictor=True, last_bn=True),
+    "matrix_ssl": MethodSpec("matrix_ssl", "predict", predictor=True, target="ema"),
+}
+
+
+class SSLMethod(nn.Module):
+    """Backbone + projector (+ predictor) (+ EMA target) + objective.
+
+    ``forward(views)`` takes (B, K, C, H, W) float views and returns ``(loss, terms, z)`` with
+    ``z`` the detached (B, K, D) projections for metrics.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        backbone: nn.Module,
+        projector: str,
+        predictor: str = "",
+        momentum: float = 0.0,
+        loss_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; expected one of {sorted(METHODS)}")
+        spec = METHODS[name]
+        self.name, self.spec = name, spec
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if spec.target == "ema" and momentum == 0:
+            raise ValueError(f"method {name} needs a momentum encoder: set momentum in (0, 1)")
+        if spec.predictor and not predictor:
+            raise ValueError(f"method {name} needs a predictor spec, e.g. predictor='512-128'")
+        if not spec.predictor and predictor:
+            raise ValueError(f"method {name} has no predictor; remove predictor={predictor!r}")
+        self.backbone = backbone
+        out_dim: int = backbone.out_dim  # type: ignore[assignment]
+        self.projector = mlp_from_spec(out_dim, projector, last_bn=spec.last_bn)
+        proj_dim = int(projector.split("-")[-1]) if projector else out_dim
+        self.predictor = mlp_from_spec(proj_dim, predictor) if spec.predictor else None
+        try:
+            self.loss_fn = LOSSES[spec.loss](**(loss_kwargs or {}))
+        except TypeError as err:
+            raise ValueError(f"method.loss: bad keyword for the {spec.loss} loss: {err}") from None
+        self._loss_has_terms = "return_terms" in inspect.signature(self.loss_fn.forward).parameters
+        self.base_momentum = momentum
+        use_target = spec.target == "ema" or (spec.target == "optional" and momentum > 0)
+        self.target = (
+            MomentumEncoder(nn.Sequential(backbone, self.projector)) if use_target else None
+        )
+
+    def online(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))
+
+    def forward(
+        self, views: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        b, k = views.shape[:2]
+        if k < 2:
+            raise ValueError(
+                f"views must hold K >= 2 views per image, got shape {tuple(views.shape)}"
+            )
+        flat = views.flatten(0, 1)  # (B·K, C, H, W)
+        z = self.online(flat).view(b, k, -1)  # (B, K, D)
+        terms: dict[str, torch.Tensor] = {}
+        layout = self.spec.layout
+        kwargs: dict[str, Any] = {"return_terms": True} if self._loss_has_terms else {}
+        if layout == "views":
+            if self.target is not None:
+                kwargs["z_momentum"] = self.target(flat).view(b, k, -1)
+            out = self.loss_fn(z, **kwargs)
+        elif layout == "pair":
+            if k != 2:
+                raise ValueError(f"method {self.name} takes exactly 2 views, got {k}")
+            out = self.loss_fn(z[:, 0], z[:, 1], **kwargs)
+        else:
+            if k != 2:
+                raise ValueError(f"method {self.name} takes exactly 2 views, got {k}")
+            assert self.predictor is not None
+            p = self.predictor(z.flatten(0, 1)).view(b, k, -1)
+            t = self.target(flat).view(b, k, -1) if self.target is not None else z
+            out = (self.loss_fn(p[:, 0], t[:, 1]) + self.loss_fn(p[:, 1], t[:, 0])) / 2
+        if isinstance(out, tuple):
+            loss, terms = out
+        else:
+            loss = out
+        return loss, terms, z.detach()
+
+    @torch.no_grad()
+    def update_target(self, step: int, total_steps: int) -> None:
+        """EMA step of the target after an optimiser step (cosine schedule τ_base → 1)."""
+        if self.target is not None:
+            tau = cosine_momentum(self.base_momentum, step, total_steps)
+            self.target.update(nn.Sequential(self.backbone, self.projector), tau)
+
+
+def build_method(
+    name: str,
+    backbone: nn.Module,
+    projector: str,
+    predictor: str = "",
+    momentum: float = 0.0,
+    loss_kwargs: dict[str, Any] | None = None,
+) -> SSLMethod:
+    return SSLMethod(name, backbone, projector, predictor, momentum, loss_kwargs)
