@@ -6,10 +6,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .data.splits import DataSplits
+    from .methods import SSLMethod
 
 
 def _int_list(text: str) -> list[int]:
@@ -89,25 +95,23 @@ def _print_results(results: dict[str, dict[str, object]]) -> None:
 
 
 def _evaluate_and_report(
-    cfg: object,
-    method: object,
-    splits: object,
+    cfg: Config,
+    method: SSLMethod,
+    splits: DataSplits,
     run_dir: Path,
     device: str,
     extra: dict[str, object],
 ) -> None:
     import torch
 
-    from .config import Config
     from .evaluation.protocol import evaluate_with_baselines
     from .evaluation.report import write_report
     from .runinfo import write_json
     from .training.loop import build_method_for
 
-    assert isinstance(cfg, Config)
     torch.manual_seed(cfg.train.seed)  # the same initialisation the pretrained encoder had
-    random_encoder = build_method_for(cfg, splits.train.images.shape[1]).backbone  # type: ignore[attr-defined]
-    results = evaluate_with_baselines(cfg, method.backbone, splits, device, random_encoder)  # type: ignore[attr-defined]
+    random_encoder = build_method_for(cfg, splits.train.images.shape[1]).backbone
+    results = evaluate_with_baselines(cfg, method.backbone, splits, device, random_encoder)
     write_json(run_dir / "eval.json", {"results": results, **extra})
     report = write_report(run_dir, results, extra)
     _print_results(results)
@@ -134,13 +138,18 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .training.loop import pretrain
 
     if args.resume:
-        if args.recipe or args.overrides:
-            raise ValueError(
-                "--resume continues a run with its own config; give no recipe or overrides"
-            )
         import yaml
 
-        cfg = config_from_dict(yaml.safe_load((Path(args.resume) / "config.yaml").read_text()))
+        from .training.loop import STOP_KEYS
+
+        stops = [f"--train.{k}=" for k in STOP_KEYS]
+        if args.recipe or any(not o.startswith(tuple(stops)) for o in args.overrides):
+            raise ValueError(
+                "--resume continues a run with its own config: give no recipe, and no overrides "
+                f"but the stop conditions {', '.join(f'train.{k}' for k in STOP_KEYS)}"
+            )
+        saved = yaml.safe_load((Path(args.resume) / "config.yaml").read_text())
+        cfg = apply_overrides(config_from_dict(saved), args.overrides)
     else:
         cfg = apply_overrides(load_recipe(args.recipe or "digits_mmcr"), args.overrides)
     result = pretrain(cfg, resume=args.resume, progress=not args.quiet)

@@ -23,7 +23,7 @@ def stratified_split(
     held = []
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        n = int(round(fraction * len(idx)))
+        n = round(fraction * len(idx))
         held.append(rng.permutation(idx)[:n])
     held_idx = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
     mask = np.ones(len(y), dtype=bool)

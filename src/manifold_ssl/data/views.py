@@ -177,9 +177,9 @@ def sample_crops(
     # fallback: centre crop, as torchvision
     in_ratio = width / height
     if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
+        fw, fh = width, round(width / min(ratio))
     elif in_ratio > max(ratio):
-        fh, fw = height, int(round(height * max(ratio)))
+        fh, fw = height, round(height * max(ratio))
     else:
         fw, fh = width, height
     fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw])
@@ -250,7 +250,7 @@ def resized_crop(
     (bilinear, half-pixel centres, no antialias) and mirror horizontally where ``flip``: the
     same numbers as torchvision's ``resized_crop(..., antialias=False)`` then ``hflip``, in one
     ``grid_sample`` for the whole batch."""
-    n, _, height, width = x.shape
+    _n, _, height, width = x.shape
     b = boxes.to(device=x.device, dtype=x.dtype)
     i, j, h, w = b.unbind(dim=1)
     steps = torch.arange(size, device=x.device, dtype=x.dtype) + 0.5  # output pixel centres

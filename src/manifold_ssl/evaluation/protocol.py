@@ -24,8 +24,10 @@ __all__ = ["evaluate_encoder", "evaluate_features", "evaluate_with_baselines"]
 
 
 def evaluate_features(
-    cfg: Config, train: torch.Tensor, val: torch.Tensor, test: torch.Tensor, splits: DataSplits
+    cfg: Config, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor], splits: DataSplits
 ) -> dict[str, Any]:
+    """kNN and linear probe on (train, val, test) features of ``splits``."""
+    train, val, test = features
     ytr, yval, yte = splits.train.labels, splits.val.labels, splits.test.labels
     out: dict[str, Any] = {
         "knn_val_accuracy": knn_accuracy(
@@ -57,7 +59,7 @@ def evaluate_encoder(
         extract_features(encoder, s.images, spec.mean, spec.std, device=device)
         for s in (splits.train, splits.val, splits.test)
     ]
-    return evaluate_features(cfg, *feats, splits)
+    return evaluate_features(cfg, (feats[0], feats[1], feats[2]), splits)
 
 
 def evaluate_with_baselines(
@@ -79,5 +81,5 @@ def evaluate_with_baselines(
             normalise_images(s.images, spec.mean, spec.std).flatten(1)
             for s in (splits.train, splits.val, splits.test)
         ]
-        results["raw_pixels"] = evaluate_features(cfg, *pixels, splits)
+        results["raw_pixels"] = evaluate_features(cfg, (pixels[0], pixels[1], pixels[2]), splits)
     return results

@@ -60,8 +60,8 @@ class MomentumEncoder(nn.Module):
     def update(self, online: nn.Module, tau: float) -> None:
         if not 0 <= tau <= 1:
             raise ValueError(f"momentum tau must be in [0, 1], got {tau}")
-        mine = list(self.module.parameters())
-        theirs = [p.detach() for p in online.parameters()]
+        mine: list[torch.Tensor] = list(self.module.parameters())
+        theirs: list[torch.Tensor] = [p.detach() for p in online.parameters()]
         torch._foreach_mul_(mine, tau)
         torch._foreach_add_(mine, theirs, alpha=1 - tau)
         for b_m, b_o in zip(self.module.buffers(), online.buffers(), strict=True):

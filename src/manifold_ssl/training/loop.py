@@ -30,6 +30,7 @@ from ..evaluation.knn import knn_accuracy
 from ..geometry.spectral import effective_rank, percent_error
 from ..methods import SSLMethod, build_method
 from ..models.backbones import build_backbone
+from ..models.sync_bn import convert_sync_batchnorm
 from ..runinfo import make_run_dir, run_metadata, write_json
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistContext, resolve_device, setup_distributed
@@ -127,7 +128,7 @@ def pretrain(
         run_path = Path(resume)
         state = load_checkpoint(run_path / "checkpoints" / "last.pt", map_location="cpu")
         saved = config_from_dict(state["config"])
-        if config_to_dict(saved) != config_to_dict(cfg):
+        if _trajectory_config(saved) != _trajectory_config(cfg):
             raise ValueError(
                 f"checkpoint in {run_path} was written with another config; resume "
                 f"with the run's own config (manifold-ssl pretrain --resume {run_path})"
@@ -166,7 +167,7 @@ def pretrain(
     model: nn.Module = method
     if ctx.world_size > 1:
         if cfg.model.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model, device)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -281,6 +282,17 @@ def pretrain(
     if ctx.world_size > 1:
         dist.barrier()
     return PretrainResult(run_path, status, step, method, splits)
+
+
+STOP_KEYS = ("max_steps", "time_budget_s")  # where to stop, not what is computed
+
+
+def _trajectory_config(cfg: Config) -> dict[str, Any]:
+    """The config without the stop conditions, which a resumed run may change."""
+    d = config_to_dict(cfg)
+    for key in STOP_KEYS:
+        d["train"].pop(key)
+    return d
 
 
 def _stop_reason(cfg: Config, stop: _StopFlag, step: int, start: float) -> str | None:

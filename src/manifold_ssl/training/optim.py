@@ -64,7 +64,8 @@ class LARS(torch.optim.Optimizer):
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
     """Weights (≥ 2-D) get weight decay and LARS adaptation; biases and norm parameters not."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
@@ -93,7 +94,7 @@ def lr_at_step(cfg: Config, step: int, steps_per_epoch: int) -> float:
     """Linear warmup over ``warmup_epochs`` (per step), then cosine to ``min_lr_ratio`` or flat."""
     peak = effective_lr(cfg)
     total = cfg.train.epochs * steps_per_epoch
-    warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return peak * (step + 1) / warmup
     if cfg.optim.schedule == "constant":

@@ -1,0 +1,28 @@
+import pytest
+
+from manifold_ssl.config import apply_overrides, load_recipe
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """MMCR on digits, small enough for a few seconds of CPU."""
+
+    def make(*overrides: str):
+        return apply_overrides(
+            load_recipe("digits_mmcr"),
+            [
+                f"--data.root={tmp_path / 'data'}",
+                f"--train.out_dir={tmp_path / 'runs'}",
+                "--model.width=4",
+                "--model.projector=32-16",
+                "--views.num_views=2",
+                "--train.batch_size=64",
+                "--train.epochs=2",
+                "--train.log_every=1",
+                "--train.knn_every=0",
+                "--eval.linear_max_iter=20",
+                *overrides,
+            ],
+        )
+
+    return make

@@ -1,0 +1,227 @@
+"""The training loop: exact resume, atomic checkpoints, every method, bad inputs, DDP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from manifold_ssl.config import apply_overrides
+from manifold_ssl.methods import METHODS, build_method
+from manifold_ssl.models import build_backbone
+from manifold_ssl.training import load_checkpoint, pretrain, save_checkpoint
+from manifold_ssl.training.metrics import read_metrics
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
+
+
+def test_resume_continues_exactly_where_training_stopped(tiny_cfg):
+    full = pretrain(tiny_cfg(), progress=False)
+    assert full.status == "finished" and full.step == 2 * (1221 // 64)
+    stopped = pretrain(tiny_cfg("--train.max_steps=23"), progress=False)  # mid-epoch 2
+    assert stopped.status == "max_steps" and stopped.step == 23
+    resumed = pretrain(tiny_cfg(), resume=stopped.run_dir, progress=False)
+    assert resumed.status == "finished" and resumed.step == full.step
+    a, b = losses(full.run_dir), losses(stopped.run_dir)
+    assert sorted(a) == sorted(b)  # no step lost or logged twice
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-6), step
+    for (k, v), (k2, v2) in zip(
+        full.method.state_dict().items(), resumed.method.state_dict().items(), strict=True
+    ):
+        assert k == k2 and torch.allclose(v.float(), v2.float(), atol=1e-5), k
+
+
+def test_resume_refuses_a_different_config(tiny_cfg):
+    run = pretrain(tiny_cfg("--train.max_steps=2"), progress=False)
+    with pytest.raises(ValueError, match="another config"):
+        pretrain(tiny_cfg("--optim.lr=0.5"), resume=run.run_dir, progress=False)
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"config": {}, "model": {"w": torch.ones(3)}, "step": 1}, path)
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"partial bytes of a checkpoint")
+        raise KeyboardInterrupt("killed during the write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"config": {}, "model": {"w": torch.zeros(3)}, "step": 2}, path)
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
+
+
+def test_checkpoint_loading_rejects_foreign_files(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_checkpoint(bad)
+    torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a manifold-ssl checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_a_few_steps_on_synthetic_data(name):
+    torch.manual_seed(0)
+    spec = METHODS[name]
+    method = build_method(
+        name,
+        build_backbone("convnet", 3, width=4),
+        "32-16",
+        predictor="16-16" if spec.predictor else "",
+        momentum=0.9 if spec.target == "ema" else 0.0,
+    )
+    opt = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-3)
+    views = torch.randn(16, 2, 3, 12, 12)
+    before = [p.detach().clone() for p in method.parameters()]
+    for step in range(3):
+        loss, terms, z = method(views)
+        assert torch.isfinite(loss) and z.shape == (16, 2, 16)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.update_target(step, 3)
+    changed = [not torch.equal(a, b) for a, b in zip(before, method.parameters(), strict=True)]
+    assert any(changed)
+    if method.target is not None:  # the EMA target moved too
+        assert not torch.equal(method.target.module[0].features[0].weight, before[0])
+
+
+def test_methods_validate_their_heads():
+    bb = build_backbone("convnet", 1, width=4)
+    with pytest.raises(ValueError, match="predictor"):
+        build_method("byol", bb, "32-16", momentum=0.9)
+    with pytest.raises(ValueError, match="momentum"):
+        build_method("byol", bb, "32-16", predictor="16-16")
+    with pytest.raises(ValueError, match="no predictor"):
+        build_method("mmcr", bb, "32-16", predictor="16-16")
+    with pytest.raises(ValueError, match="bad keyword"):
+        build_method("mmcr", bb, "32-16", loss_kwargs={"lambda": 1.0})
+    with pytest.raises(ValueError, match="unknown method"):
+        build_method("moco", bb, "32-16")
+
+
+def _write_imagefolder(root, corrupt: bool = False):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            d = root / "tiny" / split / cls
+            d.mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(
+                    d / f"{i}.png"
+                )
+    if corrupt:
+        (root / "tiny" / "train" / "dog" / "9.png").write_bytes(b"\x89PNG broken")
+
+
+def test_imagefolder_from_a_tar_archive(tmp_path):
+    from manifold_ssl.data import load_dataset
+
+    _write_imagefolder(tmp_path)
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tiny", arcname="tiny")
+    data = load_dataset("imagefolder", "train", tmp_path / "cache", str(archive))
+    assert data.images.shape == (12, 3, 10, 10) and data.classes == ["cat", "dog"]
+    assert data.labels.tolist() == [0] * 6 + [1] * 6
+    again = load_dataset("imagefolder", "train", tmp_path / "cache", str(archive))  # from cache
+    assert torch.equal(again.images, data.images)
+    folder = load_dataset("imagefolder", "train", tmp_path / "cache2", str(tmp_path / "tiny"))
+    assert torch.equal(folder.images, data.images)
+
+
+def test_bad_data_inputs_name_the_problem(tmp_path):
+    from manifold_ssl.data import load_dataset
+
+    _write_imagefolder(tmp_path, corrupt=True)
+    with pytest.raises(ValueError, match=r"cannot decode image .*9\.png"):
+        load_dataset("imagefolder", "train", tmp_path / "c", str(tmp_path / "tiny"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset("imagefolder", "train", tmp_path / "c", str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("mnist", "train", tmp_path / "c")
+    with pytest.raises(ValueError, match="needs data.path"):
+        load_dataset("imagefolder", "train", tmp_path / "c")
+
+
+def test_missing_cifar_offline_says_where_to_put_it(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    from manifold_ssl.data import load_dataset
+
+    def no_network(self, *a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(tvd.CIFAR10, "download", no_network)
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py.*cifar-10-python.tar.gz"):
+        load_dataset("cifar10", "train", tmp_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, port: int, cfg_overrides: list[str], run_dir: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    from manifold_ssl.config import load_recipe
+
+    cfg = apply_overrides(load_recipe("digits_mmcr"), cfg_overrides)
+    pretrain(cfg, progress=False, run_dir=run_dir)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_ddp_follows_the_single_process_loss_curve(tmp_path, tiny_cfg):
+    overrides = [
+        f"--data.root={tmp_path / 'data'}",
+        "--model.width=4",
+        "--model.projector=32-16",
+        "--views.num_views=2",
+        "--train.batch_size=64",
+        "--train.epochs=1",
+        "--train.max_steps=8",
+        "--train.log_every=1",
+        "--train.knn_every=0",
+        "--model.sync_bn=true",
+    ]
+    single = pretrain(
+        apply_overrides(tiny_cfg(), overrides), progress=False, run_dir=tmp_path / "single"
+    )
+    mp.spawn(
+        _ddp_worker, args=(_free_port(), overrides, str(tmp_path / "ddp")), nprocs=2, join=True
+    )
+    a, b = losses(single.run_dir), losses(tmp_path / "ddp")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step
+
+
+def test_stale_tmp_file_from_a_crash_does_not_break_the_next_save(tmp_path):
+    path = tmp_path / "last.pt"
+    (tmp_path / "last.pt.tmp").write_bytes(b"junk")
+    save_checkpoint({"config": {}, "model": {}, "step": 3}, path)
+    assert load_checkpoint(path)["step"] == 3
+    assert not (tmp_path / "last.pt.tmp").exists()
