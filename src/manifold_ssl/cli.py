@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,6 +113,16 @@ def _evaluate_and_report(
     torch.manual_seed(cfg.train.seed)  # the same initialisation the pretrained encoder had
     random_encoder = build_method_for(cfg, splits.train.images.shape[1]).backbone
     results = evaluate_with_baselines(cfg, method.backbone, splits, device, random_encoder)
+    if cfg.eval.semi_supervised:
+        from .evaluation.finetune import finetune
+
+        for fraction in cfg.eval.semi_supervised:
+            ft = finetune(cfg, method.backbone, splits, fraction, device, seed=cfg.train.seed)
+            results[f"finetune_{fraction:g}"] = {
+                "linear_val_accuracy": ft["val_accuracy"],
+                "linear_test_accuracy": ft["test_accuracy"],
+                "labelled_images": ft["labelled_images"],
+            }
     write_json(run_dir / "eval.json", {"results": results, **extra})
     report = write_report(run_dir, results, extra)
     _print_results(results)
@@ -286,10 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --section.key=value overrides are taken out first: argparse mistakes values with spaces
+    # ("--eval.semi_supervised=[0.01, 0.1]") for positionals
+    overrides = [a for a in argv if re.match(r"^--[A-Za-z_]+\.[A-Za-z_.]+=", a)]
+    args, unknown = parser.parse_known_args([a for a in argv if a not in overrides])
     if args.command == "pretrain":
-        args.overrides = unknown  # --section.key=value
-    elif unknown:
+        args.overrides = overrides + unknown
+    elif unknown or overrides:
+        unknown += overrides
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args))

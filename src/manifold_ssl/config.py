@@ -156,6 +156,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ValueError(f"config key {key!r} expects a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"config key {key!r} expects a number, got {value!r}")
         if not math.isfinite(value):

@@ -43,5 +43,5 @@ def test_schedule_warmup_then_cosine():
     assert lrs[10] == pytest.approx(1.0)
     mid = 10 + 20
     assert lrs[mid] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # noqa: RUF007
     assert lr_at_step(cfg, 50, spe) == pytest.approx(0.1)

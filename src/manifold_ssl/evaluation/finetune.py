@@ -1,0 +1,106 @@
+"""Semi-supervised fine-tuning on a fraction of the labels (Yerxa App. G, after Bardes et al.).
+
+The pretrained backbone and a new linear head are trained together with cross-entropy on a
+class-stratified ``fraction`` of the training labels, with one augmented view per image (the
+run's first view distribution), SGD with momentum 0.9 and weight decay 1e-6, the backbone's
+learning rate one tenth of the head's, and cosine decay. Validation and test accuracy are
+reported after the last epoch (the test split is evaluated once).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config
+from ..data.splits import DataSplits, stratified_split
+from ..data.views import MultiViewAugment, preset
+from .features import normalise_images
+
+__all__ = ["finetune"]
+
+
+@torch.no_grad()
+def _accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str,
+) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, images.shape[0], 512):
+        x = normalise_images(images[start : start + 512].to(device), mean, std)
+        correct += int((model(x).argmax(1).cpu() == labels[start : start + 512]).sum())
+    return correct / max(1, images.shape[0])
+
+
+def finetune(
+    cfg: Config,
+    backbone: nn.Module,
+    splits: DataSplits,
+    fraction: float,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Fine-tune a copy of ``backbone`` on ``fraction`` of the training labels."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    _, labelled = (
+        stratified_split(splits.train.labels, fraction, seed)
+        if fraction < 1
+        else (None, torch.arange(len(splits.train)))
+    )
+    images, labels = (
+        splits.train.images[labelled].to(device),
+        splits.train.labels[labelled].to(device),
+    )
+    spec = preset(cfg.views.preset)[0]
+    aug = MultiViewAugment((spec,), 1)
+    encoder = copy.deepcopy(backbone).to(device)
+    model = nn.Sequential(encoder, nn.Linear(encoder.out_dim, splits.num_classes)).to(device)  # type: ignore[arg-type]
+    lr = cfg.eval.finetune_lr
+    opt = torch.optim.SGD(
+        [
+            {"params": encoder.parameters(), "lr": lr / 10},
+            {"params": model[1].parameters(), "lr": lr},
+        ],
+        momentum=0.9,
+        weight_decay=1e-6,
+    )
+    base = [g["lr"] for g in opt.param_groups]
+    batch = min(batch_size, images.shape[0])
+    steps = cfg.eval.finetune_epochs * max(1, images.shape[0] // batch)
+    gen = torch.Generator().manual_seed(seed)
+    step = 0
+    for _ in range(cfg.eval.finetune_epochs):
+        model.train()
+        perm = torch.randperm(images.shape[0], generator=gen)
+        for start in range(0, images.shape[0] - batch + 1, batch):
+            idx = perm[start : start + batch].to(device)
+            x = aug(images[idx], gen)[:, 0]
+            for g, b in zip(opt.param_groups, base, strict=True):
+                g["lr"] = b * 0.5 * (1 + math.cos(math.pi * step / steps))
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return {
+        "fraction": fraction,
+        "labelled_images": int(labelled.numel()),
+        "val_accuracy": _accuracy(
+            model, splits.val.images, splits.val.labels, spec.mean, spec.std, device
+        ),
+        "test_accuracy": _accuracy(
+            model, splits.test.images, splits.test.labels, spec.mean, spec.std, device
+        ),
+    }
