@@ -225,3 +225,37 @@ def test_stale_tmp_file_from_a_crash_does_not_break_the_next_save(tmp_path):
     save_checkpoint({"config": {}, "model": {}, "step": 3}, path)
     assert load_checkpoint(path)["step"] == 3
     assert not (tmp_path / "last.pt.tmp").exists()
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys\n"
+        "from manifold_ssl.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = [sys.executable, "-c", code, "pretrain", "--quiet", "--no-eval",
+            f"--data.root={tmp_path / 'data'}", f"--train.out_dir={tmp_path / 'runs'}",
+            "--model.width=4", "--model.projector=32-16", "--views.num_views=2",
+            "--train.batch_size=64", "--train.epochs=50", "--train.log_every=1",
+            "--train.knn_every=0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    metrics = None
+    while time.time() < deadline:
+        runs = list((tmp_path / "runs").glob("*/metrics.jsonl")) if (tmp_path / "runs").exists() else []
+        if runs and runs[0].read_text().count("\n") >= 3:
+            metrics = runs[0]
+            break
+        time.sleep(0.2)
+    assert metrics is not None, proc.communicate(timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert b"stopped (interrupted)" in out + err
+    state = load_checkpoint(metrics.parent / "checkpoints" / "last.pt")
+    assert 3 <= state["step"] < 50 * 19
