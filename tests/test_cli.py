@@ -9,20 +9,40 @@ import yaml
 
 from manifold_ssl.cli import main
 
-TINY = ["--model.width=4", "--model.projector=32-16", "--views.num_views=2",
-        "--train.batch_size=64", "--train.epochs=1", "--train.knn_every=1",
-        "--eval.linear_max_iter=30", "--eval.linear_weight_decays=[1e-4, 1e-2]"]
+TINY = [
+    "--model.width=4",
+    "--model.projector=32-16",
+    "--views.num_views=2",
+    "--train.batch_size=64",
+    "--train.epochs=1",
+    "--train.knn_every=1",
+    "--eval.linear_max_iter=30",
+    "--eval.linear_weight_decays=[1e-4, 1e-2]",
+]
 
 
 def test_pretrain_writes_a_complete_run_and_evaluate_reads_it(tmp_path, capsys):
-    args = ["pretrain", "--quiet", f"--data.root={tmp_path / 'data'}",
-            f"--train.out_dir={tmp_path / 'runs'}", "--eval.semi_supervised=[0.1]",
-            "--eval.finetune_epochs=2", *TINY]
+    args = [
+        "pretrain",
+        "--quiet",
+        f"--data.root={tmp_path / 'data'}",
+        f"--train.out_dir={tmp_path / 'runs'}",
+        "--eval.semi_supervised=[0.1]",
+        "--eval.finetune_epochs=2",
+        *TINY,
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     (run,) = (tmp_path / "runs").iterdir()
-    for name in ("config.yaml", "meta.json", "metrics.jsonl", "eval.json", "report.md",
-                 "curves.png", "checkpoints/last.pt"):
+    for name in (
+        "config.yaml",
+        "meta.json",
+        "metrics.jsonl",
+        "eval.json",
+        "report.md",
+        "curves.png",
+        "checkpoints/last.pt",
+    ):
         assert (run / name).stat().st_size > 0, name
     meta = json.loads((run / "meta.json").read_text())
     assert meta["seed"] == 0 and meta["manifold_ssl_version"]
@@ -52,8 +72,17 @@ def test_pretrain_rejects_unknown_keys_and_bad_resume(tmp_path, capsys):
 @pytest.mark.slow
 def test_main_job_beats_the_random_encoder(tmp_path, capsys):
     """`manifold-ssl pretrain` with no arguments (the README's first command), on digits."""
-    assert main(["pretrain", "--quiet", f"--data.root={tmp_path / 'data'}",
-                 f"--train.out_dir={tmp_path / 'runs'}"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--quiet",
+                f"--data.root={tmp_path / 'data'}",
+                f"--train.out_dir={tmp_path / 'runs'}",
+            ]
+        )
+        == 0
+    )
     (run,) = (tmp_path / "runs").iterdir()
     r = json.loads((run / "eval.json").read_text())["results"]
     assert r["pretrained"]["linear_test_accuracy"] > r["random_init"]["linear_test_accuracy"]

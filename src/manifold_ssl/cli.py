@@ -214,6 +214,74 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .config import config_from_dict, load_recipe
+    from .data.splits import load_splits
+    from .data.views import MultiViewAugment, preset
+    from .experiments.analyze import analyze_features, analyze_model, write_analysis_report
+    from .training.checkpoint import load_checkpoint
+    from .training.loop import build_method_for
+
+    path = Path(args.path) if args.path else None
+    if path is not None and path.suffix == ".npy":
+        if not path.exists():
+            raise FileNotFoundError(f"features file {path} does not exist")
+        labels = np.load(args.labels) if args.labels else None
+        result = analyze_features(np.load(path), labels, args.per_class, args.n_t, args.seed)
+        out = Path(args.out or path.with_name(path.stem + "-analysis"))
+        title = path.name
+    else:
+        if args.untrained:
+            cfg, state, title = load_recipe(args.untrained), None, f"untrained {args.untrained}"
+            out = Path(args.out or f"analysis-untrained-{Path(args.untrained).stem}")
+        elif path is not None and path.is_dir():
+            state = load_checkpoint(path / "checkpoints" / "last.pt")
+            cfg, title = config_from_dict(state["config"]), path.name
+            out = Path(args.out or path / "analysis")
+        elif path is not None and path.suffix == ".pt":
+            state = load_checkpoint(path)
+            cfg, title = config_from_dict(state["config"]), path.name
+            out = Path(args.out or path.with_name(path.stem + "-analysis"))
+        else:
+            raise ValueError(
+                "analyze needs a run directory, a .pt checkpoint, a .npy of features, "
+                "or --untrained RECIPE"
+            )
+        splits = load_splits(
+            cfg.data.name, cfg.data.root, cfg.data.path, cfg.data.val_fraction, cfg.data.split_seed
+        )
+        torch_seed = cfg.train.seed
+        import torch
+
+        torch.manual_seed(torch_seed)
+        method = build_method_for(cfg, splits.test.images.shape[1])
+        if state is not None:
+            method.load_state_dict(state["model"])
+        specs = preset(cfg.views.preset)
+        aug = MultiViewAugment(specs, args.n_augment)
+        result = analyze_model(
+            method.backbone,
+            splits.test.images,
+            splits.test.labels,
+            specs[0].mean,
+            specs[0].std,
+            aug,
+            args.per_class,
+            args.n_exemplars,
+            args.n_augment,
+            args.n_t,
+            args.seed,
+            progress=not args.quiet,
+        )
+    figures = write_analysis_report(result, out, title)
+    print(f"geometry report: {out / 'analysis.md'}")
+    for f in [out / "analysis.json", *figures]:
+        print(f"  {f}")
+    return 0
+
+
 def _cmd_losses(args: argparse.Namespace) -> int:
     from .losses import LOSSES
 
@@ -282,6 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", default="last.pt")
     ev.add_argument("--device", default=None)
     ev.set_defaults(func=_cmd_evaluate)
+
+    an = sub.add_parser(
+        "analyze",
+        help="geometry report: capacity/radius/dimension per layer, spectra, similarities, t-SNE",
+        description="Analyse a run directory, a checkpoint, a .npy of features ((N, F) with "
+        "--labels, or (P, m, F) manifolds), or an untrained model from a recipe.",
+    )
+    an.add_argument("path", nargs="?", help="run directory, .pt checkpoint or .npy features")
+    an.add_argument("--labels", help=".npy of class ids for (N, F) features")
+    an.add_argument("--untrained", metavar="RECIPE", help="analyse a randomly initialised model")
+    an.add_argument("--out", help="report folder (default: next to the input)")
+    an.add_argument("--per-class", dest="per_class", type=int, default=50)
+    an.add_argument("--n-exemplars", dest="n_exemplars", type=int, default=50)
+    an.add_argument("--n-augment", dest="n_augment", type=int, default=30)
+    an.add_argument("--n-t", dest="n_t", type=int, default=200)
+    an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--quiet", action="store_true")
+    an.set_defaults(func=_cmd_analyze)
 
     recipes = sub.add_parser("recipes", help="list the packaged recipes")
     recipes.set_defaults(

@@ -67,11 +67,15 @@ def test_theory_agrees_with_simulation_on_small_clouds():
 
 
 def test_capacity_falls_with_radius_and_dimension():
-    by_radius = [manifold_capacity(clouds(P=30, radius=r, seed=5), n_t=100).capacity
-                 for r in (0.05, 0.3, 1.0, 3.0)]
+    by_radius = [
+        manifold_capacity(clouds(P=30, radius=r, seed=5), n_t=100).capacity
+        for r in (0.05, 0.3, 1.0, 3.0)
+    ]
     assert by_radius == sorted(by_radius, reverse=True)
-    by_dim = [manifold_capacity(clouds(P=30, m=40, radius=0.8, dim=d, seed=6), n_t=100).capacity
-              for d in (1, 4, 16)]
+    by_dim = [
+        manifold_capacity(clouds(P=30, m=40, radius=0.8, dim=d, seed=6), n_t=100).capacity
+        for d in (1, 4, 16)
+    ]
     assert by_dim == sorted(by_dim, reverse=True)
 
 
@@ -104,12 +108,15 @@ def test_same_seed_same_result_and_torch_input():
     assert a.alpha.shape == a.radii.shape == a.dimensions.shape == (12,)
 
 
-@pytest.mark.parametrize("X, message", [
-    (np.zeros((1, 5, 3)), "P >= 2"),
-    (np.zeros((4, 1, 3)), "m >= 2"),
-    (np.zeros((4, 5)), r"\(P, m, N\)"),
-    (np.full((4, 5, 3), np.nan), "NaN"),
-])
+@pytest.mark.parametrize(
+    "X, message",
+    [
+        (np.zeros((1, 5, 3)), "P >= 2"),
+        (np.zeros((4, 1, 3)), "m >= 2"),
+        (np.zeros((4, 5)), r"\(P, m, N\)"),
+        (np.full((4, 5, 3), np.nan), "NaN"),
+    ],
+)
 def test_bad_inputs(X, message):
     with pytest.raises(ValueError, match=message):
         manifold_capacity(X)

@@ -233,21 +233,33 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     import sys
     import time
 
-    code = (
-        "import sys\n"
-        "from manifold_ssl.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    args = [sys.executable, "-c", code, "pretrain", "--quiet", "--no-eval",
-            f"--data.root={tmp_path / 'data'}", f"--train.out_dir={tmp_path / 'runs'}",
-            "--model.width=4", "--model.projector=32-16", "--views.num_views=2",
-            "--train.batch_size=64", "--train.epochs=50", "--train.log_every=1",
-            "--train.knn_every=0"]
+    code = "import sys\nfrom manifold_ssl.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    args = [
+        sys.executable,
+        "-c",
+        code,
+        "pretrain",
+        "--quiet",
+        "--no-eval",
+        f"--data.root={tmp_path / 'data'}",
+        f"--train.out_dir={tmp_path / 'runs'}",
+        "--model.width=4",
+        "--model.projector=32-16",
+        "--views.num_views=2",
+        "--train.batch_size=64",
+        "--train.epochs=50",
+        "--train.log_every=1",
+        "--train.knn_every=0",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     metrics = None
     while time.time() < deadline:
-        runs = list((tmp_path / "runs").glob("*/metrics.jsonl")) if (tmp_path / "runs").exists() else []
+        runs = (
+            list((tmp_path / "runs").glob("*/metrics.jsonl"))
+            if (tmp_path / "runs").exists()
+            else []
+        )
         if runs and runs[0].read_text().count("\n") >= 3:
             metrics = runs[0]
             break

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["extract_features", "normalise_images"]
+__all__ = [
+    "augmentation_manifolds",
+    "class_manifolds",
+    "extract_features",
+    "layer_features",
+    "normalise_images",
+]
 
 
 def normalise_images(
@@ -40,3 +46,69 @@ def extract_features(
         out.append(encoder(x).float().cpu())
     encoder.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@torch.no_grad()
+def layer_features(
+    model: nn.Module, x: torch.Tensor, layers: Sequence[str], batch_size: int = 256
+) -> dict[str, torch.Tensor]:
+    """Flattened outputs (N, F_layer) of the named submodules ``layers`` of ``model`` on
+    float inputs ``x`` (N, ...), collected with forward hooks in eval mode."""
+    modules = dict(model.named_modules())
+    missing = [name for name in layers if name not in modules]
+    if missing:
+        raise ValueError(
+            f"no submodule named {missing}; available: {sorted(n for n in modules if n)[:20]} ..."
+        )
+    store: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    hooks = [
+        modules[name].register_forward_hook(
+            lambda mod, inp, out, name=name: store[name].append(
+                out.detach().flatten(1).float().cpu()
+            )
+        )
+        for name in layers
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            model(x[start : start + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {name: torch.cat(chunks) for name, chunks in store.items()}
+
+
+def class_manifolds(
+    features: torch.Tensor, labels: torch.Tensor, per_class: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, per_class, F) class manifolds (Yerxa App. E.1: classes × examples) and their labels,
+    sampling ``per_class`` examples of every class that has that many."""
+    gen = torch.Generator().manual_seed(seed)
+    chosen, kept = [], []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) >= per_class:
+            chosen.append(features[idx[torch.randperm(len(idx), generator=gen)[:per_class]]])
+            kept.append(int(c))
+    if len(chosen) < 2:
+        raise ValueError(f"need at least two classes with {per_class} examples each")
+    return torch.stack(chosen), torch.tensor(kept)
+
+
+def augmentation_manifolds(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    n_augment: int,
+    seed: int = 0,
+) -> torch.Tensor:
+    """(P, n_augment, F) augmentation manifolds (exemplars × augmentations): ``augment(images,
+    gen)`` returns (P, n_augment, C, H, W) views, which ``encode`` maps to features."""
+    gen = torch.Generator().manual_seed(seed)
+    views = augment(images, gen)  # (P, n_augment, C, H, W)
+    with torch.no_grad():
+        feats = encode(views.flatten(0, 1))
+    return feats.reshape(images.shape[0], n_augment, -1)

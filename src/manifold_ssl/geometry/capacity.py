@@ -35,10 +35,13 @@ import torch
 
 __all__ = [
     "CapacityResult",
+    "anchor_geometry",
     "elliptical_geometry",
     "empirical_capacity",
     "manifold_capacity",
     "point_capacity",
+    "prepare_manifolds",
+    "sample_t",
     "solve_nnqp",
 ]
 
@@ -63,7 +66,9 @@ def _as_array(X: object) -> np.ndarray:
         X = X.detach().cpu().double().numpy()
     arr = np.asarray(X, dtype=np.float64)
     if arr.ndim != 3:
-        raise ValueError(f"X must be (P, m, N): P manifolds of m points in N dims, got shape {arr.shape}")
+        raise ValueError(
+            f"X must be (P, m, N): P manifolds of m points in N dims, got shape {arr.shape}"
+        )
     P, m, N = arr.shape
     if P < 2:
         raise ValueError(f"X must hold at least 2 manifolds (P >= 2), got P = {P}")
@@ -91,7 +96,7 @@ def solve_nnqp(
     b, m = c.shape
     scale = float(c.abs().max().clamp_min(1e-300))
     ridge = 1e-12 * G.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
-    eye = torch.eye(m, dtype=G.dtype, device=G.device)
+    torch.eye(m, dtype=G.dtype, device=G.device)
     alpha = torch.zeros_like(c)
     passive = torch.zeros_like(c, dtype=torch.bool)
     todo = torch.ones(b, dtype=torch.bool, device=c.device)
@@ -125,7 +130,6 @@ def solve_nnqp(
             ai = torch.where(Pi, ai, torch.zeros_like(ai))
         alpha[idx] = ai.clamp_min(0)
         passive[idx] = Pi
-        del _
     grad = (G @ alpha.unsqueeze(-1)).squeeze(-1) - c
     kkt = torch.where(alpha > 0, grad.abs(), (-grad).clamp_min(0)).max()
     return alpha, float(kkt) / scale
@@ -216,6 +220,78 @@ def _center_structure(
 
 
 # --------------------------------------------------------------------------- capacity
+def prepare_manifolds(
+    X: object,
+    seed: int = 0,
+    remove_center_structure: bool = True,
+    projection_dim: int | None = None,
+    center_iters: int = 100,
+) -> tuple[torch.Tensor, float, int]:
+    """Steps 1–2 of the module docstring: ``sD1`` (P, D+1, m) float64, the centre correlation
+    before removal, and the number K of centre directions removed."""
+    arr = _as_array(X)
+    rng = np.random.default_rng(seed)
+    P, m, N = arr.shape
+    if projection_dim is not None and N > projection_dim:
+        proj = rng.standard_normal((N, projection_dim)) / math.sqrt(projection_dim)
+        arr = arr @ proj
+        N = projection_dim
+    arr = arr - arr.reshape(-1, N).mean(axis=0)  # global mean
+    centers = arr.mean(axis=1)  # (P, N)
+    if remove_center_structure:
+        V, corr0, k = _center_structure(centers, rng, center_iters)
+        arr = arr - (arr @ V) @ V.T
+    else:
+        corr0, k = _residual_correlation(centers - centers.mean(0)), 0
+    centers = arr.mean(axis=1, keepdims=True)  # (P, 1, N) in the null space
+    norms = np.linalg.norm(centers, axis=2, keepdims=True)
+    if (norms < 1e-12).any():
+        raise ValueError("a manifold centre is at the origin after centring; capacity is undefined")
+    S = (arr - centers) / norms  # (P, m, N) relative to the centre, in centre-norm units
+    if N > m:  # reduce each manifold to its m-dimensional span (exact for the QP)
+        q, _ = np.linalg.qr(np.transpose(S, (0, 2, 1)))  # (P, N, m)
+        S = S @ q  # (P, m, m)
+    sD1 = np.concatenate([S, np.ones((P, m, 1))], axis=2)  # (P, m, D+1)
+    return torch.from_numpy(sD1).transpose(1, 2).contiguous(), corr0, k
+
+
+def sample_t(sD1: torch.Tensor, n_t: int, seed: int) -> torch.Tensor:
+    """(P, n_t, D+1) standard Gaussian vectors T, reproducible from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    P, D1, _ = sD1.shape
+    return torch.randn(P, n_t, D1, generator=gen, dtype=torch.float64)
+
+
+def anchor_geometry(
+    sD1: torch.Tensor, t: torch.Tensor, kappa: float, tol: float = 1e-10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Steps 3–4: per-manifold capacity α_M, radius R_M and dimension D_M, and the KKT residual."""
+    P, D1, m = sD1.shape
+    n_t, D = t.shape[1], D1 - 1
+    G = sD1.transpose(1, 2) @ sD1  # (P, m, m)
+    proj = t @ sD1  # (P, n_t, m): t·s for every point
+    c = (proj + kappa).reshape(P * n_t, m)
+    Gb = G.unsqueeze(1).expand(P, n_t, m, m).reshape(P * n_t, m, m)
+    alpha, kkt = solve_nnqp(Gb, c, tol)
+    alpha = alpha.view(P, n_t, m)
+    total = alpha.sum(dim=2, keepdim=True)  # (P, n_t, 1)
+    anchor = (alpha @ sD1.transpose(1, 2)) / total.clamp_min(1e-300)  # (P, n_t, D+1)
+    points = sD1.transpose(1, 2)  # (P, m, D+1)
+    argmax = torch.gather(points, 1, proj.argmax(dim=2, keepdim=True).expand(-1, -1, D1))
+    anchor = torch.where(total <= 1e-12, argmax, anchor)  # constraint inactive: V = T
+
+    ts = (t * anchor).sum(dim=2) + kappa  # (P, n_t)
+    s_sq = (anchor * anchor).sum(dim=2)
+    inv_alpha = (ts.clamp_min(0) ** 2 / s_sq.clamp_min(1e-300)).mean(dim=1)  # (P,) = E[F(T)]
+    ds = anchor[..., :D] - anchor[..., :D].mean(dim=1, keepdim=True)
+    radii = torch.sqrt((ds * ds).sum(dim=2).mean(dim=1))
+    t_hat = torch.nn.functional.normalize(t[..., :D], dim=2)
+    s_norm = torch.linalg.vector_norm(anchor[..., :D], dim=2, keepdim=True)
+    s_hat = torch.where(s_norm > 1e-12, anchor[..., :D] / s_norm.clamp_min(1e-300), 0.0)
+    dims = D * (t_hat * s_hat).sum(dim=2).mean(dim=1) ** 2
+    return (1.0 / inv_alpha).numpy(), radii.numpy(), dims.numpy(), kkt
+
+
 def manifold_capacity(
     X: object,
     kappa: float = 0.0,
@@ -240,65 +316,27 @@ def manifold_capacity(
         tol: KKT tolerance of the batched QP solver, relative to the problem scale.
         center_iters: gradient steps per K in the centre-structure search.
     """
-    arr = _as_array(X)
+    _as_array(X)
     if not (isinstance(kappa, (int, float)) and math.isfinite(kappa) and kappa >= 0):
         raise ValueError(f"kappa must be a finite number >= 0, got {kappa!r}")
     if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1:
         raise ValueError(f"n_t must be a positive integer, got {n_t!r}")
-    rng = np.random.default_rng(seed)
-    P, m, N = arr.shape
-    if projection_dim is not None and N > projection_dim:
-        proj = rng.standard_normal((N, projection_dim)) / math.sqrt(projection_dim)
-        arr = arr @ proj
-        N = projection_dim
-    arr = arr - arr.reshape(-1, N).mean(axis=0)  # global mean
-    centers = arr.mean(axis=1)  # (P, N)
-    if remove_center_structure:
-        V, corr0, k = _center_structure(centers, rng, center_iters)
-        arr = arr - (arr @ V) @ V.T
-    else:
-        corr0, k = _residual_correlation(centers - centers.mean(0)), 0
-    centers = arr.mean(axis=1, keepdims=True)  # (P, 1, N) in the null space
-    norms = np.linalg.norm(centers, axis=2, keepdims=True)
-    if (norms < 1e-12).any():
-        raise ValueError("a manifold centre is at the origin after centring; capacity is undefined")
-    S = (arr - centers) / norms  # (P, m, N) relative to the centre, in centre-norm units
-    if N > m:  # reduce each manifold to its m-dimensional span (exact for the QP)
-        q, _ = np.linalg.qr(np.transpose(S, (0, 2, 1)))  # (P, N, m)
-        S = S @ q  # (P, m, m)
-    D = S.shape[2]
-    sD1 = torch.from_numpy(np.concatenate([S, np.ones((P, m, 1))], axis=2)).transpose(1, 2)  # (P, D+1, m)
-    gen = torch.Generator().manual_seed(seed)
-    t = torch.randn(P, n_t, D + 1, generator=gen, dtype=torch.float64)  # (P, n_t, D+1)
-
-    G = sD1.transpose(1, 2) @ sD1  # (P, m, m)
-    proj = t @ sD1  # (P, n_t, m): t·s for every point
-    c = (proj + kappa).reshape(P * n_t, m)
-    Gb = G.unsqueeze(1).expand(P, n_t, m, m).reshape(P * n_t, m, m)
-    alpha, kkt = solve_nnqp(Gb, c, tol)
-    alpha = alpha.view(P, n_t, m)
-    total = alpha.sum(dim=2, keepdim=True)  # (P, n_t, 1)
-    anchor = (alpha @ sD1.transpose(1, 2)) / total.clamp_min(1e-300)  # (P, n_t, D+1)
-    argmax = torch.gather(sD1.transpose(1, 2), 1, proj.argmax(dim=2, keepdim=True).expand(-1, -1, D + 1))
-    inactive = total <= 1e-12
-    anchor = torch.where(inactive, argmax, anchor)
-
-    ts = (t * anchor).sum(dim=2) + kappa  # (P, n_t)
-    s_sq = (anchor * anchor).sum(dim=2)
-    inv_alpha = (ts.clamp_min(0) ** 2 / s_sq.clamp_min(1e-300)).mean(dim=1)  # (P,)
-    alpha_m = 1.0 / inv_alpha
-    ds = anchor[..., :D] - anchor[..., :D].mean(dim=1, keepdim=True)
-    radii = torch.sqrt((ds * ds).sum(dim=2).mean(dim=1))
-    t_hat = torch.nn.functional.normalize(t[..., :D], dim=2)
-    s_norm = torch.linalg.vector_norm(anchor[..., :D], dim=2, keepdim=True)
-    s_hat = torch.where(s_norm > 1e-12, anchor[..., :D] / s_norm.clamp_min(1e-300), 0.0)
-    dims = D * (t_hat * s_hat).sum(dim=2).mean(dim=1) ** 2
-
-    a, r, d = alpha_m.numpy(), radii.numpy(), dims.numpy()
+    sD1, corr0, k = prepare_manifolds(
+        X, seed, remove_center_structure, projection_dim, center_iters
+    )
+    a, r, d, kkt = anchor_geometry(sD1, sample_t(sD1, n_t, seed), kappa, tol)
     return CapacityResult(
-        capacity=float(1.0 / np.mean(1.0 / a)), radius=float(r.mean()), dimension=float(d.mean()),
-        center_correlation=corr0, n_removed=k, alpha=a, radii=r, dimensions=d,
-        kappa=float(kappa), n_t=n_t, kkt_residual=kkt,
+        capacity=float(1.0 / np.mean(1.0 / a)),
+        radius=float(r.mean()),
+        dimension=float(d.mean()),
+        center_correlation=corr0,
+        n_removed=k,
+        alpha=a,
+        radii=r,
+        dimensions=d,
+        kappa=float(kappa),
+        n_t=n_t,
+        kkt_residual=kkt,
     )
 
 
@@ -321,7 +359,9 @@ def elliptical_geometry(X: object) -> tuple[np.ndarray, np.ndarray]:
     centers = arr.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(centers, axis=2, keepdims=True)
     if (norms < 1e-12).any():
-        raise ValueError("a manifold centre is at the origin; the radius relative to it is undefined")
+        raise ValueError(
+            "a manifold centre is at the origin; the radius relative to it is undefined"
+        )
     S = (arr - centers) / norms
     lam = np.linalg.svd(S, compute_uv=False) / math.sqrt(arr.shape[1])  # (P, min(m, N))
     sq = (lam**2).sum(axis=1)
@@ -336,8 +376,13 @@ def _separable(points: np.ndarray, labels: np.ndarray) -> bool:
     from scipy.optimize import linprog
 
     A = -(labels[:, None] * points)
-    res = linprog(np.zeros(points.shape[1]), A_ub=A, b_ub=-np.ones(len(points)),
-                  bounds=[(None, None)] * points.shape[1], method="highs")
+    res = linprog(
+        np.zeros(points.shape[1]),
+        A_ub=A,
+        b_ub=-np.ones(len(points)),
+        bounds=[(None, None)] * points.shape[1],
+        method="highs",
+    )
     return res.status == 0
 
 
@@ -371,4 +416,9 @@ def empirical_capacity(
     else:
         i = cross[0]
         n_c = ns[i] + (0.5 - fr[i]) * (ns[i + 1] - ns[i]) / (fr[i + 1] - fr[i])
-    return {"capacity": P / n_c, "n": ns.tolist(), "separable_fraction": fr.tolist(), "n_critical": n_c}
+    return {
+        "capacity": P / n_c,
+        "n": ns.tolist(),
+        "separable_fraction": fr.tolist(),
+        "n_critical": n_c,
+    }

@@ -1,0 +1,274 @@
+"""``manifold-ssl analyze``: the geometry report of a run, a checkpoint, a model or features.
+
+For a model (a run directory, a checkpoint, or an untrained model from a recipe): features of
+every backbone stage on the test split, two kinds of manifolds per stage (Yerxa App. E.1):
+class manifolds (classes × examples) and augmentation manifolds (exemplars × augmented views,
+with the run's own views); their mean-field capacity, radius and dimension per layer (Yerxa
+Fig. 2); the eigenspectrum of the final features with its power-law fit; same- vs
+different-class similarity distributions (Fig. 4–5); and a t-SNE picture (CLAMP Fig. 5).
+For a ``.npy`` of features: (N, F) with ``--labels`` gives class manifolds; (P, m, F) is taken
+as manifolds directly. Writes ``analysis.json``, ``analysis.md`` and PNG figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..geometry.capacity import elliptical_geometry, manifold_capacity
+from ..geometry.manifold_stats import manifold_similarities, split_by_class
+from ..geometry.spectra import class_effective_ranks, covariance_spectrum, powerlaw_decay, rankme
+from ..runinfo import write_json
+
+__all__ = ["analyze_features", "analyze_model", "backbone_layers", "write_analysis_report"]
+
+
+def backbone_layers(backbone: torch.nn.Module) -> list[str]:
+    """The stage outputs worth analysing: the stem, each stage, and the pooled features."""
+    children = dict(backbone.named_children())
+    names = list(children)
+    stages = children.get("stages")
+    if isinstance(stages, torch.nn.Sequential):  # ResNet
+        return ["stem", *[f"stages.{i}" for i in range(len(stages))], "pool"]
+    features = children.get("features")
+    if isinstance(features, torch.nn.Sequential):  # ConvNet: after each ReLU
+        relus = [f"features.{i}" for i, m in enumerate(features) if isinstance(m, torch.nn.ReLU)]
+        return [*relus, "pool"]
+    return [n for n in names if n]
+
+
+def _capacity_row(X: torch.Tensor, n_t: int, seed: int) -> dict[str, float]:
+    res = manifold_capacity(X.double(), n_t=n_t, seed=seed)
+    er, ed = elliptical_geometry(X.double())
+    return {
+        "capacity": res.capacity,
+        "radius": res.radius,
+        "dimension": res.dimension,
+        "center_correlation": res.center_correlation,
+        "n_removed": res.n_removed,
+        "elliptical_radius": float(er.mean()),
+        "elliptical_dimension": float(ed.mean()),
+    }
+
+
+def analyze_features(
+    features: np.ndarray,
+    labels: np.ndarray | None,
+    per_class: int = 50,
+    n_t: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Geometry of an array of features: (N, F) with labels, or (P, m, F) manifolds."""
+    from ..evaluation.features import class_manifolds
+
+    x = torch.as_tensor(np.asarray(features, dtype=np.float64))
+    out: dict[str, Any] = {}
+    if x.ndim == 3:
+        manifolds, man_labels = x, None
+        flat = x.flatten(0, 1)
+    elif x.ndim == 2:
+        if labels is None:
+            raise ValueError("features of shape (N, F) need --labels (a .npy of N class ids)")
+        y = torch.as_tensor(np.asarray(labels)).flatten()
+        manifolds, man_labels = class_manifolds(x, y, per_class, seed)
+        flat = x
+        out["class_effective_ranks"] = class_effective_ranks(x, y)
+    else:
+        raise ValueError(f"features must be (N, F) or (P, m, F), got shape {tuple(x.shape)}")
+    out["manifolds"] = {"features": _capacity_row(manifolds, n_t, seed)}
+    spectrum = covariance_spectrum(flat)
+    out["spectrum"] = {
+        "eigenvalues": spectrum.tolist(),
+        "rankme": rankme(flat),
+        "powerlaw": asdict(powerlaw_decay(spectrum)),
+    }
+    stats = manifold_similarities(manifolds)
+    out["similarity"] = _similarity_summary(stats, man_labels)
+    out["_stats"] = (stats, man_labels)
+    out["_tsne"] = (flat, labels if x.ndim == 2 else np.repeat(np.arange(x.shape[0]), x.shape[1]))
+    return out
+
+
+def _similarity_summary(
+    stats: dict[str, np.ndarray], labels: torch.Tensor | None
+) -> dict[str, Any]:
+    keys = ("centroid_cosine", "subspace_cosine", "shared_variance", "orientation")
+    if labels is None:
+        return {k: float(stats[k].mean()) for k in keys}
+    split = split_by_class(stats, labels.numpy())
+    return {
+        group: {k: float(v[k].mean()) if len(v[k]) else None for k in keys}
+        for group, v in split.items()
+    }
+
+
+def analyze_model(
+    backbone: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    augment: Any,
+    per_class: int = 50,
+    n_exemplars: int = 50,
+    n_augment: int = 30,
+    n_t: int = 200,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Per-layer class and augmentation manifold geometry of ``backbone`` on uint8 ``images``."""
+    from ..evaluation.features import class_manifolds, layer_features, normalise_images
+
+    layers = backbone_layers(backbone)
+    gen = torch.Generator().manual_seed(seed)
+    # class manifolds: per_class test images of every class
+    pick = []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        pick.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    chosen = torch.cat(pick)
+    x_cls = normalise_images(images[chosen], mean, std)
+    # augmentation manifolds: n_exemplars images (spread over classes), n_augment views each
+    ex = chosen[torch.randperm(len(chosen), generator=gen)[:n_exemplars]]
+    views = augment(images[ex], gen)  # (E, n_augment, C, H, W)
+    x_aug = views.flatten(0, 1)
+    feats_cls = layer_features(backbone, x_cls, layers)
+    feats_aug = layer_features(backbone, x_aug, layers)
+    out: dict[str, Any] = {"layers": layers, "manifolds": {}}
+    for layer in tqdm(layers, desc="layers", disable=not progress):
+        cls_x, _cls_y = class_manifolds(feats_cls[layer], labels[chosen], per_class, seed)
+        aug_x = feats_aug[layer].reshape(len(ex), n_augment, -1)
+        out["manifolds"][layer] = {
+            "class": _capacity_row(cls_x, n_t, seed),
+            "augmentation": _capacity_row(aug_x, n_t, seed),
+        }
+    final = feats_cls[layers[-1]]
+    spectrum = covariance_spectrum(final)
+    out["spectrum"] = {
+        "eigenvalues": spectrum.tolist(),
+        "rankme": rankme(final),
+        "powerlaw": asdict(powerlaw_decay(spectrum)),
+    }
+    out["class_effective_ranks"] = class_effective_ranks(final, labels[chosen])
+    aug_final = feats_aug[layers[-1]].reshape(len(ex), n_augment, -1)
+    stats = manifold_similarities(aug_final)
+    ex_labels = labels[ex]
+    out["similarity"] = _similarity_summary(stats, ex_labels)
+    out["_stats"] = (stats, ex_labels)
+    out["_tsne"] = (final, labels[chosen].numpy())
+    return out
+
+
+def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> list[Path]:
+    """analysis.json, analysis.md and the figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats, stat_labels = result.pop("_stats")
+    flat, flat_labels = result.pop("_tsne")
+    figures = []
+
+    manifolds = result["manifolds"]
+    if "layers" in result:
+        layers = result["layers"]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for kind, style in (("class", "o-"), ("augmentation", "s--")):
+            for ax, key in zip(axes, ("capacity", "radius", "dimension"), strict=True):
+                ax.plot(
+                    range(len(layers)),
+                    [manifolds[ly][kind][key] for ly in layers],
+                    style,
+                    label=kind,
+                )
+                ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
+                ax.set_title(f"manifold {key}")
+                ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.tight_layout()
+        figures.append(out_dir / "capacity_by_layer.png")
+        fig.savefig(figures[-1], dpi=120)
+        plt.close(fig)
+
+    lam = np.asarray(result["spectrum"]["eigenvalues"])
+    fit = result["spectrum"]["powerlaw"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ranks = np.arange(1, len(lam) + 1)
+    ax.loglog(ranks, lam, ".", ms=3, label="eigenvalues")
+    lo, hi = fit["fit_range"]
+    r = np.arange(lo, hi + 1)
+    ax.loglog(
+        r, np.exp(fit["intercept"]) * r ** (-fit["alpha"]), "r-", label=f"α = {fit['alpha']:.2f}"
+    )
+    ax.set(xlabel="rank", ylabel="variance", title="eigenspectrum of the features")
+    ax.legend()
+    fig.tight_layout()
+    figures.append(out_dir / "spectrum.png")
+    fig.savefig(figures[-1], dpi=120)
+    plt.close(fig)
+
+    keys = ("centroid_cosine", "subspace_cosine", "shared_variance")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    groups = (
+        split_by_class(stats, np.asarray(stat_labels))
+        if stat_labels is not None
+        else {"all": stats}
+    )
+    for ax, key in zip(axes, keys, strict=True):
+        for name, g in groups.items():
+            if len(g[key]):
+                ax.hist(g[key], bins=30, alpha=0.6, density=True, label=name)
+        ax.set_title(key.replace("_", " "))
+        ax.legend()
+    fig.tight_layout()
+    figures.append(out_dir / "similarity.png")
+    fig.savefig(figures[-1], dpi=120)
+    plt.close(fig)
+
+    pts = np.asarray(flat, dtype=np.float64)[:2000]
+    emb = TSNE(
+        n_components=2, init="pca", random_state=0, perplexity=min(30, len(pts) - 1)
+    ).fit_transform(pts)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(emb[:, 0], emb[:, 1], c=np.asarray(flat_labels)[: len(pts)], s=4, cmap="tab10")
+    ax.set(title="t-SNE of the features", xticks=[], yticks=[])
+    fig.tight_layout()
+    figures.append(out_dir / "tsne.png")
+    fig.savefig(figures[-1], dpi=120)
+    plt.close(fig)
+
+    write_json(out_dir / "analysis.json", result)
+    lines = [
+        f"# Geometry report: {title}",
+        "",
+        "| layer | manifolds | capacity | radius | dimension | centre corr. | K removed |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for layer, rows in manifolds.items():
+        for kind, row in rows.items() if "capacity" not in rows else [("features", rows)]:
+            lines.append(
+                f"| {layer} | {kind} | {row['capacity']:.3f} | {row['radius']:.3f} | "
+                f"{row['dimension']:.2f} | {row['center_correlation']:.3f} | {row['n_removed']} |"
+            )
+    sp = result["spectrum"]
+    lines += [
+        "",
+        f"- power-law decay α = {fit['alpha']:.3f} (ranks {lo}–{hi}, R² = {fit['r_squared']:.3f}); "
+        f"RankMe = {sp['rankme']:.1f}",
+    ]
+    if "class_effective_ranks" in result:
+        cer = result["class_effective_ranks"]
+        lines.append(
+            f"- intra-class erank {cer['intra_class_erank']:.2f}, inter-class erank {cer['inter_class_erank']:.2f}"
+        )
+    lines += ["", *[f"![{f.stem}]({f.name})" for f in figures]]
+    (out_dir / "analysis.md").write_text("\n".join(lines) + "\n")
+    return figures

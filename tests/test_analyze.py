@@ -1,0 +1,73 @@
+"""``manifold-ssl analyze`` on features, an untrained model and a trained run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from manifold_ssl.cli import main
+
+SMALL = ["--per-class", "10", "--n-exemplars", "12", "--n-augment", "6", "--n-t", "50", "--quiet"]
+FILES = ("analysis.json", "analysis.md", "spectrum.png", "similarity.png", "tsne.png")
+
+
+def test_analyze_features_with_labels(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 30)
+    x = rng.standard_normal((4, 16))[y] * 3 + rng.standard_normal((120, 16))
+    np.save(tmp_path / "f.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    assert (
+        main(["analyze", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "y.npy"), *SMALL]) == 0
+    )
+    out = tmp_path / "f-analysis"
+    for name in FILES:
+        assert (out / name).stat().st_size > 0
+    result = json.loads((out / "analysis.json").read_text())
+    assert result["manifolds"]["features"]["capacity"] > 0
+    # class manifolds: every pair is of different classes
+    assert result["similarity"]["same"]["centroid_cosine"] is None
+    assert -1 <= result["similarity"]["different"]["centroid_cosine"] <= 1
+    assert main(["analyze", str(tmp_path / "f.npy")]) == 2  # (N, F) without labels
+    assert "--labels" in capsys.readouterr().err
+
+
+def test_analyze_untrained_model_and_trained_run(tmp_path):
+    assert (
+        main(
+            ["analyze", "--untrained", "digits_mmcr", "--out", str(tmp_path / "untrained"), *SMALL]
+        )
+        == 0
+    )
+    untrained = json.loads((tmp_path / "untrained" / "analysis.json").read_text())
+    assert (
+        untrained["layers"][-1] == "pool"
+        and (tmp_path / "untrained" / "capacity_by_layer.png").exists()
+    )
+    args = [
+        "pretrain",
+        "--quiet",
+        "--no-eval",
+        f"--data.root={tmp_path / 'data'}",
+        f"--train.out_dir={tmp_path / 'runs'}",
+        "--model.width=4",
+        "--model.projector=32-16",
+        "--views.num_views=2",
+        "--train.batch_size=64",
+        "--train.epochs=1",
+        "--train.knn_every=0",
+    ]
+    assert main(args) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert main(["analyze", str(run), *SMALL]) == 0
+    trained = json.loads((run / "analysis" / "analysis.json").read_text())
+    for row in trained["manifolds"].values():
+        for kind in ("class", "augmentation"):
+            assert row[kind]["capacity"] > 0 and row[kind]["dimension"] >= 0
+
+
+def test_analyze_rejects_missing_inputs(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "missing.npy")]) == 2
+    assert main(["analyze"]) == 2
+    assert "analyze needs" in capsys.readouterr().err
