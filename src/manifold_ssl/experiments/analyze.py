@@ -94,6 +94,17 @@ def analyze_features(
     return out
 
 
+def _alignment_uniformity(views: torch.Tensor) -> dict[str, float]:
+    """Wang–Isola alignment (first two views of each exemplar) and uniformity (all views)."""
+    from ..losses.wang_isola import alignment_loss, uniformity_loss
+
+    v = views.double()
+    return {
+        "alignment": float(alignment_loss(v[:, 0], v[:, 1])),
+        "uniformity": float(uniformity_loss(v.flatten(0, 1))),
+    }
+
+
 def _similarity_summary(
     stats: dict[str, np.ndarray], labels: torch.Tensor | None
 ) -> dict[str, Any]:
@@ -156,6 +167,7 @@ def analyze_model(
     }
     out["class_effective_ranks"] = class_effective_ranks(final, labels[chosen])
     aug_final = feats_aug[layers[-1]].reshape(len(ex), n_augment, -1)
+    out["alignment_uniformity"] = _alignment_uniformity(aug_final)
     stats = manifold_similarities(aug_final)
     ex_labels = labels[ex]
     out["similarity"] = _similarity_summary(stats, ex_labels)
@@ -264,6 +276,11 @@ def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> 
         f"- power-law decay α = {fit['alpha']:.3f} (ranks {lo}–{hi}, R² = {fit['r_squared']:.3f}); "
         f"RankMe = {sp['rankme']:.1f}",
     ]
+    if "alignment_uniformity" in result:
+        au = result["alignment_uniformity"]
+        lines.append(
+            f"- Wang–Isola alignment {au['alignment']:.3f}, uniformity {au['uniformity']:.3f}"
+        )
     if "class_effective_ranks" in result:
         cer = result["class_effective_ranks"]
         lines.append(
