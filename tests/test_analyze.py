@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from helpers import tiny_run_args
 
 from manifold_ssl.cli import main
 
@@ -49,14 +50,7 @@ def test_analyze_untrained_model_and_trained_run(tmp_path):
         "pretrain",
         "--quiet",
         "--no-eval",
-        f"--data.root={tmp_path / 'data'}",
-        f"--train.out_dir={tmp_path / 'runs'}",
-        "--model.width=4",
-        "--model.projector=32-16",
-        "--views.num_views=2",
-        "--train.batch_size=64",
-        "--train.epochs=1",
-        "--train.knn_every=0",
+        *tiny_run_args(tmp_path, "--train.epochs=1", "--train.knn_every=0"),
     ]
     assert main(args) == 0
     (run,) = (tmp_path / "runs").iterdir()

@@ -6,14 +6,12 @@ import json
 
 import pytest
 import yaml
+from helpers import TINY_MODEL
 
 from manifold_ssl.cli import main
 
 TINY = [
-    "--model.width=4",
-    "--model.projector=32-16",
-    "--views.num_views=2",
-    "--train.batch_size=64",
+    *TINY_MODEL,
     "--train.epochs=1",
     "--train.knn_every=1",
     "--eval.linear_max_iter=30",

@@ -1,4 +1,5 @@
 import pytest
+from helpers import TINY_MODEL
 
 from manifold_ssl.config import apply_overrides, load_recipe
 
@@ -13,10 +14,7 @@ def tiny_cfg(tmp_path):
             [
                 f"--data.root={tmp_path / 'data'}",
                 f"--train.out_dir={tmp_path / 'runs'}",
-                "--model.width=4",
-                "--model.projector=32-16",
-                "--views.num_views=2",
-                "--train.batch_size=64",
+                *TINY_MODEL,
                 "--train.epochs=2",
                 "--train.log_every=1",
                 "--train.knn_every=0",

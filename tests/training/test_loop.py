@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import tiny_run_args
 
 from manifold_ssl.config import apply_overrides
 from manifold_ssl.methods import METHODS, build_method
@@ -241,15 +242,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
         "pretrain",
         "--quiet",
         "--no-eval",
-        f"--data.root={tmp_path / 'data'}",
-        f"--train.out_dir={tmp_path / 'runs'}",
-        "--model.width=4",
-        "--model.projector=32-16",
-        "--views.num_views=2",
-        "--train.batch_size=64",
-        "--train.epochs=50",
-        "--train.log_every=1",
-        "--train.knn_every=0",
+        *tiny_run_args(tmp_path, "--train.epochs=50", "--train.log_every=1", "--train.knn_every=0"),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
