@@ -232,6 +232,10 @@ def pretrain(
                     group["lr"] = lr_at_step(cfg, step, steps_per_epoch)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     loss, terms, z = model(views)
+                if not torch.isfinite(loss):  # before the step: the weights stay usable
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at step {step + 1}; the last checkpoint is kept"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -239,10 +243,6 @@ def pretrain(
                 step += 1
                 step_in_epoch += 1
                 bar.update(1)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at step {step}; last checkpoint kept"
-                    )
                 if ctx.is_main and (step % cfg.train.log_every == 0 or step == 1):
                     seconds = time.perf_counter() - t0
                     record = {
@@ -256,7 +256,7 @@ def pretrain(
                     }
                     log.log(record)
                     bar.set_postfix(loss=f"{loss.item():.4g}")
-                reason = _stop_reason(cfg, stop, step, start_time)
+                reason = _stop_reason(cfg, stop, step, start_time, ctx.world_size, device)
                 if reason:
                     status = reason
                     break
@@ -295,14 +295,26 @@ def _trajectory_config(cfg: Config) -> dict[str, Any]:
     return d
 
 
-def _stop_reason(cfg: Config, stop: _StopFlag, step: int, start: float) -> str | None:
+_REASONS = ("interrupted", "max_steps", "budget")
+
+
+def _stop_reason(
+    cfg: Config, stop: _StopFlag, step: int, start: float, world: int, device: torch.device
+) -> str | None:
+    """Why to stop after this step, if at all; under DDP every rank agrees (a signal or a clock
+    seen by one rank stops all of them at the same step, so no collective is left waiting)."""
+    code = 0
     if stop.raised:
-        return "interrupted"
-    if cfg.train.max_steps and step >= cfg.train.max_steps:
-        return "max_steps"
-    if cfg.train.time_budget_s and time.perf_counter() - start >= cfg.train.time_budget_s:
-        return "budget"
-    return None
+        code = 1
+    elif cfg.train.max_steps and step >= cfg.train.max_steps:
+        code = 2
+    elif cfg.train.time_budget_s and time.perf_counter() - start >= cfg.train.time_budget_s:
+        code = 3
+    if world > 1:
+        flag = torch.tensor([code], device=device)  # NCCL reduces CUDA tensors only
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        code = int(flag.item())
+    return _REASONS[code - 1] if code else None
 
 
 def _new_run_dir(cfg: Config, ctx: DistContext, run_dir: str | Path | None) -> Path:
