@@ -229,7 +229,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         if not path.exists():
             raise FileNotFoundError(f"features file {path} does not exist")
         labels = np.load(args.labels) if args.labels else None
-        result = analyze_features(np.load(path), labels, args.per_class, args.n_t, args.seed)
+        result = analyze_features(
+            np.load(path), labels, args.per_class, args.n_t, args.seed, args.projection_dim
+        )
         out = Path(args.out or path.with_name(path.stem + "-analysis"))
         title = path.name
     else:
@@ -274,6 +276,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             args.n_t,
             args.seed,
             progress=not args.quiet,
+            projection_dim=args.projection_dim,
         )
     figures = write_analysis_report(result, out, title)
     print(f"geometry report: {out / 'analysis.md'}")
@@ -366,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--n-augment", dest="n_augment", type=int, default=30)
     an.add_argument("--n-t", dest="n_t", type=int, default=200)
     an.add_argument("--seed", type=int, default=0)
+    an.add_argument(
+        "--projection-dim",
+        dest="projection_dim",
+        type=int,
+        default=None,
+        help="randomly project wider layers to this many dims first (Yerxa: 5000)",
+    )
     an.add_argument("--quiet", action="store_true")
     an.set_defaults(func=_cmd_analyze)
 

@@ -42,8 +42,10 @@ def backbone_layers(backbone: torch.nn.Module) -> list[str]:
     return [n for n in names if n]
 
 
-def _capacity_row(X: torch.Tensor, n_t: int, seed: int) -> dict[str, float]:
-    res = manifold_capacity(X.double(), n_t=n_t, seed=seed)
+def _capacity_row(
+    X: torch.Tensor, n_t: int, seed: int, projection_dim: int | None = None
+) -> dict[str, float]:
+    res = manifold_capacity(X.double(), n_t=n_t, seed=seed, projection_dim=projection_dim)
     er, ed = elliptical_geometry(X.double())
     return {
         "capacity": res.capacity,
@@ -62,6 +64,7 @@ def analyze_features(
     per_class: int = 50,
     n_t: int = 200,
     seed: int = 0,
+    projection_dim: int | None = None,
 ) -> dict[str, Any]:
     """Geometry of an array of features: (N, F) with labels, or (P, m, F) manifolds."""
     from ..evaluation.features import class_manifolds
@@ -80,7 +83,7 @@ def analyze_features(
         out["class_effective_ranks"] = class_effective_ranks(x, y)
     else:
         raise ValueError(f"features must be (N, F) or (P, m, F), got shape {tuple(x.shape)}")
-    out["manifolds"] = {"features": _capacity_row(manifolds, n_t, seed)}
+    out["manifolds"] = {"features": _capacity_row(manifolds, n_t, seed, projection_dim)}
     spectrum = covariance_spectrum(flat)
     out["spectrum"] = {
         "eigenvalues": spectrum.tolist(),
@@ -131,6 +134,7 @@ def analyze_model(
     n_t: int = 200,
     seed: int = 0,
     progress: bool = True,
+    projection_dim: int | None = None,
 ) -> dict[str, Any]:
     """Per-layer class and augmentation manifold geometry of ``backbone`` on uint8 ``images``."""
     from ..evaluation.features import class_manifolds, layer_features, normalise_images
@@ -155,8 +159,8 @@ def analyze_model(
         cls_x, _cls_y = class_manifolds(feats_cls[layer], labels[chosen], per_class, seed)
         aug_x = feats_aug[layer].reshape(len(ex), n_augment, -1)
         out["manifolds"][layer] = {
-            "class": _capacity_row(cls_x, n_t, seed),
-            "augmentation": _capacity_row(aug_x, n_t, seed),
+            "class": _capacity_row(cls_x, n_t, seed, projection_dim),
+            "augmentation": _capacity_row(aug_x, n_t, seed, projection_dim),
         }
     final = feats_cls[layers[-1]]
     spectrum = covariance_spectrum(final)
