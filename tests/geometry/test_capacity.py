@@ -148,7 +148,11 @@ def test_anchor_solution_matches_a_generic_qp_per_sample(kappa):
         S = sD1[p].numpy()
         F = []
         for tv in t[p].numpy():
-            cons = {"type": "ineq", "fun": lambda v: -(v @ S) - kappa, "jac": lambda v: -S.T}
+            cons = {
+                "type": "ineq",
+                "fun": lambda v, S=S: -(v @ S) - kappa,
+                "jac": lambda v, S=S: -S.T,
+            }
             res = minimize(
                 lambda v, tv=tv: ((v - tv) ** 2).sum(),
                 tv,
