@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
 
 from manifold_ssl.geometry.capacity import (
     anchor_geometry,
     empirical_capacity,
     manifold_capacity,
     prepare_manifolds,
+    reference_alpha,
     sample_t,
 )
 from manifold_ssl.runinfo import run_metadata
@@ -41,27 +41,6 @@ def clouds(P: int, m: int, N: int, radius: float, seed: int) -> np.ndarray:
     centers = rng.standard_normal((P, 1, N))
     centers /= np.linalg.norm(centers, axis=2, keepdims=True)
     return centers + rng.standard_normal((P, m, N)) * (radius / math.sqrt(N))
-
-
-def reference_alpha(sD1: np.ndarray, t: np.ndarray, kappa: float) -> float:
-    """α_M of one manifold: one SLSQP solve of the primal QP per sample T."""
-    S = sD1  # (D+1, m)
-    F = []
-    for tv in t:
-        if (tv @ S).max() + kappa < 0:  # V = T is feasible
-            F.append(0.0)
-            continue
-        cons = {"type": "ineq", "fun": lambda v: -(v @ S) - kappa, "jac": lambda v: -S.T}
-        res = minimize(
-            lambda v, tv=tv: ((v - tv) ** 2).sum(),
-            tv,
-            jac=lambda v, tv=tv: 2 * (v - tv),
-            constraints=[cons],
-            method="SLSQP",
-            options={"ftol": 1e-12, "maxiter": 500},
-        )
-        F.append(((res.x - tv) ** 2).sum())
-    return 1.0 / float(np.mean(F))
 
 
 def main() -> None:

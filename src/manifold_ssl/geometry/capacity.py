@@ -41,6 +41,7 @@ __all__ = [
     "manifold_capacity",
     "point_capacity",
     "prepare_manifolds",
+    "reference_alpha",
     "sample_t",
     "solve_nnqp",
 ]
@@ -338,6 +339,31 @@ def manifold_capacity(
         n_t=n_t,
         kkt_residual=kkt,
     )
+
+
+def reference_alpha(sD1: np.ndarray, t: np.ndarray, kappa: float = 0.0) -> float:
+    """α_M of one manifold the slow, straightforward way, for checking the batched solver: one
+    generic QP solve (SciPy's SLSQP on ``min ‖V − T‖² s.t. V·s ≤ −κ``) per sample T, and
+    ``α_M⁻¹ = mean F(T) = mean ‖V − T‖²`` (Yerxa Eq. 8). ``sD1`` (D+1, m), ``t`` (n_t, D+1)."""
+    from scipy.optimize import minimize
+
+    S = np.asarray(sD1, dtype=np.float64)
+    F = []
+    for tv in np.asarray(t, dtype=np.float64):
+        if (tv @ S).max() + kappa < 0:  # V = T is feasible
+            F.append(0.0)
+            continue
+        cons = {"type": "ineq", "fun": lambda v: -(v @ S) - kappa, "jac": lambda v: -S.T}
+        res = minimize(
+            lambda v, tv=tv: ((v - tv) ** 2).sum(),
+            tv,
+            jac=lambda v, tv=tv: 2 * (v - tv),
+            constraints=[cons],
+            method="SLSQP",
+            options={"ftol": 1e-14, "maxiter": 1000},
+        )
+        F.append(float(((res.x - tv) ** 2).sum()))
+    return 1.0 / float(np.mean(F))
 
 
 def point_capacity(kappa: float) -> float:

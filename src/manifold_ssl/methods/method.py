@@ -126,12 +126,6 @@ class SSLMethod(nn.Module):
             self.target.update(nn.Sequential(self.backbone, self.projector), tau)
 
 
-def build_method(
-    name: str,
-    backbone: nn.Module,
-    projector: str,
-    predictor: str = "",
-    momentum: float = 0.0,
-    loss_kwargs: dict[str, Any] | None = None,
-) -> SSLMethod:
-    return SSLMethod(name, backbone, projector, predictor, momentum, loss_kwargs)
+def build_method(name: str, backbone: nn.Module, projector: str, **kwargs: Any) -> SSLMethod:
+    """``SSLMethod(name, backbone, projector, predictor=..., momentum=..., loss_kwargs=...)``."""
+    return SSLMethod(name, backbone, projector, **kwargs)

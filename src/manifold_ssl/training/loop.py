@@ -57,9 +57,9 @@ def build_method_for(cfg: Config, in_channels: int) -> SSLMethod:
         cfg.method.name,
         backbone,
         cfg.model.projector,
-        cfg.model.predictor,
-        cfg.method.momentum,
-        cfg.method.loss,
+        predictor=cfg.model.predictor,
+        momentum=cfg.method.momentum,
+        loss_kwargs=cfg.method.loss,
     )
 
 
