@@ -124,7 +124,9 @@ def test_bad_inputs(X, message):
         manifold_capacity(clouds(P=4, N=8), kappa=-1.0)
 
 
-def test_fifty_manifolds_of_thirty_points_in_500_dims_take_under_two_seconds():
+def test_fifty_manifolds_of_thirty_points_in_500_dims_run_in_seconds():
+    # benchmarks/capacity.py measures the 2 s target (0.92 s here); a test on a shared CI
+    # machine only guards against a regression by an order of magnitude
     X = clouds(P=50, m=30, N=500, radius=0.5, seed=9)
     start = time.perf_counter()
     result = manifold_capacity(X, n_t=200)

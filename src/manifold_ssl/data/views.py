@@ -74,6 +74,8 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 _CIFAR = AugmentSpec(mean=CIFAR_MEAN, std=CIFAR_STD)
+_IMAGENET = AugmentSpec(size=224, blur_kernel=23, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+_CLAMP_IMAGENET = replace(_IMAGENET, brightness=0.8, contrast=0.8, blur_p=0.8)
 PRESETS: dict[str, tuple[AugmentSpec, ...]] = {
     # Yerxa et al. App. D: Barlow Twins' augmentations without blur and solarisation
     "cifar": (_CIFAR,),
@@ -85,42 +87,11 @@ PRESETS: dict[str, tuple[AugmentSpec, ...]] = {
     ),
     # Barlow Twins / BYOL ImageNet pair: T1 always blurs, T2 sometimes blurs and solarises
     "imagenet": (
-        AugmentSpec(size=224, blur_p=1.0, blur_kernel=23, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        AugmentSpec(
-            size=224,
-            blur_p=0.1,
-            blur_kernel=23,
-            solarize_p=0.2,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-        ),
+        replace(_IMAGENET, blur_p=1.0),
+        replace(_IMAGENET, blur_p=0.1, solarize_p=0.2),
     ),
     # CLAMP App. B, Table 4: T1 / T2 differ in solarisation
-    "clamp_imagenet": (
-        AugmentSpec(
-            size=224,
-            brightness=0.8,
-            contrast=0.8,
-            saturation=0.2,
-            hue=0.1,
-            blur_p=0.8,
-            blur_kernel=23,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-        ),
-        AugmentSpec(
-            size=224,
-            brightness=0.8,
-            contrast=0.8,
-            saturation=0.2,
-            hue=0.1,
-            blur_p=0.8,
-            blur_kernel=23,
-            solarize_p=0.2,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-        ),
-    ),
+    "clamp_imagenet": (_CLAMP_IMAGENET, replace(_CLAMP_IMAGENET, solarize_p=0.2)),
     # 8x8 grey digits: mild crops, no flips (digits are not mirror-symmetric), intensity jitter
     "digits": (
         AugmentSpec(
