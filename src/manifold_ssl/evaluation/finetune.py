@@ -66,7 +66,10 @@ def finetune(
     spec = preset(cfg.views.preset)[0]
     aug = MultiViewAugment((spec,), 1)
     encoder = copy.deepcopy(backbone).to(device)
-    model = nn.Sequential(encoder, nn.Linear(encoder.out_dim, splits.num_classes)).to(device)  # type: ignore[arg-type]
+    with torch.random.fork_rng():  # the head's initialisation follows ``seed``, not global state
+        torch.manual_seed(seed)
+        head = nn.Linear(encoder.out_dim, splits.num_classes)  # type: ignore[arg-type]
+    model = nn.Sequential(encoder, head).to(device)
     lr = cfg.eval.finetune_lr
     opt = torch.optim.SGD(
         [

@@ -20,8 +20,10 @@ __all__ = ["fit_logistic", "linear_probe"]
 def fit_logistic(
     x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int = 300
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights (F, C) and bias (C,) minimising mean cross-entropy + wd/2 · ‖W‖²."""
-    torch.manual_seed(0)
+    """Weights (F, C) and bias (C,) minimising mean cross-entropy + wd/2 · ‖W‖².
+
+    Starts from zero (the problem is convex), so the fit is deterministic and touches no RNG.
+    """
     w = torch.zeros(x.shape[1], num_classes, dtype=x.dtype, requires_grad=True)
     b = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)
     opt = torch.optim.LBFGS(
