@@ -48,6 +48,27 @@ def clamp(z: np.ndarray, r_s: float = 7.0, ddof: int = 0) -> float:
     return float(np.log(total))
 
 
+def clamp_official(z: np.ndarray, r_s: float = 7.0) -> float:
+    """CLAMP as the authors' published loss computes it (see ``clamp_loss``'s docstring):
+    Tr Λ / (m − 1), radius over min(D, m), reach capped at 1.5, pairs closer than 1e-3
+    skipped, log(½ Σ + 1e-6); loops over images and pairs."""
+    b, m, dim = z.shape
+    zt = _unit(z - z.reshape(b * m, -1).mean(axis=0))
+    q = [zt[i].mean(axis=0) for i in range(b)]
+    r = []
+    for i in range(b):
+        trace = sum(np.sum((zt[i, k] - q[i]) ** 2) for k in range(m)) / (m - 1)
+        r.append(r_s * np.sqrt(trace / min(dim, m) + 1e-12))
+    total = 0.0
+    for i in range(b):
+        for j in range(b):
+            dist = np.sqrt(np.sum((q[i] - q[j]) ** 2) + 1e-12)
+            reach = min(r[i] + r[j] + 1e-6, 1.5)
+            if i != j and 1e-3 < dist < reach:
+                total += (1 - dist / reach) ** 2
+    return float(np.log(0.5 * total + 1e-6))
+
+
 def _logm(a: np.ndarray, order: int | None) -> np.ndarray:
     if order is None:
         return np.real(sla.logm((a + a.T) / 2))
@@ -81,6 +102,26 @@ def matrix_ssl(
     uniformity = mce(np.eye(d) / d, cov(z1, z2) + reg, order)
     alignment = mkl(cov(z1, z1) + reg, cov(z2, z2) + reg, order)
     return uniformity + gamma * alignment
+
+
+def matrix_ssl_official(
+    p: np.ndarray,
+    z: np.ndarray,
+    gamma: float = 1.0,
+    lam: float = 0.5,
+    mu: float = 0.5,
+    order: int | None = 4,
+) -> float:
+    """The official form (``matrix_ssl_loss``'s docstring): C(A, B) = Aᵀ H_B B / B,
+    −tr(λI log(C(p, z) + μI)) − γ tr((C(p, p) + μI) log(C(z, z) + μI))."""
+    b, d = p.shape
+    p, z = _unit(p), _unit(z)
+    h = np.eye(b) - np.ones((b, b)) / b
+    cov = lambda x, y: x.T @ h @ y / b  # noqa: E731
+    eye = np.eye(d)
+    uniformity = -np.trace(lam * eye @ _logm(cov(p, z) + mu * eye, order))
+    alignment = -np.trace((cov(p, p) + mu * eye) @ _logm(cov(z, z) + mu * eye, order))
+    return float(uniformity + gamma * alignment)
 
 
 def simclr(z: np.ndarray, temperature: float = 0.5) -> float:
@@ -182,12 +223,14 @@ def mce_lm(logits: np.ndarray, targets: np.ndarray, emb: np.ndarray, eps: float 
     return total / len(targets)
 
 
-# name -> reference of the registered module with default hyperparameters
+# name -> reference of the registered module with default hyperparameters (for CLAMP and
+# Matrix-SSL the default is the authors' training form; their paper forms are checked against
+# ``clamp`` and ``matrix_ssl`` in tests/losses/test_objectives.py)
 REFERENCES: dict[str, Callable[..., float]] = {
     "mmcr": mmcr,
     "multimodal_mmcr": lambda a, b: mmcr(np.stack([a, b], axis=1)),
-    "clamp": clamp,
-    "matrix_ssl": matrix_ssl,
+    "clamp": clamp_official,
+    "matrix_ssl": matrix_ssl_official,
     "simclr": simclr,
     "barlow_twins": barlow_twins,
     "vicreg": vicreg,

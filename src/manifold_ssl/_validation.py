@@ -84,3 +84,10 @@ def check_order(order: int | None, name: str = "order") -> int | None:
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"{name} must be a positive integer or None (exact), got {order!r}")
     return order
+
+
+def check_choice(value: str, name: str, choices: tuple[str, ...]) -> str:
+    """Check that ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value

@@ -145,7 +145,7 @@ def _final_percent_error(run_dir: Path) -> object:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import apply_overrides, config_from_dict, load_recipe
-    from .training.distributed import resolve_device, setup_distributed
+    from .training.distributed import resolve_device
     from .training.loop import pretrain
 
     if args.resume:
@@ -164,7 +164,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     else:
         cfg = apply_overrides(load_recipe(args.recipe or "digits_mmcr"), args.overrides)
     result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
-    ctx = setup_distributed(cfg.train.device)
+    ctx = result.ctx  # training's process group is gone: what follows runs on rank 0 alone
     if result.status != "finished" or not ctx.is_main or args.no_eval:
         return 0 if result.status in ("finished", "interrupted", "budget", "max_steps") else 1
     device = str(resolve_device(cfg.train.device, ctx))

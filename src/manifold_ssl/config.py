@@ -73,6 +73,7 @@ class OptimConfig:
     momentum: float = 0.9  # SGD/LARS momentum
     lars_eta: float = 0.001  # LARS trust coefficient
     warmup_epochs: float = 0.0
+    warmup_steps: int = 0  # warmup in optimiser steps instead (CLAMP: 10); not with warmup_epochs
     schedule: str = "cosine"  # cosine | constant (after warmup)
     min_lr_ratio: float = 0.0  # final lr / peak lr of the cosine
 
@@ -83,7 +84,7 @@ class TrainConfig:
     batch_size: int = 128  # global batch (split over ranks under DDP)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (spectra stay float32); ignored on CPU
+    amp: bool = True  # bf16 autocast on CUDA (spectra stay float64); ignored on CPU
     num_threads: int = 0  # torch CPU threads (0: leave as is)
     log_every: int = 10  # steps between metric lines
     knn_every: int = 5  # epochs between kNN monitors on the validation split (0: never)
@@ -274,6 +275,13 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ValueError(f"{key} must be >= 1, got {value}")
+    if cfg.optim.warmup_steps < 0 or cfg.optim.warmup_epochs < 0:
+        raise ValueError("optim.warmup_steps and optim.warmup_epochs must be >= 0")
+    if cfg.optim.warmup_steps and cfg.optim.warmup_epochs:
+        raise ValueError(
+            "give one of optim.warmup_steps and optim.warmup_epochs, not both "
+            f"(got {cfg.optim.warmup_steps} steps and {cfg.optim.warmup_epochs} epochs)"
+        )
     if cfg.optim.lr <= 0:
         raise ValueError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if not 0 <= cfg.data.val_fraction < 1:

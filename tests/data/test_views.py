@@ -181,8 +181,16 @@ def test_grayscale_and_solarize_equal_torchvision():
     x = images()
     torch.testing.assert_close(grayscale(x), TF.rgb_to_grayscale(x, 1), atol=1e-6, rtol=0)
     # a spec that only solarises: the whole pipeline equals torchvision's solarize + normalise
-    spec = AugmentSpec(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
-                       grayscale_p=0.0, solarize_p=1.0, mean=(0.0,), std=(1.0,))
+    spec = AugmentSpec(
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        flip_p=0.0,
+        jitter_p=0.0,
+        grayscale_p=0.0,
+        solarize_p=1.0,
+        mean=(0.0,),
+        std=(1.0,),
+    )
     x8 = (x * 255).round().to(torch.uint8)
     p = sample_params(spec, 6, 32, 32, torch.Generator().manual_seed(0))
     out = apply_params(spec, x8, p)

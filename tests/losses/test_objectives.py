@@ -30,9 +30,10 @@ def random_rotation(d: int, gen: torch.Generator) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- MMCR
 def test_mmcr_local_term_and_momentum_views_match_reference(gen):
+    # App. B pseudocode: the local term over all K + K' views (local_views="all")
     z = torch.randn(6, 3, 4, generator=gen, dtype=f64, requires_grad=True)
     zm = torch.randn(6, 2, 4, generator=gen, dtype=f64)
-    loss = mmcr_loss(z, lmbda=0.3, z_momentum=zm)
+    loss = mmcr_loss(z, lmbda=0.3, z_momentum=zm, local_views="all")
     expected = reference.mmcr(z.detach().numpy(), 0.3, zm.numpy())
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     loss.backward()
@@ -40,6 +41,14 @@ def test_mmcr_local_term_and_momentum_views_match_reference(gen):
         lambda a: reference.mmcr(a, 0.3, zm.numpy()), [z.detach().numpy().copy()], 0
     )
     np.testing.assert_allclose(z.grad.numpy(), num, rtol=1e-6, atol=1e-8)
+    # the default (the authors' code) takes the local term over the online views only
+    online = mmcr_loss(z.detach(), lmbda=0.3, z_momentum=zm)
+    zn = F.normalize(z.detach(), dim=-1)
+    zn_all = F.normalize(torch.cat([z.detach(), zm], dim=1), dim=-1)
+    gap = 0.3 * (torch.linalg.svdvals(zn_all).sum() - torch.linalg.svdvals(zn).sum()) / 6
+    assert loss.item() - online.item() == pytest.approx(gap.item(), rel=1e-10)
+    with pytest.raises(ValueError, match="local_views"):
+        mmcr_loss(z, lmbda=0.3, z_momentum=zm, local_views="momentum")
 
 
 def test_mmcr_momentum_views_are_detached_and_count_as_views(gen):
@@ -104,48 +113,70 @@ def test_multimodal_mmcr_is_mmcr_of_the_two_modalities(gen):
 
 
 # --------------------------------------------------------------------------- CLAMP
-def test_clamp_unbiased_covariance_variant_matches_reference(gen):
+def test_clamp_paper_form_unbiased_covariance_matches_reference(gen):
     z = torch.randn(6, 4, 5, generator=gen, dtype=f64, requires_grad=True)
-    loss = clamp_loss(z, r_s=3.0, covariance="unbiased")
+    loss = clamp_loss(z, r_s=3.0, covariance="unbiased", form="paper")
     assert loss.item() == pytest.approx(reference.clamp(z.detach().numpy(), 3.0, ddof=1), rel=1e-12)
-    paper = clamp_loss(z, r_s=3.0).item()
+    paper = clamp_loss(z, r_s=3.0, form="paper").item()
     assert paper < loss.item()  # 1/(m−1) gives larger radii, hence more overlap
+    with pytest.raises(ValueError, match="covariance"):
+        clamp_loss(z, covariance="unbiased")  # the official form fixes 1/(m − 1)
 
 
 def test_clamp_without_overlap_returns_documented_floor_with_zero_gradient():
     # four tight sub-manifolds on orthogonal axes: far apart compared with their radii
     centres = torch.eye(4, 8, dtype=f64)
     z = (centres.unsqueeze(1) + 1e-4 * torch.randn(4, 3, 8, dtype=f64)).requires_grad_(True)
-    loss, terms = clamp_loss(z, return_terms=True)
+    loss, terms = clamp_loss(z, return_terms=True, form="paper")
     assert loss.item() == pytest.approx(NO_OVERLAP_LOSS) and NO_OVERLAP_LOSS == pytest.approx(
         -87.3365, abs=1e-3
     )
     assert terms["n_overlapping_pairs"].item() == 0
     loss.backward()
     assert torch.equal(z.grad, torch.zeros_like(z))
+    # the official form: log(0 + 1e-6), also with a zero gradient
+    z.grad = None
+    loss, terms = clamp_loss(z, return_terms=True)
+    assert loss.item() == pytest.approx(math.log(1e-6), rel=1e-12)
+    assert terms["n_overlapping_pairs"].item() == 0
+    loss.backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))
 
 
-def test_clamp_invariant_to_rotation_translation_and_scale(gen):
+@pytest.mark.parametrize("form", ["official", "paper"])
+def test_clamp_invariant_to_rotation_translation_and_scale(form, gen):
     z = torch.randn(8, 4, 6, generator=gen, dtype=f64)
-    base = clamp_loss(z).item()
+    base = clamp_loss(z, form=form).item()
     shift = torch.randn(6, generator=gen, dtype=f64)
     for other in (z @ random_rotation(6, gen), z + shift, 3.7 * z):
-        assert clamp_loss(other).item() == pytest.approx(base, rel=1e-10)
+        assert clamp_loss(other, form=form).item() == pytest.approx(base, rel=1e-10)
 
 
-def test_clamp_overlap_grows_with_r_s(gen):
+@pytest.mark.parametrize("form", ["official", "paper"])
+def test_clamp_overlap_grows_with_r_s(form, gen):
     z = torch.randn(10, 4, 6, generator=gen, dtype=f64)
-    values = [clamp_loss(z, r_s=r).item() for r in (0.5, 1.0, 2.0, 4.0, 8.0)]
+    values = [clamp_loss(z, r_s=r, form=form).item() for r in (0.5, 1.0, 2.0, 4.0, 8.0)]
     assert values == sorted(values)
+
+
+def test_clamp_official_cap_bounds_the_reach_at_initialisation(gen):
+    # r_s = 7 at initialisation: radii near 1, so r_i + r_j > 1.5 and the cap decides the reach
+    z = torch.randn(16, 4, 32, generator=gen, dtype=f64)
+    _, terms = clamp_loss(z, r_s=7.0, return_terms=True)
+    assert 2 * terms["mean_radius"].item() > 1.5
+    # every centroid pair is within 1.5 of each other here, so all 16·15 ordered pairs overlap
+    assert terms["n_overlapping_pairs"].item() == 16 * 15
+    lo, hi = clamp_loss(z, r_s=7.0).item(), clamp_loss(z, r_s=70.0).item()
+    assert lo == pytest.approx(hi, rel=1e-12)  # beyond the cap r_s changes nothing
 
 
 # --------------------------------------------------------------------------- Matrix-SSL
 @pytest.mark.parametrize("order", [None, 2, 3, 5])
-def test_matrix_ssl_orders_and_hyperparameters_match_reference(order, gen):
+def test_matrix_ssl_paper_form_orders_and_hyperparameters_match_reference(order, gen):
     z1 = torch.randn(9, 4, generator=gen, dtype=f64, requires_grad=True)
     z2 = (z1.detach() + 0.3 * torch.randn(9, 4, generator=gen, dtype=f64)).requires_grad_(True)
     kw = {"gamma": 0.7, "lam": 0.2, "order": order}
-    loss = matrix_ssl_loss(z1, z2, **kw)
+    loss = matrix_ssl_loss(z1, z2, form="paper", **kw)
     a, b = z1.detach().numpy().copy(), z2.detach().numpy().copy()
     assert loss.item() == pytest.approx(reference.matrix_ssl(a, b, **kw), rel=1e-10)
     loss.backward()
@@ -154,12 +185,73 @@ def test_matrix_ssl_orders_and_hyperparameters_match_reference(order, gen):
         np.testing.assert_allclose(t.grad.numpy(), num, rtol=1e-5, atol=1e-8)
 
 
-def test_matrix_ssl_alignment_vanishes_for_identical_branches(gen):
+@pytest.mark.parametrize("order", [None, 2, 6])
+def test_matrix_ssl_official_form_matches_reference(order, gen):
+    z1 = torch.randn(9, 4, generator=gen, dtype=f64, requires_grad=True)
+    z2 = (z1.detach() + 0.3 * torch.randn(9, 4, generator=gen, dtype=f64)).requires_grad_(True)
+    kw = {"gamma": 0.7, "lam": 0.3, "mu": 0.6, "order": order}
+    loss = matrix_ssl_loss(z1, z2, **kw)
+    a, b = z1.detach().numpy().copy(), z2.detach().numpy().copy()
+    assert loss.item() == pytest.approx(reference.matrix_ssl_official(a, b, **kw), rel=1e-10)
+    loss.backward()
+    for i, t in enumerate((z1, z2)):
+        num = reference.numerical_grad(
+            lambda x, y: reference.matrix_ssl_official(x, y, **kw), [a, b], i
+        )
+        np.testing.assert_allclose(t.grad.numpy(), num, rtol=1e-5, atol=1e-8)
+
+
+def test_matrix_ssl_paper_alignment_vanishes_for_identical_branches(gen):
     z = torch.randn(16, 5, generator=gen, dtype=f64)
-    _, terms = matrix_ssl_loss(z, z.clone(), return_terms=True)
+    _, terms = matrix_ssl_loss(z, z.clone(), form="paper", return_terms=True)
     assert terms["alignment"].item() == pytest.approx(0.0, abs=1e-12)
-    _, terms = matrix_ssl_loss(z, torch.randn(16, 5, generator=gen, dtype=f64), return_terms=True)
+    other = torch.randn(16, 5, generator=gen, dtype=f64)
+    _, terms = matrix_ssl_loss(z, other, form="paper", return_terms=True)
     assert terms["alignment"].item() > 0
+
+
+def _free_pair(b: int, d: int) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(b, d, generator=gen)
+    return (
+        torch.nn.Parameter(base + 0.7 * torch.randn(b, d, generator=gen)),
+        torch.nn.Parameter(base + 0.7 * torch.randn(b, d, generator=gen)),
+    )
+
+
+def _optimise_pair(b: int, d: int, steps: int = 300, **kw) -> tuple[float, float]:
+    """Mean positive-pair cosine before and after Adam on both copies of one embedding set."""
+    z1, z2 = _free_pair(b, d)
+    opt = torch.optim.Adam([z1, z2], lr=0.02)
+    before = F.cosine_similarity(z1, z2).mean().item()
+    for _ in range(steps):
+        loss = (matrix_ssl_loss(z1, z2, **kw) + matrix_ssl_loss(z2, z1, **kw)) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return before, F.cosine_similarity(z1, z2).mean().item()
+
+
+@pytest.mark.parametrize("b, d", [(256, 16), (512, 128)])
+def test_matrix_ssl_default_aligns_positive_pairs(b, d):
+    before, after = _optimise_pair(b, d)  # the recipe's settings: official, λ = μ = 0.5, order 4
+    assert before < 0.7 and after > 0.99
+
+
+def test_matrix_ssl_paper_form_optima_as_documented():
+    # exact log, λ = 0 < 1/d: aligned; λ = 1 > 1/d or an order-4 Taylor log with d > 4:
+    # anti-aligned (the docstring's derivation)
+    assert _optimise_pair(256, 16, form="paper", lam=0.0, order=None)[1] > 0.95
+    assert _optimise_pair(256, 16, form="paper", lam=1.0, order=None)[1] < -0.95
+    assert _optimise_pair(256, 16, form="paper", lam=0.0, order=4)[1] < -0.95
+
+
+def test_matrix_ssl_rejects_mixed_forms():
+    z = torch.randn(8, 4)
+    with pytest.raises(ValueError, match="mu"):
+        matrix_ssl_loss(z, z, form="paper", mu=0.5)
+    with pytest.raises(ValueError, match="form"):
+        matrix_ssl_loss(z, z, form="literal")
 
 
 def test_matrix_ssl_needs_two_samples():

@@ -15,10 +15,17 @@ from manifold_ssl.losses import LOSSES
 NAMES = sorted(LOSSES)
 STOP_GRADIENT_ON_SECOND = {"byol", "simsiam"}  # the target branch is detached by design
 BAD_HYPERPARAMETERS = {
-    "mmcr": [{"lmbda": -0.1}, {"lmbda": math.nan}],
+    "mmcr": [{"lmbda": -0.1}, {"lmbda": math.nan}, {"local_views": "momentum"}],
     "multimodal_mmcr": [{"lmbda": -1.0}],
-    "clamp": [{"r_s": 0.0}, {"r_s": -7.0}, {"covariance": "sample"}],
-    "matrix_ssl": [{"gamma": -1.0}, {"lam": -0.5}, {"order": 0}, {"order": 2.5}],
+    "clamp": [{"r_s": 0.0}, {"r_s": -7.0}, {"covariance": "sample"}, {"form": "jammed"}],
+    "matrix_ssl": [
+        {"gamma": -1.0},
+        {"lam": -0.5},
+        {"mu": -0.5},
+        {"order": 0},
+        {"order": 2.5},
+        {"form": "literal"},
+    ],
     "simclr": [{"temperature": 0.0}, {"temperature": math.inf}],
     "barlow_twins": [{"lambd": -0.0051}],
     "vicreg": [{"sim_coeff": math.nan}, {"std_coeff": -25.0}, {"cov_coeff": -1.0}],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import tarfile
 
 import numpy as np
@@ -173,25 +172,20 @@ def test_missing_cifar_offline_says_where_to_put_it(tmp_path, monkeypatch):
         load_dataset("cifar10", "train", tmp_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, port: int, cfg_overrides: list[str], run_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
-    )
+def _ddp_worker(rank: int, rendezvous: str, cfg_overrides: list[str], run_dir: str) -> None:
+    # a file rendezvous in the test's folder: no port chosen in advance (another process may
+    # take it) and no store hosted by rank 0 that rank 1 could still need while rank 0 exits
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2
+    )
     from manifold_ssl.config import load_recipe
 
     cfg = apply_overrides(load_recipe("digits_mmcr"), cfg_overrides)
-    pretrain(cfg, progress=False, run_dir=run_dir)
+    result = pretrain(cfg, progress=False, run_dir=run_dir)
+    assert not result.ctx.owns_group and torch.distributed.is_initialized()  # ours to end
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
@@ -211,9 +205,8 @@ def test_two_process_ddp_follows_the_single_process_loss_curve(tmp_path, tiny_cf
     single = pretrain(
         apply_overrides(tiny_cfg(), overrides), progress=False, run_dir=tmp_path / "single"
     )
-    mp.spawn(
-        _ddp_worker, args=(_free_port(), overrides, str(tmp_path / "ddp")), nprocs=2, join=True
-    )
+    rendezvous = str(tmp_path / "rendezvous")
+    mp.spawn(_ddp_worker, args=(rendezvous, overrides, str(tmp_path / "ddp")), nprocs=2, join=True)
     a, b = losses(single.run_dir), losses(tmp_path / "ddp")
     assert sorted(a) == sorted(b) == list(range(1, 9))
     for step in a:

@@ -90,6 +90,12 @@ PRESETS: dict[str, tuple[AugmentSpec, ...]] = {
         replace(_IMAGENET, blur_p=1.0),
         replace(_IMAGENET, blur_p=0.1, solarize_p=0.2),
     ),
+    # Matrix-SSL's code (MEC / MoCo v3 pair) at CIFAR size: crops from 20%, T1 always blurs,
+    # T2 blurs with p = 0.1 and solarises with p = 0.2
+    "matrix_ssl_cifar": (
+        replace(_CIFAR, crop_scale=(0.2, 1.0), blur_p=1.0),
+        replace(_CIFAR, crop_scale=(0.2, 1.0), blur_p=0.1, solarize_p=0.2),
+    ),
     # CLAMP App. B, Table 4: T1 / T2 differ in solarisation
     "clamp_imagenet": (_CLAMP_IMAGENET, replace(_CLAMP_IMAGENET, solarize_p=0.2)),
     # 8x8 grey digits: mild crops, no flips (digits are not mirror-symmetric), intensity jitter

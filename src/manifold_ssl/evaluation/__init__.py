@@ -1,7 +1,27 @@
-"""Frozen-feature evaluation: weighted kNN, linear probe, semi-supervised fine-tuning."""
+"""Evaluation of encoders: weighted kNN, linear probe, semi-supervised fine-tuning, the
+protocol that runs them against baselines; and the analyses that need a model or recorded
+data (layer features, gradient coherence, neural predictivity)."""
 
-from .features import extract_features
+from .coherence import gradient_coherence
+from .features import augmentation_manifolds, class_manifolds, extract_features, layer_features
+from .finetune import finetune
 from .knn import knn_accuracy, knn_predict
 from .linear import linear_probe
+from .predictivity import neural_predictivity
+from .protocol import evaluate_encoder, evaluate_features, evaluate_with_baselines
 
-__all__ = ["extract_features", "knn_accuracy", "knn_predict", "linear_probe"]
+__all__ = [
+    "augmentation_manifolds",
+    "class_manifolds",
+    "evaluate_encoder",
+    "evaluate_features",
+    "evaluate_with_baselines",
+    "extract_features",
+    "finetune",
+    "gradient_coherence",
+    "knn_accuracy",
+    "knn_predict",
+    "layer_features",
+    "linear_probe",
+    "neural_predictivity",
+]

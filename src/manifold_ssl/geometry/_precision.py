@@ -1,10 +1,14 @@
-"""Working precision of spectra: never below float32, whatever autocast does.
+"""Working precision of spectra: float64, whatever the input precision and autocast.
 
-* Nuclear norms (the MMCR hot path) run in the input's precision promoted to at least float32:
-  float32 in, float32 spectrum, float64 in, float64 spectrum. Their rank tolerance follows that
-  precision (see :func:`manifold_ssl.geometry.spectral.nuclear_norm_from_gram`).
+* Nuclear norms (the MMCR hot path) form the small Gram matrix and its eigensystem in float64,
+  whatever the input precision. A float32 Gram carries rounding errors of ``ε₃₂·σ_max²``, which
+  swamp every singular value below ``√(n·ε₃₂)·σ_max`` (0.4% of ``σ_max`` at n = 128); the true
+  gradient ``U Vᵀ`` gives those weakest directions full weight, so a float32 spectrum loses
+  10–30% of the gradient on square or ill-conditioned batches. The Gram of a float32 matrix
+  formed in float64 is (nearly) exact, and costs about what ``svdvals`` does in float32
+  (``benchmarks/losses.py``).
 * Matrix logarithms and log-determinants (Matrix-SSL, TCR, MEC) and the reported metrics run
-  in float64: they are small (d×d) and sensitive near singular matrices.
+  in float64 too: they are small (d×d) and sensitive near singular matrices.
 
 Autocast is switched off inside these blocks, so a bf16/fp16 forward pass never reaches an
 eigensolver in half precision.
@@ -27,16 +31,6 @@ def full_precision(x: torch.Tensor) -> Iterator[None]:
             yield
     else:
         yield
-
-
-def spectral_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 for float64 input, float32 otherwise."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def to_spectral(x: torch.Tensor) -> torch.Tensor:
-    """``x`` promoted to at least float32 (half and bfloat16 become float32)."""
-    return x.to(spectral_dtype(x))
 
 
 def to_float64(x: torch.Tensor) -> torch.Tensor:

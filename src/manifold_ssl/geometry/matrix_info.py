@@ -43,24 +43,31 @@ def _log_floor(dtype: torch.dtype) -> float:
 
 
 class _SymLog(torch.autograd.Function):
-    """``log(A)`` for symmetric positive-definite ``A`` with a divided-difference backward."""
+    """``log(A)`` for symmetric ``A`` with a divided-difference backward.
+
+    Eigenvalues at or below the floor (the smallest positive float64: a singular or indefinite
+    matrix) take ``log(floor)``, a very negative but finite value, and a zero derivative, so
+    the gradient stays finite there too.
+    """
 
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor) -> torch.Tensor:
         lam, vecs = torch.linalg.eigh(a)
-        lam = lam.clamp_min(_log_floor(lam.dtype))
-        log_lam = torch.log(lam)
+        log_lam = torch.log(lam.clamp_min(_log_floor(lam.dtype)))
         ctx.save_for_backward(lam, log_lam, vecs)
         return (vecs * log_lam.unsqueeze(-2)) @ vecs.transpose(-1, -2)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         lam, log_lam, vecs = ctx.saved_tensors
-        # Divided differences L_ij = (log λi − log λj)/(λi − λj), = 1/λi where λi ≈ λj.
+        # Divided differences L_ij = (f(λi) − f(λj))/(λi − λj) of f = log∘max(·, floor), and
+        # f'(λi) = 1/λi (0 below the floor) where λi ≈ λj.
+        floor = _log_floor(lam.dtype)
         dl = lam.unsqueeze(-1) - lam.unsqueeze(-2)
         dlog = log_lam.unsqueeze(-1) - log_lam.unsqueeze(-2)
-        close = dl.abs() <= 1e-9 * torch.maximum(lam.unsqueeze(-1), lam.unsqueeze(-2))
-        deriv = 1.0 / torch.maximum(lam.unsqueeze(-1), lam.unsqueeze(-2))
+        top = torch.maximum(lam.unsqueeze(-1), lam.unsqueeze(-2))
+        close = dl.abs() <= 1e-9 * top.abs()
+        deriv = torch.where(top > floor, 1.0 / top.clamp_min(floor), 0.0)
         ratio = torch.where(close, deriv, dlog / torch.where(close, torch.ones_like(dl), dl))
         g = vecs.transpose(-1, -2) @ grad @ vecs
         g = 0.5 * (g + g.transpose(-1, -2))
@@ -123,7 +130,8 @@ def matrix_entropy(a: torch.Tensor, order: int | None = None) -> torch.Tensor:
     """``ME(A) = −tr(A log A) + tr(A)`` (Matrix-SSL Def. 3.1) of PSD ``a`` (..., n, n)."""
     _check_square(a, "a")
     with full_precision(a):
-        return -trace_p_log_p(a, order) + _trace(to_float64(a))
+        a64 = to_float64(a)  # one cast: a bf16 input's gradient is rounded once, not per use
+        return -trace_p_log_p(a64, order) + _trace(a64)
 
 
 def matrix_cross_entropy(
@@ -144,5 +152,5 @@ def matrix_cross_entropy(
 def matrix_kl(p: torch.Tensor, q: torch.Tensor, order: int | None = None) -> torch.Tensor:
     """``MKL(P‖Q) = tr(P log P − P log Q − P + Q)`` (Matrix-SSL Def. 3.2, Eq. 10)."""
     with full_precision(p):
-        p64 = to_float64(p)
-        return matrix_cross_entropy(p, q, order) + trace_p_log_p(p64, order) - _trace(p64)
+        p64 = to_float64(p)  # one cast: a bf16 input's gradient is rounded once, not per use
+        return matrix_cross_entropy(p64, q, order) + trace_p_log_p(p64, order) - _trace(p64)

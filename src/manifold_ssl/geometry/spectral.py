@@ -3,9 +3,11 @@
 The nuclear norm is the centre of MMCR, so it gets a custom autograd function:
 
 * forward: the eigenvalues of the Gram matrix of the *smaller* side (``X Xᵀ`` or ``Xᵀ X``,
-  size ``min(m, n)``), ``‖X‖* = Σ √λ``, in the input's precision promoted to at least float32
-  (eigenvalues below the rank tolerance of that precision count as zero). This is cheaper
-  than an SVD and far cheaper than a full SVD with singular vectors.
+  size ``min(m, n)``), ``‖X‖* = Σ √λ``, formed and decomposed in float64 whatever the input
+  precision (see :mod:`manifold_ssl.geometry._precision` for why a float32 Gram loses the
+  weakest directions' gradient). Eigenvalues below ``λ_max·n·ε`` count as zero, with ``ε``
+  float64's epsilon, or that of the precision a distributed Gram was summed in. This is
+  cheaper than an SVD and far cheaper than a full SVD with singular vectors.
 * backward: ``∂‖X‖*/∂X = U Vᵀ`` restricted to the singular values above a tolerance, written as
   ``X V Σ⁻¹ Vᵀ`` (or ``U Σ⁻¹ Uᵀ X``). It has no ``1/(σᵢ² − σⱼ²)`` terms, so it is exact at
   repeated singular values, and at zero singular values it returns the minimum-norm element of
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 
 from .._validation import check_tensor
-from ._precision import full_precision, to_float64, to_spectral
+from ._precision import full_precision, to_float64
 
 __all__ = [
     "effective_rank",
@@ -44,6 +46,20 @@ def _rank_tolerance(eigvals: torch.Tensor, n: int, eps: float) -> torch.Tensor:
     return top * n * eps
 
 
+def _sqrt_spectrum(gram: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvectors V and ``√λ`` of a PSD Gram matrix, eigenvalues below tolerance set to 0."""
+    eigvals, eigvecs = torch.linalg.eigh(gram)
+    keep = eigvals > _rank_tolerance(eigvals, gram.shape[-1], eps)
+    return eigvecs, torch.where(keep, eigvals.clamp_min(0).sqrt(), torch.zeros_like(eigvals))
+
+
+def _inverse_on_range(eigvecs: torch.Tensor, sqrt_vals: torch.Tensor) -> torch.Tensor:
+    """``V diag(1/√λ) Vᵀ`` (..., n, n) on the numerical range (zero for dropped eigenvalues)."""
+    keep = sqrt_vals > 0
+    inv = torch.where(keep, 1.0 / sqrt_vals.where(keep, torch.ones_like(sqrt_vals)), 0.0)
+    return (eigvecs * inv.unsqueeze(-2)) @ eigvecs.transpose(-1, -2)
+
+
 class _SqrtTrace(torch.autograd.Function):
     """``tr(G^{1/2}) = Σ √λ(G)`` for symmetric PSD ``G`` (..., n, n), with a safe backward.
 
@@ -52,19 +68,37 @@ class _SqrtTrace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, gram: torch.Tensor, eps: float) -> torch.Tensor:
-        eigvals, eigvecs = torch.linalg.eigh(gram)
-        keep = eigvals > _rank_tolerance(eigvals, gram.shape[-1], eps)
-        sqrt_vals = torch.where(keep, eigvals.clamp_min(0).sqrt(), torch.zeros_like(eigvals))
-        ctx.save_for_backward(eigvecs, sqrt_vals, keep)
+        eigvecs, sqrt_vals = _sqrt_spectrum(gram, eps)
+        ctx.save_for_backward(eigvecs, sqrt_vals)
         return sqrt_vals.sum(dim=-1)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        eigvecs, sqrt_vals, keep = ctx.saved_tensors
-        inv = torch.where(keep, 0.5 / sqrt_vals.where(keep, torch.ones_like(sqrt_vals)), 0.0)
-        # (..., n, n) = V diag(inv) Vᵀ, scaled by the incoming gradient
-        out = (eigvecs * inv.unsqueeze(-2)) @ eigvecs.transpose(-1, -2)
-        return out * grad[..., None, None], None
+        eigvecs, sqrt_vals = ctx.saved_tensors
+        return 0.5 * _inverse_on_range(eigvecs, sqrt_vals) * grad[..., None, None], None
+
+
+class _NuclearNorm(torch.autograd.Function):
+    """``‖X‖*`` of ``X`` (..., m, n) from the Gram of its smaller side, backward ``U Vᵀ``.
+
+    Fused rather than ``_SqrtTrace`` of ``XᵀX``: the backward is one product ``X V Σ⁻¹ Vᵀ``
+    (or ``U Σ⁻¹ Uᵀ X``) instead of autograd's two through the Gram's matmul.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, eps: float) -> torch.Tensor:
+        wide = x.shape[-2] <= x.shape[-1]
+        gram = x @ x.transpose(-1, -2) if wide else x.transpose(-1, -2) @ x
+        eigvecs, sqrt_vals = _sqrt_spectrum(gram, eps)
+        ctx.save_for_backward(x, eigvecs, sqrt_vals)
+        ctx.wide = wide
+        return sqrt_vals.sum(dim=-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x, eigvecs, sqrt_vals = ctx.saved_tensors
+        inverse = _inverse_on_range(eigvecs, sqrt_vals) * grad[..., None, None]
+        return (inverse @ x if ctx.wide else x @ inverse), None
 
 
 def nuclear_norm_from_gram(gram: torch.Tensor, rank_eps: float | None = None) -> torch.Tensor:
@@ -72,12 +106,12 @@ def nuclear_norm_from_gram(gram: torch.Tensor, rank_eps: float | None = None) ->
 
     Eigenvalues below ``λ_max · n · rank_eps`` count as zero (value and gradient); ``rank_eps``
     is the machine epsilon of the precision ``G`` was accumulated in (default: its dtype's).
-    Used by the distributed MMCR path, where ``G`` is summed over ranks. Computed in ``G``'s
-    precision promoted to at least float32.
+    Used by the distributed MMCR path, where ``G`` is summed over ranks. The eigensystem is
+    computed in float64; the result is float64.
     """
     eps = float(torch.finfo(gram.dtype).eps) if rank_eps is None else rank_eps
     with full_precision(gram):
-        g = to_spectral(gram)
+        g = to_float64(gram)
         g = 0.5 * (g + g.transpose(-1, -2))
         out: torch.Tensor = _SqrtTrace.apply(g, eps)
     return out
@@ -93,15 +127,17 @@ def gram_of_smaller_side(x: torch.Tensor) -> torch.Tensor:
 def nuclear_norm(x: torch.Tensor) -> torch.Tensor:
     """Nuclear norm ``‖X‖* = Σᵢ σᵢ(X)`` of ``x`` (..., m, n), batched over leading dims.
 
-    Returns a tensor of shape ``x.shape[:-2]`` in ``x``'s dtype; the spectrum is computed in at
-    least float32 (float64 for float64 input) even under autocast. Differentiable with the
-    (sub)gradient ``U Vᵀ``, finite at repeated and zero singular values (module docstring).
+    Returns a tensor of shape ``x.shape[:-2]``, float64 for float64 ``x`` and float32 otherwise
+    (also for bf16/fp16, whose rounding would undo the accuracy); the Gram matrix and its
+    spectrum are computed in float64 even for float32/bf16 input and under autocast.
+    Differentiable with the (sub)gradient ``U Vᵀ``, finite at repeated and zero singular values
+    (module docstring).
     """
     if x.ndim < 2:
         raise ValueError(f"x must have shape (..., m, n), got {tuple(x.shape)}")
     with full_precision(x):
-        out = nuclear_norm_from_gram(gram_of_smaller_side(to_spectral(x)))
-    return out.to(x.dtype)
+        out: torch.Tensor = _NuclearNorm.apply(to_float64(x), float(torch.finfo(torch.float64).eps))
+    return out.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
 def singular_values(x: torch.Tensor) -> torch.Tensor:

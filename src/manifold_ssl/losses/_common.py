@@ -55,6 +55,7 @@ class _UnitMean(torch.autograd.Function):
         zn = z * inv
         ctx.save_for_backward(zn, inv, norms)
         ctx.mark_non_differentiable(norms)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
         return zn, zn.mean(dim=1), norms
 
     @staticmethod
@@ -62,13 +63,22 @@ class _UnitMean(torch.autograd.Function):
         ctx: Any, g_zn: torch.Tensor | None, g_c: torch.Tensor | None, _: torch.Tensor | None
     ) -> torch.Tensor:
         zn, inv, norms = ctx.saved_tensors
-        g = torch.zeros_like(zn) if g_zn is None else g_zn
-        if g_c is not None:
-            g = g + g_c.unsqueeze(1) / zn.shape[1]  # (B, K, D)
-        # ∂ẑ/∂z = (I − ẑẑᵀ)/‖z‖; below the clamp ẑ = z/1e-12 and the projection is dropped,
-        # exactly as F.normalize's gradient
-        radial = (g * zn).sum(dim=-1, keepdim=True) * (norms > 1e-12)
-        return (g - radial * zn) * inv
+        # ∂ẑ/∂z = (I − ẑẑᵀ)/‖z‖ applied to the upstream gradient g = g_zn + g_c/K (broadcast
+        # over the K views): out = inv·g − inv·(g·ẑ)·ẑ. Written with bmm for the centroid part,
+        # whose broadcast would otherwise take TensorIterator's slow outer-product path.
+        # Below the clamp ẑ = z/1e-12 and the projection is dropped, as F.normalize's gradient.
+        gc = None if g_c is None else (g_c / zn.shape[1]).unsqueeze(1)  # (B, 1, D)
+        radial = torch.zeros_like(inv)  # (B, K, 1): g·ẑ
+        if g_zn is not None:
+            radial = (g_zn * zn).sum(dim=-1, keepdim=True)
+        if gc is not None:
+            radial = radial + zn @ gc.transpose(-1, -2)
+        out = zn * (-(radial * (norms > 1e-12)) * inv)  # (B, K, D)
+        if g_zn is not None:
+            out.addcmul_(g_zn, inv)
+        if gc is not None:
+            out.baddbmm_(inv, gc)  # + inv ⊗ g_c/K
+        return out
 
 
 def unit_views_and_centroids(z: torch.Tensor, name: str = "z") -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +87,12 @@ def unit_views_and_centroids(z: torch.Tensor, name: str = "z") -> tuple[torch.Te
     zn, centroids, norms = _UnitMean.apply(z)
     check_finite_via(norms, z, name)
     return zn, centroids
+
+
+def result_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a loss returns for input ``x``: float64 for float64, float32 otherwise (a bf16 or
+    fp16 scalar would round a float64-accurate loss to 2-3 digits)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:

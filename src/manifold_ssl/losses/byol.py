@@ -1,4 +1,9 @@
-"""BYOL and SimSiam regression losses; Matrix-SSL Sec. 3.2, Eqs. 2–3."""
+"""BYOL and SimSiam regression losses; Matrix-SSL Sec. 3.2, Eqs. 2–3.
+
+Per ordered pair ``(p, z)``. The training step combines the two view pairings as the
+authors' code does: BYOL *sums* them (``loss = loss_one + loss_two``, Grill et al.), SimSiam
+averages them (``−(D(p1, z2) + D(p2, z1)) / 2``, Chen & He); see ``methods/method.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as dist_utils
-from ._common import check_pair
+from ._common import Terms, check_pair
 from ._registry import register_loss
 
 __all__ = ["BYOLLoss", "SimSiamLoss", "byol_loss", "simsiam_loss"]
@@ -18,21 +23,34 @@ def _cosine(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool) -> torch.Tens
     return F.cosine_similarity(p, z.detach() if stop_gradient else z, dim=-1, eps=1e-12)
 
 
-def byol_loss(p: torch.Tensor, z: torch.Tensor, *, stop_gradient: bool = True) -> torch.Tensor:
+def _result(
+    values: torch.Tensor, cos: torch.Tensor, return_terms: bool
+) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+    loss = dist_utils.global_mean(values.sum(), cos.shape[0])
+    if not return_terms:
+        return loss
+    return loss, {"cosine": dist_utils.global_mean(cos.detach().sum(), cos.shape[0])}
+
+
+def byol_loss(
+    p: torch.Tensor, z: torch.Tensor, *, stop_gradient: bool = True, return_terms: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, Terms]:
     """BYOL: ``mean_i ‖p̄_i − z̄_i‖² = mean_i (2 − 2 cos(p_i, z_i))`` (Matrix-SSL Eq. 3, / B).
 
     ``p`` (B, D) are the online predictions, ``z`` (B, D) the target projections; the target
-    is detached (``stop_gradient``) as in BYOL and SimSiam. Symmetrising over the two views is
-    the training method's job. Distributed: the mean is over the global batch.
+    is detached (``stop_gradient``) as in BYOL and SimSiam. ``return_terms`` adds the mean
+    ``cosine``. Distributed: the mean is over the global batch.
     """
     cos = _cosine(p, z, stop_gradient)
-    return dist_utils.global_mean((2 - 2 * cos).sum(), cos.shape[0])
+    return _result(2 - 2 * cos, cos, return_terms)
 
 
-def simsiam_loss(p: torch.Tensor, z: torch.Tensor, *, stop_gradient: bool = True) -> torch.Tensor:
+def simsiam_loss(
+    p: torch.Tensor, z: torch.Tensor, *, stop_gradient: bool = True, return_terms: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, Terms]:
     """SimSiam: ``−mean_i cos(p_i, stopgrad(z_i))`` (Matrix-SSL Eq. 2, / B)."""
     cos = _cosine(p, z, stop_gradient)
-    return dist_utils.global_mean(-cos.sum(), cos.shape[0])
+    return _result(-cos, cos, return_terms)
 
 
 @register_loss("byol")
@@ -41,8 +59,10 @@ class BYOLLoss(nn.Module):
 
     inputs = "pair"
 
-    def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return byol_loss(p, z)
+    def forward(
+        self, p: torch.Tensor, z: torch.Tensor, *, return_terms: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+        return byol_loss(p, z, return_terms=return_terms)
 
 
 @register_loss("simsiam")
@@ -51,5 +71,7 @@ class SimSiamLoss(nn.Module):
 
     inputs = "pair"
 
-    def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return simsiam_loss(p, z)
+    def forward(
+        self, p: torch.Tensor, z: torch.Tensor, *, return_terms: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+        return simsiam_loss(p, z, return_terms=return_terms)

@@ -13,7 +13,7 @@ from .. import distributed as dist_utils
 from .._validation import check_order, check_positive, check_tensor
 from ..geometry._precision import full_precision, to_float64
 from ..geometry.matrix_info import taylor_log
-from ._common import check_pair, unit
+from ._common import check_pair, result_dtype, unit
 from ._registry import register_loss
 
 __all__ = ["MECLoss", "TCRLoss", "mec_loss", "tcr_loss"]
@@ -44,7 +44,7 @@ def tcr_loss(z: torch.Tensor, eps: float = 0.5) -> torch.Tensor:
         eye = torch.eye(d, dtype=gram.dtype, device=gram.device)
         chol = torch.linalg.cholesky(eye + (d / (n * eps**2)) * gram)
         logdet = 2 * torch.log(torch.diagonal(chol)).sum()
-    return (-0.5 * logdet).to(z.dtype)
+    return (-0.5 * logdet).to(result_dtype(z))
 
 
 @register_loss("tcr")
@@ -94,7 +94,7 @@ def mec_loss(
             trace_log = torch.linalg.slogdet(m).logabsdet
         else:
             trace_log = torch.diagonal(taylor_log(m, order)).sum()
-    return (-scale * trace_log).to(z1.dtype)
+    return (-scale * trace_log).to(result_dtype(z1))
 
 
 @register_loss("mec")

@@ -3,6 +3,42 @@
 *Matrix Information Theory for Self-Supervised Learning* (Zhang, Tan, Yang, Yuan et al.):
 Matrix-KL-Uniformity (Eq. 20), Matrix-KL-Alignment (Eq. 21), Matrix-SSL (Eq. 22), the
 Taylor-expanded matrix logarithm (App. F.1).
+
+Two forms, because the paper's equations and the authors' training code differ:
+
+``form="official"`` (the default: what trained the paper's numbers) re-implements the loss of
+yifanzhang-pro/Matrix-SSL at 422f289, ``main_pretrain.py`` (``mce_loss_func`` and the training
+step). For online predictions ``p`` and target projections ``z``, L2-normalised, with
+``C(a, b) = (1/B) aᵀ H_B b`` (centring ``H_B``, divided by B):
+
+* uniformity ``U = −λ · tr log(C(p, z) + μI)`` (the MCE with ``P = λI``, without ``+ tr Q``);
+* alignment ``A = −tr((C(p, p) + μI) · log(C(z, z) + μI))`` (a matrix cross-entropy, not the
+  KL of Eq. 21);
+* ``L = U + γ A`` with λ = μ = 0.5, γ = 1, Taylor order 4; the training step averages the two
+  pairings ``(p₂, z₁)`` and ``(p₁, z₂)``, which :class:`~manifold_ssl.methods.SSLMethod` does.
+
+Its optimum: on an eigenvalue ``x`` of ``C(p, z)``, ``U`` contributes ``−λ f(x + μ)`` with
+``f`` the order-k Taylor log around 1, whose derivative ``f'(y) = (1 − (1 − y)^k)/y`` is
+positive on (0, 2) and whose second derivative is negative there (k = 4: ``−1 + 2(y−1) −
+3(y−1)²``, no real root). Every eigenvalue of ``C(p, z)`` is pushed *up*, and, as
+``tr C(p, z) = mean_i p_iᵀz_i − p̄ᵀz̄ <= 1``, the concave sum is largest with all eigenvalues
+equal to 1/d at trace 1: ``p_i = z_i`` (aligned pairs), zero mean and ``C = I/d`` (uniform),
+where ``U = −λ d f(1/d + μ)``. ``A`` is linear in ``C(p, p)``: its gradient with respect to
+the online branch is ``−log(C(z, z) + μI)``, drawing the online covariance towards the target's
+principal directions.
+
+``form="paper"`` is the literal Eq. 22 with ``C(Z1, Z2) = Z1ᵀ H_B Z2 / (B − 1)`` and the ridge
+λ of Sec. 5 added to every covariance:
+``MCE(I/d, C(Z1, Z2) + λI) + γ · MKL(C(Z1, Z1) + λI ‖ C(Z2, Z2) + λI)``, with the
+stop-gradient of Sec. 5.1 on the *first* branch Z1 (applied by the training method, which
+passes the target first for this form). Its optimum: the uniformity term is
+``−(1/d) Σ f(y) + Σ y`` over the eigenvalues ``y`` of ``C + λI``, stationary where
+``f'(y) = d``. With the exact log (``order=None``) that is ``C(Z1, Z2) = (1/d − λ)I``:
+positive pairs align only when λ < 1/d (for λ > 1/d the optimum has *negative*
+cross-covariance, pushing positive pairs apart). With an order-k Taylor log ``f'(y) <= k`` on
+(0, 2), so for d > k there is no stationary point there and the loss keeps falling as the
+eigenvalues turn negative: the literal Taylor form anti-aligns positive pairs. Hence the
+default ``lam=0`` and, for training with it, ``order=None``.
 """
 
 from __future__ import annotations
@@ -11,19 +47,26 @@ import torch
 from torch import nn
 
 from .. import distributed as dist_utils
-from .._validation import check_order, check_positive
+from .._validation import check_choice, check_order, check_positive
 from ..geometry._precision import full_precision, to_float64
-from ..geometry.matrix_info import matrix_cross_entropy, matrix_kl
-from ._common import Terms, check_pair, unit
+from ..geometry.matrix_info import matrix_cross_entropy, matrix_kl, matrix_log
+from ._common import Terms, check_pair, result_dtype, unit
 from ._registry import register_loss
 
 __all__ = ["MatrixSSLLoss", "global_covariances", "matrix_ssl_loss"]
 
+FORMS = ("official", "paper")
+#: λ of each form when not given: the authors' ``--mce_lambd``; the paper's ridge, 0 ("the λ
+#: in MCE loss is robust and can even be set as 0", Sec. 4). μ (official only): ``--mce_mu``.
+_DEFAULT_LAM = {"official": 0.5, "paper": 0.0}
+_DEFAULT_MU = 0.5
+
 
 def global_covariances(
-    z1: torch.Tensor, z2: torch.Tensor
+    z1: torch.Tensor, z2: torch.Tensor, ddof: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``C(Z1,Z2), C(Z1,Z1), C(Z2,Z2)`` with ``C(A,B) = Aᵀ H_B B / (B − 1)`` over the global batch.
+    """``C(Z1,Z2), C(Z1,Z1), C(Z2,Z2)`` with ``C(A,B) = Aᵀ H_B B / (B − ddof)`` over the global
+    batch (``ddof=1``: the paper's sample covariance; ``ddof=0``: the authors' code, / B).
 
     ``z1``, ``z2`` are (B, d); computed in float64 from sums (``Σ aᵢbᵢᵀ − B·ā b̄ᵀ``), which are
     summed over ranks when distributed (d×d numbers travel, whatever the batch size).
@@ -35,53 +78,73 @@ def global_covariances(
 
     def cov(x: torch.Tensor, y: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
         return (dist_utils.all_reduce_sum(x.transpose(0, 1) @ y) - torch.outer(sx, sy) / n) / (
-            n - 1
+            n - ddof
         )
 
     return cov(a, b, sa, sb), cov(a, a, sa, sa), cov(b, b, sb, sb)
+
+
+def _resolve(form: str, lam: float | None, mu: float | None) -> tuple[float, float]:
+    check_choice(form, "form", FORMS)
+    lam = check_positive(_DEFAULT_LAM[form] if lam is None else lam, "lam", allow_zero=True)
+    if form == "paper":
+        if mu is not None:
+            raise ValueError(
+                f"mu is the ridge of form='official'; the paper form's ridge is lam, got mu={mu!r}"
+            )
+        return lam, 0.0
+    return lam, check_positive(_DEFAULT_MU if mu is None else mu, "mu", allow_zero=True)
 
 
 def matrix_ssl_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
     gamma: float = 1.0,
-    lam: float = 1.0,
+    lam: float | None = None,
     order: int | None = 4,
     *,
+    form: str = "official",
+    mu: float | None = None,
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
-    """Matrix-SSL loss (Eq. 22) for the ordered pair ``(z1, z2)``.
-
-    ``MCE(I_d/d, C(Z1,Z2) + λI) + γ · MKL(C(Z1,Z1) + λI ‖ C(Z2,Z2) + λI)``: the
-    Matrix-KL-Uniformity of Eq. 20 on the λ-regularised cross-covariance, plus γ times the
-    Matrix-KL-Alignment of Eq. 21 on the regularised auto-covariances.
+    """Matrix-SSL loss for one ordered pair of branches (module docstring: both forms, optima).
 
     Args:
-        z1, z2: (B, d) projector outputs of the two branches, B >= 2; L2-normalised here.
-            ``C(Z1,Z2) = Z1ᵀ H_B Z2 / (B − 1)`` with the centring matrix ``H_B``.
-        gamma: alignment weight γ >= 0 (App. F.1: 1 is best).
-        lam: ridge λ >= 0 added to every covariance to keep it non-singular.
+        z1, z2: (B, d) branch outputs, B >= 2; L2-normalised here. ``form="official"``:
+            ``z1`` the online predictions ``p``, ``z2`` the (detached) target projections
+            ``z``. ``form="paper"``: ``z1`` the stop-gradient branch Z1 of Sec. 5.1.
+        gamma: alignment weight γ >= 0 (App. F.1 and the authors' ``--gamma``: 1).
+        lam: official: the weight λ of ``−tr(λI log(·))`` (default 0.5); paper: the ridge λ
+            added to every covariance (default 0; λ >= 1/d makes the optimum anti-aligned).
         order: Taylor order of the matrix log around ``I`` (App. F.1: 4), or ``None`` for the
             exact log of the symmetrised matrices by eigendecomposition.
+        form: ``"official"`` (default) or ``"paper"``.
+        mu: official only: the ridge μ added to every covariance (default 0.5).
         return_terms: also return ``uniformity`` and ``alignment``.
 
-    The function does not symmetrise over the two orders; the training method may average
-    ``matrix_ssl_loss(z1, z2)`` and ``matrix_ssl_loss(z2, z1)``. Computed in float64 with
-    autocast off; returned in ``z1``'s dtype. Distributed: covariances are sums over ranks.
+    Computed in float64 with autocast off; returned in float32 (float64 for float64 input). The
+    covariances are sums over ranks, so every rank returns the global-batch loss.
     """
     z1, z2 = check_pair(z1, z2, min_batch=2)
     gamma = check_positive(gamma, "gamma", allow_zero=True)
-    lam = check_positive(lam, "lam", allow_zero=True)
     order = check_order(order)
+    lam, mu = _resolve(form, lam, mu)
     d = z1.shape[1]
     with full_precision(z1):
-        c12, c11, c22 = global_covariances(unit(to_float64(z1)), unit(to_float64(z2)))
-        ridge = lam * torch.eye(d, dtype=c12.dtype, device=c12.device)
-        target = torch.eye(d, dtype=c12.dtype, device=c12.device) / d
-        uniformity = matrix_cross_entropy(target, c12 + ridge, order)
-        alignment = matrix_kl(c11 + ridge, c22 + ridge, order)
+        ddof = 0 if form == "official" else 1
+        c12, c11, c22 = global_covariances(unit(to_float64(z1)), unit(to_float64(z2)), ddof)
+        eye = torch.eye(d, dtype=c12.dtype, device=c12.device)
+        if form == "official":
+            uniformity = -lam * matrix_log(c12 + mu * eye, order).diagonal().sum()
+            alignment = (
+                matrix_cross_entropy(c11 + mu * eye, c22 + mu * eye, order)
+                - (c22 + mu * eye).diagonal().sum()
+            )
+        else:
+            uniformity = matrix_cross_entropy(eye / d, c12 + lam * eye, order)
+            alignment = matrix_kl(c11 + lam * eye, c22 + lam * eye, order)
         loss = uniformity + gamma * alignment
-    out = loss.to(z1.dtype)
+    out = loss.to(result_dtype(z1))
     if return_terms:
         return out, {"uniformity": uniformity.detach(), "alignment": alignment.detach()}
     return out
@@ -89,20 +152,43 @@ def matrix_ssl_loss(
 
 @register_loss("matrix_ssl")
 class MatrixSSLLoss(nn.Module):
-    """Matrix-SSL (Eq. 22). See :func:`matrix_ssl_loss`. ``forward(z1, z2)``, both (B, d)."""
+    """Matrix-SSL. See :func:`matrix_ssl_loss`. ``forward(z1, z2)``, both (B, d).
+
+    ``target_first`` tells the training method which branch goes first: the official form
+    takes the online predictions first, the paper form the stop-gradient branch.
+    """
 
     inputs = "pair"
 
-    def __init__(self, gamma: float = 1.0, lam: float = 1.0, order: int | None = 4) -> None:
+    def __init__(
+        self,
+        gamma: float = 1.0,
+        lam: float | None = None,
+        order: int | None = 4,
+        form: str = "official",
+        mu: float | None = None,
+    ) -> None:
         super().__init__()
         self.gamma = check_positive(gamma, "gamma", allow_zero=True)
-        self.lam = check_positive(lam, "lam", allow_zero=True)
+        self.lam, self.mu = _resolve(form, lam, mu)
         self.order = check_order(order)
+        self.form = form
+        self.target_first = form == "paper"
 
     def forward(
         self, z1: torch.Tensor, z2: torch.Tensor, *, return_terms: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
-        return matrix_ssl_loss(z1, z2, self.gamma, self.lam, self.order, return_terms=return_terms)
+        return matrix_ssl_loss(
+            z1,
+            z2,
+            self.gamma,
+            self.lam,
+            self.order,
+            form=self.form,
+            mu=None if self.form == "paper" else self.mu,
+            return_terms=return_terms,
+        )
 
     def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, lam={self.lam}, order={self.order}"
+        mu = f", mu={self.mu}" if self.form == "official" else ""
+        return f"form={self.form!r}, gamma={self.gamma}, lam={self.lam}{mu}, order={self.order}"

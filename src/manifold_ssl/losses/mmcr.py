@@ -12,13 +12,27 @@ import torch
 from torch import nn
 
 from .. import distributed as dist_utils
-from .._validation import check_positive
-from ..geometry._precision import full_precision, to_spectral
-from ..geometry.spectral import gram_of_smaller_side, nuclear_norm_bound, nuclear_norm_from_gram
-from ._common import Terms, at_least_float32, check_pair, check_views, unit_views_and_centroids
+from .._validation import check_choice, check_positive
+from ..geometry._precision import full_precision, to_float64
+from ..geometry.spectral import (
+    gram_of_smaller_side,
+    nuclear_norm,
+    nuclear_norm_bound,
+    nuclear_norm_from_gram,
+)
+from ._common import (
+    Terms,
+    at_least_float32,
+    check_pair,
+    check_views,
+    result_dtype,
+    unit_views_and_centroids,
+)
 from ._registry import register_loss
 
 __all__ = ["MMCRLoss", "MultimodalMMCRLoss", "mmcr_loss", "multimodal_mmcr_loss"]
+
+_LOCAL_VIEWS = ("online", "all")
 
 
 def _global_centroid_nuclear_norm(c: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -30,9 +44,9 @@ def _global_centroid_nuclear_norm(c: torch.Tensor) -> tuple[torch.Tensor, int]:
     gathered (``B_global·D < D²`` numbers) and the smaller Gram ``C Cᵀ`` is used.
     """
     n_global = dist_utils.global_count(c.shape[0], c.device)
-    cs = to_spectral(c)  # float32, or float64 for float64 input
     if not dist_utils.is_distributed():
-        return nuclear_norm_from_gram(gram_of_smaller_side(cs)), n_global
+        return nuclear_norm(c), n_global
+    cs = to_float64(c)  # the Gram of float32 centroids, formed exactly (see geometry._precision)
     if c.shape[1] <= n_global:
         gram = dist_utils.all_reduce_sum(cs.transpose(0, 1) @ cs)  # (D, D)
         return nuclear_norm_from_gram(gram), n_global
@@ -44,6 +58,7 @@ def mmcr_loss(
     lmbda: float = 0.0,
     z_momentum: torch.Tensor | None = None,
     *,
+    local_views: str = "online",
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
     """MMCR loss ``−‖C‖* + λ · (1/B) Σ_b ‖Z_b‖*`` (Yerxa Eq. 2 and App. B).
@@ -55,12 +70,20 @@ def mmcr_loss(
             default and skips that term's B small spectra.
         z_momentum: optional (B, K', D) outputs of a momentum encoder for the same views
             (App. B): concatenated with ``z`` along K before normalising and averaging. It is
-            detached, as the momentum network is not updated by gradient descent.
+            detached, as the momentum network is not updated by gradient descent. With
+            ``K' = K`` (the authors' code always passes the same views through both networks)
+            the centroids equal their ``½(mean_online + mean_momentum)``.
+        local_views: which views the local term ``‖Z_b‖*`` sees when ``z_momentum`` is given:
+            ``"online"`` (default) the K online views, as the authors' training code
+            (``mmcr/imagenet/loss_mmcr_momentum.py``) computes it; ``"all"`` the K + K'
+            concatenated views, as App. B's pseudocode writes it. The two agree when λ = 0
+            (the setting of every published momentum run) or without ``z_momentum``.
         return_terms: also return a dict of named terms for logging.
 
     Returns:
-        The scalar loss in ``z``'s dtype (spectra in at least float32, autocast off), and
-        with ``return_terms`` a dict with ``centroid_nuclear_norm``, ``percent_error``
+        The scalar loss, float64 for float64 ``z`` and float32 otherwise (Gram matrices and
+        spectra in float64 with autocast off: see :mod:`manifold_ssl.geometry._precision`),
+        and with ``return_terms`` a dict with ``centroid_nuclear_norm``, ``percent_error``
         (Schaeffer Eq. 4, as a fraction) and, when λ > 0, ``local_nuclear_norm``.
 
     Distributed: the loss of the global batch on every rank (see
@@ -73,6 +96,8 @@ def mmcr_loss(
         >>> loss.backward()
     """
     lmbda = check_positive(lmbda, "lmbda", allow_zero=True)
+    check_choice(local_views, "local_views", _LOCAL_VIEWS)
+    n_online = z.shape[1] if isinstance(z, torch.Tensor) and z.ndim == 3 else 0
     z = check_views(z, "z", min_views=1 if z_momentum is not None else 2, finite=False)
     if z_momentum is not None:
         z_momentum = check_views(z_momentum, "z_momentum", min_views=1)
@@ -90,17 +115,14 @@ def mmcr_loss(
         loss = -nuc
         terms: Terms = {"centroid_nuclear_norm": nuc.detach()}
         if lmbda > 0:
-            # (B,) nuclear norms of the K×D view matrices, via their K×K Grams accumulated in
-            # zn's precision: eigenvalues below that precision's rank tolerance count as zero
-            local = nuclear_norm_from_gram(
-                gram_of_smaller_side(zn), rank_eps=float(torch.finfo(zn.dtype).eps)
-            )
+            views = zn[:, :n_online] if local_views == "online" else zn  # (B, K or K+K', D)
+            local = nuclear_norm(views)  # (B,) nuclear norms of the view matrices
             local_mean = dist_utils.global_mean(local.sum(), z.shape[0])
             loss = loss + lmbda * local_mean
             terms["local_nuclear_norm"] = local_mean.detach()
         bound = nuclear_norm_bound(n_global, z.shape[2])
         terms["percent_error"] = (bound - nuc.detach()) / bound
-    out = loss.to(z.dtype)
+    out = loss.to(result_dtype(z))
     return (out, terms) if return_terms else out
 
 
@@ -113,9 +135,10 @@ class MMCRLoss(nn.Module):
 
     inputs = "views"
 
-    def __init__(self, lmbda: float = 0.0) -> None:
+    def __init__(self, lmbda: float = 0.0, local_views: str = "online") -> None:
         super().__init__()
         self.lmbda = check_positive(lmbda, "lmbda", allow_zero=True)
+        self.local_views = check_choice(local_views, "local_views", _LOCAL_VIEWS)
 
     def forward(
         self,
@@ -124,10 +147,12 @@ class MMCRLoss(nn.Module):
         *,
         return_terms: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
-        return mmcr_loss(z, self.lmbda, z_momentum, return_terms=return_terms)
+        return mmcr_loss(
+            z, self.lmbda, z_momentum, local_views=self.local_views, return_terms=return_terms
+        )
 
     def extra_repr(self) -> str:
-        return f"lmbda={self.lmbda}"
+        return f"lmbda={self.lmbda}, local_views={self.local_views!r}"
 
 
 def multimodal_mmcr_loss(

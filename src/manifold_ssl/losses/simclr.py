@@ -108,7 +108,14 @@ def clip_loss(
 
 @register_loss("clip")
 class CLIPLoss(nn.Module):
-    """CLIP loss with a fixed ``logit_scale``. ``forward(image_features, text_features)``."""
+    """CLIP loss, a drop-in for OpenCLIP's ``ClipLoss``. See :func:`clip_loss`.
+
+    ``forward(image_features, text_features, logit_scale=None, output_dict=False)`` takes the
+    arguments an OpenCLIP training loop passes (``loss(**model_out, output_dict=True)``):
+    ``logit_scale`` is the model's (already exponentiated) scale, or the fixed one given here
+    when None; with ``output_dict`` the loss comes back as ``{"contrastive_loss": loss}``, the
+    key OpenCLIP logs and sums.
+    """
 
     inputs = "pair"
 
@@ -121,6 +128,9 @@ class CLIPLoss(nn.Module):
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         logit_scale: torch.Tensor | float | None = None,
-    ) -> torch.Tensor:
+        output_dict: bool = False,
+        **unused: object,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         scale = self.logit_scale if logit_scale is None else logit_scale
-        return clip_loss(image_features, text_features, scale)
+        loss = clip_loss(image_features, text_features, scale)
+        return {"contrastive_loss": loss} if output_dict else loss

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,22 +16,31 @@ __all__ = ["METHODS", "MethodSpec", "SSLMethod", "build_method"]
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """How one method is wired, as its authors' training code wires it."""
+
     loss: str  # name in LOSSES
     layout: str  # "views" | "pair" | "predict"
     predictor: bool = False
     target: str = "none"  # "none" | "ema" (always) | "optional" (when momentum > 0)
-    last_bn: bool = False  # affine-free BN after the projector (SimSiam)
+    last_bn: bool = False  # affine-free BN after the projector (SimSiam, MEC / Matrix-SSL)
+    combine: str = "mean"  # "predict": average ("mean") or add ("sum", BYOL) the two pairings
+    ema: str = "cosine"  # EMA coefficient: "cosine" τ_base → 1 (BYOL) or "constant" (MMCR)
 
 
 METHODS: dict[str, MethodSpec] = {
-    "mmcr": MethodSpec("mmcr", "views", target="optional"),
+    # Yerxa et al.: momentum views optional, constant τ (App. D: 0.99)
+    "mmcr": MethodSpec("mmcr", "views", target="optional", ema="constant"),
     "clamp": MethodSpec("clamp", "views"),
     "simclr": MethodSpec("simclr", "views"),
     "barlow_twins": MethodSpec("barlow_twins", "pair"),
     "vicreg": MethodSpec("vicreg", "pair"),
-    "byol": MethodSpec("byol", "predict", predictor=True, target="ema"),
+    # Grill et al.: loss = loss_one + loss_two
+    "byol": MethodSpec("byol", "predict", predictor=True, target="ema", combine="sum"),
+    # Chen & He: −(D(p1, z2) + D(p2, z1)) / 2, BN without affine after the projector
     "simsiam": MethodSpec("simsiam", "predict", predictor=True, last_bn=True),
-    "matrix_ssl": MethodSpec("matrix_ssl", "predict", predictor=True, target="ema"),
+    # Matrix-SSL main_pretrain.py on MEC's builder: EMA teacher, affine-free BN after the
+    # projector, (L(p2, z1) + L(p1, z2)) / 2
+    "matrix_ssl": MethodSpec("matrix_ssl", "predict", predictor=True, target="ema", last_bn=True),
 }
 
 
@@ -74,7 +82,6 @@ class SSLMethod(nn.Module):
             self.loss_fn = LOSSES[spec.loss](**(loss_kwargs or {}))
         except TypeError as err:
             raise ValueError(f"method.loss: bad keyword for the {spec.loss} loss: {err}") from None
-        self._loss_has_terms = "return_terms" in inspect.signature(self.loss_fn.forward).parameters
         self.base_momentum = momentum
         use_target = spec.target == "ema" or (spec.target == "optional" and momentum > 0)
         self.target = (
@@ -94,35 +101,36 @@ class SSLMethod(nn.Module):
             )
         flat = views.flatten(0, 1)  # (B·K, C, H, W)
         z = self.online(flat).view(b, k, -1)  # (B, K, D)
-        terms: dict[str, torch.Tensor] = {}
         layout = self.spec.layout
-        kwargs: dict[str, Any] = {"return_terms": True} if self._loss_has_terms else {}
         if layout == "views":
-            if self.target is not None:
-                kwargs["z_momentum"] = self.target(flat).view(b, k, -1)
-            out = self.loss_fn(z, **kwargs)
-        elif layout == "pair":
-            if k != 2:
-                raise ValueError(f"method {self.name} takes exactly 2 views, got {k}")
-            out = self.loss_fn(z[:, 0], z[:, 1], **kwargs)
-        else:
-            if k != 2:
-                raise ValueError(f"method {self.name} takes exactly 2 views, got {k}")
-            assert self.predictor is not None
-            p = self.predictor(z.flatten(0, 1)).view(b, k, -1)
-            t = self.target(flat).view(b, k, -1) if self.target is not None else z
-            out = (self.loss_fn(p[:, 0], t[:, 1]) + self.loss_fn(p[:, 1], t[:, 0])) / 2
-        if isinstance(out, tuple):
-            loss, terms = out
-        else:
-            loss = out
-        return loss, terms, z.detach()
+            # MMCR's momentum views (Yerxa App. B) when a target exists
+            extra = [self.target(flat).view(b, k, -1)] if self.target is not None else []
+            loss, terms = self.loss_fn(z, *extra, return_terms=True)
+            return loss, terms, z.detach()
+        if k != 2:
+            raise ValueError(f"method {self.name} takes exactly 2 views, got {k}")
+        if layout == "pair":
+            loss, terms = self.loss_fn(z[:, 0], z[:, 1], return_terms=True)
+            return loss, terms, z.detach()
+        assert self.predictor is not None
+        p = self.predictor(z.flatten(0, 1)).view(b, k, -1)  # online predictions
+        t = self.target(flat).view(b, k, -1) if self.target is not None else z  # targets
+        # the pairings (p1, t2) and (p2, t1); a loss whose stop-gradient branch comes first
+        # (Matrix-SSL's paper form) takes them as (t2, p1) and (t1, p2)
+        first, second = (t, p) if getattr(self.loss_fn, "target_first", False) else (p, t)
+        loss_a, terms_a = self.loss_fn(first[:, 0], second[:, 1], return_terms=True)
+        loss_b, terms_b = self.loss_fn(first[:, 1], second[:, 0], return_terms=True)
+        weight = 1.0 if self.spec.combine == "sum" else 0.5
+        terms = {key: (terms_a[key] + terms_b[key]) * weight for key in terms_a}
+        return (loss_a + loss_b) * weight, terms, z.detach()
 
     @torch.no_grad()
     def update_target(self, step: int, total_steps: int) -> None:
-        """EMA step of the target after an optimiser step (cosine schedule τ_base → 1)."""
+        """EMA step of the target after an optimiser step (τ constant, or cosine τ_base → 1)."""
         if self.target is not None:
-            tau = cosine_momentum(self.base_momentum, step, total_steps)
+            tau = self.base_momentum
+            if self.spec.ema == "cosine":
+                tau = cosine_momentum(self.base_momentum, step, total_steps)
             self.target.update(nn.Sequential(self.backbone, self.projector), tau)
 
 

@@ -33,7 +33,7 @@ from ..models.backbones import build_backbone
 from ..models.sync_bn import convert_sync_batchnorm
 from ..runinfo import make_run_dir, run_metadata, write_json
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import DistContext, resolve_device, setup_distributed
+from .distributed import DistContext, resolve_device, setup_distributed, teardown_distributed
 from .metrics import MetricsLog
 from .optim import build_optimizer, lr_at_step
 
@@ -47,6 +47,7 @@ class PretrainResult:
     step: int
     method: SSLMethod
     splits: DataSplits
+    ctx: DistContext  # this process's rank; the process group is gone when it returns
 
 
 def build_method_for(cfg: Config, in_channels: int) -> SSLMethod:
@@ -118,8 +119,29 @@ def pretrain(
     progress: bool = True,
     run_dir: str | Path | None = None,
 ) -> PretrainResult:
-    """Pretrain ``cfg.method`` on ``cfg.data``; checkpoint, log, monitor. See the module doc."""
+    """Pretrain ``cfg.method`` on ``cfg.data``; checkpoint, log, monitor. See the module doc.
+
+    Under ``torchrun`` the process group is created here and destroyed on every rank before
+    returning (after a barrier when training ended normally), so whatever runs next on rank 0
+    alone meets no collective.
+    """
     ctx = setup_distributed(cfg.train.device)
+    ok = False
+    try:
+        result = _pretrain(cfg, ctx, resume, progress, run_dir)
+        ok = True
+        return result
+    finally:
+        teardown_distributed(ctx, synchronise=ok)
+
+
+def _pretrain(
+    cfg: Config,
+    ctx: DistContext,
+    resume: str | Path | None,
+    progress: bool,
+    run_dir: str | Path | None,
+) -> PretrainResult:
     device = resolve_device(cfg.train.device, ctx)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
@@ -279,9 +301,7 @@ def pretrain(
             )
     bar.close()
     log.close()
-    if ctx.world_size > 1:
-        dist.barrier()
-    return PretrainResult(run_path, status, step, method, splits)
+    return PretrainResult(run_path, status, step, method, splits, ctx)
 
 
 STOP_KEYS = ("max_steps", "time_budget_s")  # where to stop, not what is computed

@@ -91,10 +91,11 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
 
 
 def lr_at_step(cfg: Config, step: int, steps_per_epoch: int) -> float:
-    """Linear warmup over ``warmup_epochs`` (per step), then cosine to ``min_lr_ratio`` or flat."""
+    """Linear warmup over ``warmup_steps`` or ``warmup_epochs`` (per step), then cosine to
+    ``min_lr_ratio`` or flat."""
     peak = effective_lr(cfg)
     total = cfg.train.epochs * steps_per_epoch
-    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    warmup = cfg.optim.warmup_steps or round(cfg.optim.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return peak * (step + 1) / warmup
     if cfg.optim.schedule == "constant":

@@ -1,0 +1,150 @@
+"""Spectral objectives and matrix functions in the precisions people train in.
+
+float32 inputs: value and gradient within 1e-4 (relative) of float64 truth on square B = D
+inputs and on spectra spanning four decades. CPU bf16 autocast, as the training loop runs on
+GPUs: within 1e-4 of the float64 truth computed on the same bf16-rounded embeddings; a bf16
+*input's* gradient is that truth rounded to bf16 (autograd returns the input's dtype).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from manifold_ssl.geometry import matrix_entropy, matrix_kl, nuclear_norm
+from manifold_ssl.losses import matrix_ssl_loss, mec_loss, mmcr_loss, tcr_loss
+
+f64 = torch.float64
+TOL = 1e-4
+
+
+def _spectrum(b: int, d: int, decades: float, gen: torch.Generator) -> torch.Tensor:
+    """A (b, d) matrix whose singular values are log-spaced over ``decades`` decades."""
+    u, _, vh = torch.linalg.svd(torch.randn(b, d, generator=gen, dtype=f64), full_matrices=False)
+    s = torch.logspace(0, -decades, min(b, d), dtype=f64)
+    return (u * s) @ vh
+
+
+def _views(b: int, k: int, d: int, kind: str, gen: torch.Generator) -> torch.Tensor:
+    if kind == "square":
+        return torch.randn(b, k, d, generator=gen, dtype=f64)
+    base = _spectrum(b, d, 4, gen)  # centroids spanning 4 decades, views scattered around them
+    return base.unsqueeze(1) + 1e-3 * torch.randn(b, k, d, generator=gen, dtype=f64)
+
+
+def _pair(b: int, d: int, kind: str, gen: torch.Generator) -> list[torch.Tensor]:
+    base = (
+        torch.randn(b, d, generator=gen, dtype=f64) if kind == "square" else _spectrum(b, d, 4, gen)
+    )
+    scale = base.norm(dim=1, keepdim=True)
+    return [base, base + 0.3 * scale * torch.randn(b, d, generator=gen, dtype=f64) / d**0.5]
+
+
+def _psd(d: int, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """A (d, d) covariance-like PSD matrix of trace 1 (``kind="four_decades"``: its eigenvalues
+    span four decades)."""
+    q = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=f64))[0]
+    lam = torch.rand(d, generator=gen, dtype=f64) + 0.1
+    if kind == "four_decades":
+        lam = torch.logspace(0, -4, d, dtype=f64)
+    return (q * (lam / lam.sum())) @ q.T
+
+
+B = 128  # square cases: B = D = 128, the packaged MMCR recipes' shape
+# name -> (function of the float inputs, inputs maker)
+CASES: dict[str, tuple[Callable[..., torch.Tensor], Callable[[str, torch.Generator], list]]] = {
+    "mmcr": (lambda z: mmcr_loss(z), lambda kind, g: [_views(B, 2, B, kind, g)]),
+    "mmcr_lambda": (
+        lambda z: mmcr_loss(z, lmbda=0.1),
+        lambda kind, g: [_views(64, 8, 64, kind, g)],
+    ),
+    "mmcr_momentum": (
+        lambda z, zm: mmcr_loss(z, 0.1, z_momentum=zm),
+        lambda kind, g: [_views(B, 2, B, kind, g), _views(B, 2, B, kind, g)],
+    ),
+    "nuclear_norm": (lambda x: nuclear_norm(x), lambda kind, g: [_pair(B, B, kind, g)[0]]),
+    "matrix_ssl_exact": (
+        lambda a, b: matrix_ssl_loss(a, b, order=None),
+        lambda kind, g: _pair(64, 64, kind, g),
+    ),
+    "matrix_ssl_paper_exact": (  # a ridge keeps the cross-covariance positive definite
+        lambda a, b: matrix_ssl_loss(a, b, lam=0.5, order=None, form="paper"),
+        lambda kind, g: _pair(64, 64, kind, g),
+    ),
+    "tcr": (lambda z: tcr_loss(z), lambda kind, g: [_pair(64, 64, kind, g)[0]]),
+    "mec": (lambda a, b: mec_loss(a, b), lambda kind, g: _pair(64, 64, kind, g)),
+    "mec_exact": (lambda a, b: mec_loss(a, b, order=None), lambda kind, g: _pair(64, 64, kind, g)),
+    "matrix_kl": (
+        lambda p, q: matrix_kl(p, q),
+        lambda kind, g: [_psd(32, kind, g), _psd(32, kind, g)],
+    ),
+    "matrix_entropy": (lambda a: matrix_entropy(a), lambda kind, g: [_psd(32, kind, g)]),
+}
+
+
+# geometry functions return float64 (they are metrics); losses return float32 for float32 input
+FLOAT64_OUTPUT = {"matrix_kl", "matrix_entropy"}
+
+
+def _truth(fn, inputs64: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    xs = [x.clone().requires_grad_(True) for x in inputs64]
+    value = fn(*xs)
+    value.backward()
+    return value.detach(), [x.grad for x in xs]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b).norm() / b.norm().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("kind", ["square", "four_decades"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_float32_within_1e4_of_float64(name, kind, gen):
+    fn, make = CASES[name]
+    inputs32 = [x.float() for x in make(kind, gen)]
+    value64, grads64 = _truth(fn, [x.double() for x in inputs32])  # truth on the same numbers
+    xs = [x.clone().requires_grad_(True) for x in inputs32]
+    value = fn(*xs)
+    assert value.dtype == (f64 if name in FLOAT64_OUTPUT else torch.float32)
+    value.backward()
+    assert _rel(value.detach(), value64) < TOL
+    _check_grads(name, xs, grads64)
+
+
+def _check_grads(name: str, xs: list[torch.Tensor], grads64: list[torch.Tensor | None]) -> None:
+    for x, g64 in zip(xs, grads64, strict=True):
+        if g64 is None:  # MMCR's momentum views are detached
+            assert x.grad is None
+        else:
+            assert _rel(x.grad, g64) < TOL, (name, _rel(x.grad, g64))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bf16_autocast_within_1e4_of_float64_on_the_rounded_embeddings(name, gen):
+    fn, make = CASES[name]
+    rounded = [x.to(torch.bfloat16) for x in make("square", gen)]
+    value64, grads64 = _truth(fn, [x.double() for x in rounded])
+    # float32 leaves holding the bf16 values: every op inside the loss under autocast
+    xs = [x.float().requires_grad_(True) for x in rounded]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = fn(*xs)
+    value.backward()
+    out_dtype = f64 if name in FLOAT64_OUTPUT else torch.float32
+    assert value.dtype == out_dtype and _rel(value.detach(), value64) < TOL
+    _check_grads(name, xs, grads64)
+    # bf16 leaves (a bf16 projector's outputs): float32 value, gradient = truth rounded to bf16
+    xs = [x.clone().requires_grad_(True) for x in rounded]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = fn(*xs)
+    value.backward()
+    assert value.dtype == out_dtype and _rel(value.detach(), value64) < TOL
+    for x, g64 in zip(xs, grads64, strict=True):
+        if g64 is None:
+            assert x.grad is None
+            continue
+        assert x.grad.dtype == torch.bfloat16
+        # bf16's rounding (half an ulp, 2⁻⁸ relative) on top of the float32-level error
+        atol = TOL * float(g64.abs().max())
+        torch.testing.assert_close(x.grad.double(), g64, rtol=2**-8, atol=atol)
