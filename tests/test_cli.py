@@ -26,7 +26,7 @@ def test_pretrain_writes_a_complete_run_and_evaluate_reads_it(tmp_path, capsys):
         f"--data.root={tmp_path / 'data'}",
         f"--train.out_dir={tmp_path / 'runs'}",
         "--eval.semi_supervised=[0.1]",
-        "--eval.finetune_epochs=2",
+        "--eval.finetune_epochs=20",
         *TINY,
     ]
     assert main(args) == 0
@@ -46,8 +46,12 @@ def test_pretrain_writes_a_complete_run_and_evaluate_reads_it(tmp_path, capsys):
     assert meta["seed"] == 0 and meta["manifold_ssl_version"]
     results = json.loads((run / "eval.json").read_text())["results"]
     assert set(results) == {"pretrained", "random_init", "raw_pixels", "finetune_0.1"}
-    for r in results.values():
-        assert 0.1 <= r["linear_test_accuracy"] <= 1.0  # well above chance on 10 classes
+    # chance is 0.10 on 10 classes; one epoch of a width-4 encoder measured 0.69 (pretrained),
+    # 0.78 (random init), 0.96 (raw pixels), and 0.28 fine-tuned on 10% of the labels
+    for name in ("pretrained", "random_init", "raw_pixels"):
+        assert results[name]["linear_test_accuracy"] >= 0.5, name
+        assert results[name]["knn_test_accuracy"] >= 0.5, name
+    assert results["finetune_0.1"]["linear_test_accuracy"] >= 0.2
     assert "random_init" in out and str(run) in out and "final percent error" in out
 
     assert main(["evaluate", str(run)]) == 0

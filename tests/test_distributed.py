@@ -28,9 +28,11 @@ CASES = [
     ("mmcr", {}, 16, 12, 6),  # D > global B: the centroids are gathered
     ("mmcr", {"lmbda": 0.5}, 5, 11, 4),  # local nuclear-norm term, unequal shards
     ("multimodal_mmcr", {}, 5, 10, 5),
-    ("clamp", {"r_s": 7.0}, 5, 12, 6),
-    ("matrix_ssl", {}, 5, 12, 6),
+    ("clamp", {"r_s": 7.0}, 5, 12, 6),  # the official form: capped reach, margin
+    ("clamp", {"r_s": 2.0, "form": "paper"}, 5, 12, 6),
+    ("matrix_ssl", {}, 5, 12, 6),  # the official form: covariances / B
     ("matrix_ssl", {"order": None, "lam": 0.1}, 5, 12, 6),
+    ("matrix_ssl", {"form": "paper", "order": None, "lam": 0.1}, 5, 11, 4),
     ("simclr", {"temperature": 0.3}, 5, 11, 7),  # unequal shards, K = 3 views
     ("barlow_twins", {}, 5, 12, 6),
     ("vicreg", {}, 5, 12, 6),

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from helpers import tiny_run_args
 
 from manifold_ssl.config import apply_overrides
-from manifold_ssl.methods import METHODS, build_method
+from manifold_ssl.methods import build_method
 from manifold_ssl.models import build_backbone
 from manifold_ssl.training import load_checkpoint, pretrain, save_checkpoint
 from manifold_ssl.training.metrics import read_metrics
@@ -70,33 +70,6 @@ def test_checkpoint_loading_rejects_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
-
-
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_trains_a_few_steps_on_synthetic_data(name):
-    torch.manual_seed(0)
-    spec = METHODS[name]
-    method = build_method(
-        name,
-        build_backbone("convnet", 3, width=4),
-        "32-16",
-        predictor="16-16" if spec.predictor else "",
-        momentum=0.9 if spec.target == "ema" else 0.0,
-    )
-    opt = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-3)
-    views = torch.randn(16, 2, 3, 12, 12)
-    before = [p.detach().clone() for p in method.parameters()]
-    for step in range(3):
-        loss, _, z = method(views)
-        assert torch.isfinite(loss) and z.shape == (16, 2, 16)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        method.update_target(step, 3)
-    changed = [not torch.equal(a, b) for a, b in zip(before, method.parameters(), strict=True)]
-    assert any(changed)
-    if method.target is not None:  # the EMA target moved too
-        assert not torch.equal(method.target.module[0].features[0].weight, before[0])
 
 
 def test_methods_validate_their_heads():

@@ -15,8 +15,9 @@ def mlp_from_spec(in_dim: int, spec: str, last_bn: bool = False) -> nn.Module:
     """MLP ``in_dim → a → b → … → out`` from ``spec = "a-b-…-out"``, e.g. ``"2048-512-128"``.
 
     Hidden layers are Linear → BatchNorm1d → ReLU (SimCLR/BYOL/Barlow Twins style); the last
-    layer is a plain Linear (``last_bn`` adds an affine-free BatchNorm, as SimSiam). An empty
-    spec returns the identity.
+    layer is a plain Linear. ``last_bn`` adds an affine-free BatchNorm after it, and drops that
+    Linear's bias, which the BatchNorm would subtract again (SimSiam and MEC freeze it for the
+    same reason). An empty spec returns the identity.
     """
     if not spec:
         return nn.Identity()
@@ -31,7 +32,7 @@ def mlp_from_spec(in_dim: int, spec: str, last_bn: bool = False) -> nn.Module:
     for d in dims[:-1]:
         layers += [nn.Linear(prev, d, bias=False), nn.BatchNorm1d(d), nn.ReLU(inplace=True)]
         prev = d
-    layers.append(nn.Linear(prev, dims[-1]))
+    layers.append(nn.Linear(prev, dims[-1], bias=not last_bn))
     if last_bn:
         layers.append(nn.BatchNorm1d(dims[-1], affine=False))
     return nn.Sequential(*layers)
