@@ -78,7 +78,14 @@ def clamp_loss(
     picture); this form then returns :data:`NO_OVERLAP_LOSS` = log(1.18e−38) ≈ −87.34 with a
     zero gradient (the same floor applies to any positive sum below it, so the loss is
     continuous). The official form's ``+10⁻⁶`` gives log(10⁻⁶) ≈ −13.8 there, also with a
-    zero gradient. Both forms are minimised by sub-manifolds packed without overlap.
+    zero gradient.
+
+    Optima: the paper form's infimum is reached exactly when no two sub-manifolds overlap
+    (``‖q_i − q_j‖ >= r_i + r_j`` for all pairs). The official form reaches its minimum
+    log(10⁻⁶) when every pair is either that far apart (with the reach capped at 1.5) *or*
+    closer than 10⁻³: fully coincident centroids (a collapse) also minimise it. From a spread
+    start its gradient only pushes overlapping pairs apart, so training does not go there, but
+    the margin is part of the published objective.
 
     Args:
         z: (b, m, D) raw projector outputs, m >= 2 views.

@@ -30,7 +30,7 @@ def tcr_loss(z: torch.Tensor, eps: float = 0.5) -> torch.Tensor:
     * ``L_UMCE = MCE((1/d + λ)I, Q) = (1 + dλ)(−log λ + 1 + (2/d) L_TCR)``,
     * ``L_UMKL = MKL((1/d + λ)I ‖ Q) = (1 + dλ)(log((1 + dλ)/(dλ)) + (2/d) L_TCR)``,
 
-    not ``2 L_TCR`` as printed. ``tests/losses/test_matrix_information.py`` checks both.
+    not ``2 L_TCR`` as printed. ``tests/geometry/test_spectral.py`` checks both.
 
     Distributed: ``ZᵀZ`` (d×d) is summed over ranks and B is the global batch size.
     """
