@@ -10,6 +10,7 @@ from torch import nn
 __all__ = [
     "augmentation_manifolds",
     "class_manifolds",
+    "default_per_class",
     "extract_features",
     "layer_features",
     "normalise_images",
@@ -94,8 +95,19 @@ def class_manifolds(
             chosen.append(features[idx[torch.randperm(len(idx), generator=gen)[:per_class]]])
             kept.append(int(c))
     if len(chosen) < 2:
-        raise ValueError(f"need at least two classes with {per_class} examples each")
+        counts = {int(c): int((labels == c).sum()) for c in torch.unique(labels)}
+        raise ValueError(
+            f"class manifolds need at least two classes with per_class = {per_class} examples "
+            f"each, but the classes have {counts} examples; lower --per-class"
+        )
     return torch.stack(chosen), torch.tensor(kept)
+
+
+def default_per_class(labels: torch.Tensor, cap: int = 50) -> int:
+    """Examples per class manifold: ``cap`` (Yerxa App. E.1: 50), or fewer when the second
+    smallest class has fewer, so that the default works on small test splits (digits: ~36)."""
+    counts = sorted(int((labels == c).sum()) for c in torch.unique(labels))
+    return max(2, min(cap, counts[-2] if len(counts) >= 2 else cap))
 
 
 def augmentation_manifolds(
