@@ -80,15 +80,19 @@ def main() -> None:
             for s in (splits.train, splits.val, splits.test)
         ]
         timings[f"{name}: features"] = time.perf_counter() - t0
+        print(f"{name}: features {timings[f'{name}: features']:.1f} s", flush=True)
         t0 = time.perf_counter()
-        rows[name] = evaluate_features(cfg, (feats[0], feats[1], feats[2]), splits)
+        rows[name] = evaluate_features(cfg, (feats[0], feats[1], feats[2]), splits, progress=True)
         timings[f"{name}: kNN + linear probe"] = time.perf_counter() - t0
+        print(f"{name}: kNN + probe {timings[f'{name}: kNN + linear probe']:.1f} s", flush=True)
     t0 = time.perf_counter()
     pixels = [
         normalise_images(s.images, spec.mean, spec.std).flatten(1)
         for s in (splits.train, splits.val, splits.test)
     ]
-    rows["raw_pixels"] = evaluate_features(cfg, (pixels[0], pixels[1], pixels[2]), splits)
+    rows["raw_pixels"] = evaluate_features(
+        cfg, (pixels[0], pixels[1], pixels[2]), splits, progress=True
+    )
     timings["raw pixels: kNN + linear probe"] = time.perf_counter() - t0
     total = sum(timings.values())
 
@@ -106,8 +110,13 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"meta": run_metadata(), "run": str(run), "seconds": timings, "total_s": total,
-             "results": rows},
+            {
+                "meta": run_metadata(),
+                "run": str(run),
+                "seconds": timings,
+                "total_s": total,
+                "results": rows,
+            },
             indent=2,
             default=str,
         )

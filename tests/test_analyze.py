@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from helpers import tiny_run_args
@@ -77,3 +78,29 @@ def test_analyze_rejects_missing_inputs(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "missing.npy")]) == 2
     assert main(["analyze"]) == 2
     assert "analyze needs" in capsys.readouterr().err
+
+
+def test_every_figure_names_its_axes_and_the_t_sne_its_classes(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    saved = {}
+    savefig = Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        saved[Path(path).name] = [
+            (ax.get_xlabel(), ax.get_ylabel(), ax.get_title(), ax.get_legend() is not None)
+            for ax in fig.axes
+        ]
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    assert main(["analyze", "--untrained", "digits_mmcr", "--out", str(tmp_path), *SMALL]) == 0
+    assert set(saved) == {"capacity_by_layer.png", "spectrum.png", "similarity.png", "tsne.png"}
+    for name, axes in saved.items():
+        for xlabel, ylabel, title, legend in axes:
+            assert title, name
+            if name == "tsne.png":  # t-SNE coordinates have no units; its legend names classes
+                assert legend
+            else:
+                assert xlabel and ylabel, (name, title)
+    assert "pool" in saved["spectrum.png"][0][2]  # the layer the spectrum is of
