@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from helpers import tiny_run_args
@@ -27,11 +28,23 @@ def test_analyze_features_with_labels(tmp_path, capsys):
         assert (out / name).stat().st_size > 0
     result = json.loads((out / "analysis.json").read_text())
     assert result["manifolds"]["features"]["capacity"] > 0
-    # class manifolds: every pair is of different classes
-    assert result["similarity"]["same"]["centroid_cosine"] is None
-    assert -1 <= result["similarity"]["different"]["centroid_cosine"] <= 1
+    # one manifold per class: every pair is of different classes, not split into an empty side
+    assert -1 <= result["similarity"]["centroid_cosine"] <= 1
+    assert result["settings"]["per_class"] == 10 and result["settings"]["input_shape"] == [120, 16]
     assert main(["analyze", str(tmp_path / "f.npy")]) == 2  # (N, F) without labels
     assert "--labels" in capsys.readouterr().err
+
+
+def test_analyze_of_the_default_digits_run_works_with_default_options(tmp_path):
+    # the README's examples on the main job: its test split has about 36 images per class,
+    # fewer than the default 50 per class manifold
+    args = tiny_run_args(tmp_path, "--train.epochs=1", "--train.knn_every=0")
+    assert main(["pretrain", "--quiet", "--no-eval", *args]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    small = ["--n-exemplars", "8", "--n-augment", "4", "--n-t", "30", "--quiet"]
+    assert main(["analyze", str(run), *small]) == 0
+    result = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert 30 <= result["settings"]["per_class"] < 50
 
 
 def test_analyze_untrained_model_and_trained_run(tmp_path):
@@ -65,3 +78,29 @@ def test_analyze_rejects_missing_inputs(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "missing.npy")]) == 2
     assert main(["analyze"]) == 2
     assert "analyze needs" in capsys.readouterr().err
+
+
+def test_every_figure_names_its_axes_and_the_t_sne_its_classes(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    saved = {}
+    savefig = Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        saved[Path(path).name] = [
+            (ax.get_xlabel(), ax.get_ylabel(), ax.get_title(), ax.get_legend() is not None)
+            for ax in fig.axes
+        ]
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    assert main(["analyze", "--untrained", "digits_mmcr", "--out", str(tmp_path), *SMALL]) == 0
+    assert set(saved) == {"capacity_by_layer.png", "spectrum.png", "similarity.png", "tsne.png"}
+    for name, axes in saved.items():
+        for xlabel, ylabel, title, legend in axes:
+            assert title, name
+            if name == "tsne.png":  # t-SNE coordinates have no units; its legend names classes
+                assert legend
+            else:
+                assert xlabel and ylabel, (name, title)
+    assert "pool" in saved["spectrum.png"][0][2]  # the layer the spectrum is of

@@ -19,6 +19,22 @@ if TYPE_CHECKING:
     from .methods import SSLMethod
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _config_help() -> str:
+    from .config import config_help
+
+    return config_help()
+
+
 def _int_list(text: str) -> list[int]:
     """``"16,32,64"``; ``"LO:HI"`` powers of two from LO; ``"LO:HI:N"`` N log-spaced integers."""
     try:
@@ -102,6 +118,7 @@ def _evaluate_and_report(
     run_dir: Path,
     device: str,
     extra: dict[str, object],
+    progress: bool = True,
 ) -> None:
     import torch
 
@@ -112,11 +129,15 @@ def _evaluate_and_report(
 
     torch.manual_seed(cfg.train.seed)  # the same initialisation the pretrained encoder had
     random_encoder = build_method_for(cfg, splits.train.images.shape[1]).backbone
-    results = evaluate_with_baselines(cfg, method.backbone, splits, device, random_encoder)
+    results = evaluate_with_baselines(
+        cfg, method.backbone, splits, device, random_encoder, progress=progress
+    )
     if cfg.eval.semi_supervised:
         from .evaluation.finetune import finetune
 
         for fraction in cfg.eval.semi_supervised:
+            if progress:
+                print(f"fine-tuning on {fraction:g} of the labels")
             ft = finetune(cfg, method.backbone, splits, fraction, device, seed=cfg.train.seed)
             results[f"finetune_{fraction:g}"] = {
                 "linear_val_accuracy": ft["val_accuracy"],
@@ -144,6 +165,8 @@ def _final_percent_error(run_dir: Path) -> object:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from .config import apply_overrides, config_from_dict, load_recipe
     from .training.distributed import resolve_device
     from .training.loop import pretrain
@@ -159,14 +182,30 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
                 "--resume continues a run with its own config: give no recipe, and no overrides "
                 f"but the stop conditions {', '.join(f'train.{k}' for k in STOP_KEYS)}"
             )
-        saved = yaml.safe_load((Path(args.resume) / "config.yaml").read_text())
+        config_file = Path(args.resume) / "config.yaml"
+        if not config_file.exists():
+            raise FileNotFoundError(f"{args.resume} is not a run directory (no config.yaml)")
+        saved = yaml.safe_load(config_file.read_text())
+        for key in STOP_KEYS:  # a stop condition holds for the invocation that gave it
+            saved["train"].pop(key, None)
         cfg = apply_overrides(config_from_dict(saved), args.overrides)
     else:
         cfg = apply_overrides(load_recipe(args.recipe or "digits_mmcr"), args.overrides)
     result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
-    ctx = result.ctx  # training's process group is gone: what follows runs on rank 0 alone
+    ctx = result.ctx
+    if dist.is_available() and dist.is_initialized():
+        # a group the caller made (pretrain ends its own): what follows runs on rank 0 alone,
+        # and a synchronised layer must not wait there for ranks that have returned
+        dist.barrier()
+        dist.destroy_process_group()
     if result.status != "finished" or not ctx.is_main or args.no_eval:
         return 0 if result.status in ("finished", "interrupted", "budget", "max_steps") else 1
+    if result.splits.num_classes < 2:
+        print(
+            f"evaluation skipped: the dataset has one class ({result.splits.train.classes}), so "
+            f"every classifier would score 100%; run directory: {result.run_dir}"
+        )
+        return 0
     device = str(resolve_device(cfg.train.device, ctx))
     extra = {
         "method": cfg.method.name,
@@ -174,14 +213,16 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         "steps": result.step,
         "final percent error": _final_percent_error(result.run_dir),
     }
-    _evaluate_and_report(cfg, result.method, result.splits, result.run_dir, device, extra)
+    _evaluate_and_report(
+        cfg, result.method, result.splits, result.run_dir, device, extra, progress=not args.quiet
+    )
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import yaml
 
-    from .config import config_from_dict
+    from .config import apply_overrides, config_from_dict
     from .data.splits import load_splits
     from .training.checkpoint import load_checkpoint
     from .training.distributed import DistContext, resolve_device
@@ -196,6 +237,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(
             f"checkpoint {args.checkpoint} was written with another config than {run_dir}"
         )
+    not_eval = [o for o in args.overrides if not o.startswith("--eval.")]
+    if not_eval:
+        raise ValueError(
+            f"evaluate takes only --eval.key=value overrides (the run's training settings are "
+            f"fixed by its checkpoint), got {' '.join(not_eval)}"
+        )
+    cfg = apply_overrides(cfg, args.overrides)
     device = str(resolve_device(args.device or cfg.train.device, DistContext()))
     splits = load_splits(
         cfg.data.name, cfg.data.root, cfg.data.path, cfg.data.val_fraction, cfg.data.split_seed
@@ -210,7 +258,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "checkpoint": args.checkpoint,
         "final percent error": _final_percent_error(run_dir),
     }
-    _evaluate_and_report(cfg, method, splits, run_dir, device, extra)
+    _evaluate_and_report(cfg, method, splits, run_dir, device, extra, progress=not args.quiet)
     return 0
 
 
@@ -342,16 +390,27 @@ def build_parser() -> argparse.ArgumentParser:
         "digits_mmcr) and --section.key=value overrides; then kNN and linear-probe accuracy next "
         "to a random-init encoder and raw pixels. Under torchrun it runs DDP.",
     )
+    pre.epilog = "config keys (--section.key=value; the recipe's values replace these defaults):\n"
+    pre.epilog += _config_help()
+    pre.formatter_class = argparse.RawDescriptionHelpFormatter
     pre.add_argument("recipe", nargs="?", help="recipe name or YAML path (default digits_mmcr)")
     pre.add_argument("--resume", help="continue the run in this directory exactly where it stopped")
     pre.add_argument("--no-eval", dest="no_eval", action="store_true", help="skip the evaluation")
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
     pre.set_defaults(func=_cmd_pretrain)
 
-    ev = sub.add_parser("evaluate", help="evaluate a run directory's checkpoint")
-    ev.add_argument("run_dir")
-    ev.add_argument("--checkpoint", default="last.pt")
-    ev.add_argument("--device", default=None)
+    ev = sub.add_parser(
+        "evaluate",
+        help="evaluate a run directory's checkpoint",
+        description="kNN and linear probe (and baselines, fine-tuning) of a run's checkpoint. "
+        "--eval.key=value overrides change only the evaluation; the run's config is not edited.",
+    )
+    ev.add_argument("run_dir", help="a run directory (with config.yaml and checkpoints/)")
+    ev.add_argument(
+        "--checkpoint", default="last.pt", help="file in checkpoints/ (default last.pt)"
+    )
+    ev.add_argument("--device", default=None, help="torch device (default: the run's train.device)")
+    ev.add_argument("--quiet", action="store_true", help="no progress output")
     ev.set_defaults(func=_cmd_evaluate)
 
     an = sub.add_parser(
@@ -364,11 +423,35 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--labels", help=".npy of class ids for (N, F) features")
     an.add_argument("--untrained", metavar="RECIPE", help="analyse a randomly initialised model")
     an.add_argument("--out", help="report folder (default: next to the input)")
-    an.add_argument("--per-class", dest="per_class", type=int, default=50)
-    an.add_argument("--n-exemplars", dest="n_exemplars", type=int, default=50)
-    an.add_argument("--n-augment", dest="n_augment", type=int, default=30)
-    an.add_argument("--n-t", dest="n_t", type=int, default=200)
-    an.add_argument("--seed", type=int, default=0)
+    an.add_argument(
+        "--per-class",
+        dest="per_class",
+        type=_positive_int,
+        default=None,
+        help="images per class manifold (default 50, or the class size when smaller)",
+    )
+    an.add_argument(
+        "--n-exemplars",
+        dest="n_exemplars",
+        type=_positive_int,
+        default=50,
+        help="images whose augmentation manifolds are measured (default 50)",
+    )
+    an.add_argument(
+        "--n-augment",
+        dest="n_augment",
+        type=_positive_int,
+        default=30,
+        help="augmented views per exemplar (default 30)",
+    )
+    an.add_argument(
+        "--n-t",
+        dest="n_t",
+        type=_positive_int,
+        default=200,
+        help="Gaussian samples t (default 200)",
+    )
+    an.add_argument("--seed", type=int, default=0, help="seed of sampling and projections")
     an.add_argument(
         "--projection-dim",
         dest="projection_dim",
@@ -376,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="randomly project wider layers to this many dims first (Yerxa: 5000)",
     )
-    an.add_argument("--quiet", action="store_true")
+    an.add_argument("--quiet", action="store_true", help="no progress bars")
     an.set_defaults(func=_cmd_analyze)
 
     recipes = sub.add_parser("recipes", help="list the packaged recipes")
@@ -400,12 +483,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args([a for a in argv if a not in overrides])
     if args.command == "pretrain":
         args.overrides = overrides + unknown
+    elif args.command == "evaluate" and not unknown:
+        args.overrides = overrides
     elif unknown or overrides:
         unknown += overrides
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, OSError) as err:  # bad input, full disk: one clear line, no traceback
         print(f"manifold-ssl {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -7,11 +7,15 @@ rule) and :func:`resolve_device`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import importlib
 import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ __all__ = [
     "Config",
     "apply_overrides",
     "config_from_dict",
+    "config_help",
     "config_to_dict",
     "effective_lr",
     "list_recipes",
@@ -31,84 +36,183 @@ __all__ = [
 RECIPE_DIR = Path(__file__).resolve().parent / "configs"
 
 
+# --------------------------------------------------------------------------- field checks
+Check = Callable[[Any], "str | None"]  # None when the value is fine, else what was expected
+
+
+def key(
+    default: Any = None, help: str = "", check: Check | None = None, factory: Any = None
+) -> Any:
+    """A config field: its default, its help text (``pretrain --help``) and its check, all in
+    the one place the key is defined."""
+    meta = {"help": help, "check": check}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def at_least(lo: float) -> Check:
+    return lambda v: None if v >= lo else f">= {lo}"
+
+
+def above(lo: float) -> Check:
+    return lambda v: None if v > lo else f"> {lo}"
+
+
+def between(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Check:
+    text = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+    def check(v: float) -> str | None:
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        return None if ok else text
+
+    return check
+
+
+def one_of(*options: str) -> Check:
+    return lambda v: None if v in options else f"one of {list(options)}"
+
+
+def registered(module: str, table: str) -> Check:
+    """One of the names of a registry, looked up when checked (no import at definition)."""
+
+    def check(v: str) -> str | None:
+        names = sorted(getattr(importlib.import_module(module), table))
+        return None if v in names else f"one of {names}{_suggest(v, names)}"
+
+    return check
+
+
+def non_empty_list_of(item: Check) -> Check:
+    def check(values: list[Any]) -> str | None:
+        if not values:
+            return "a non-empty list"
+        bad = [item(v) for v in values]
+        return next((f"a list of values {b}" for b in bad if b), None)
+
+    return check
+
+
+def list_of(item: Check) -> Check:
+    return lambda values: non_empty_list_of(item)(values) if values else None
+
+
+def device_name(v: str) -> str | None:
+    ok = v in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", v) is not None
+    return None if ok else "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | cifar10 | cifar100 | stl10 | imagefolder
-    root: str = "data"  # raw files and the decoded tensor cache
-    path: str | None = None  # imagefolder: a folder or .tar(.gz) of <split>/<class>/<image>
-    val_fraction: float = 0.1  # held out of train for selection; test is for final numbers
-    split_seed: int = 0
+    name: str = key("digits", "dataset", registered("manifold_ssl.data.datasets", "DATASETS"))
+    root: str = key("data", "folder of raw files and the decoded tensor cache")
+    path: str | None = key(None, "imagefolder: a folder or .tar(.gz) of <split>/<class>/<image>")
+    val_fraction: float = key(
+        0.1,
+        "fraction of train held out to monitor and select (the test split is for final numbers)",
+        between(0, 1, lo_open=True, hi_open=True),
+    )
+    split_seed: int = key(0, "seed of the stratified validation split")
 
 
 @dataclass
 class ViewsConfig:
-    preset: str = "digits"  # see manifold_ssl.data.views.PRESETS
-    num_views: int = 4  # K
+    preset: str = key(
+        "digits", "augmentation preset", registered("manifold_ssl.data.views", "PRESETS")
+    )
+    num_views: int = key(4, "K views per image", at_least(2))
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "convnet"
-    width: int | None = None  # channels of the first stage (None: 64 ResNet, 32 ConvNet)
-    small_images: bool = True  # CIFAR stem (3×3, no max-pool)
-    projector: str = "256-128"
-    predictor: str = ""
-    sync_bn: bool = False  # SyncBatchNorm under DDP (global batch statistics)
+    backbone: str = key("convnet", "backbone", registered("manifold_ssl.models", "BACKBONES"))
+    width: int | None = key(
+        None,
+        "channels of the first stage (null: 64 for ResNets, 32 for the ConvNet)",
+        lambda v: None if v is None or v >= 1 else ">= 1 or null",
+    )
+    small_images: bool = key(True, "CIFAR stem (3x3, no max-pool)")
+    projector: str = key("256-128", "projector MLP widths, e.g. 2048-512-128 ('' for none)")
+    predictor: str = key("", "predictor MLP widths (BYOL, SimSiam, Matrix-SSL)")
+    sync_bn: bool = key(False, "BatchNorm over the global batch under DDP")
 
 
 @dataclass
 class MethodConfig:
-    name: str = "mmcr"
-    momentum: float = 0.0  # base EMA coefficient of the target network (0: none)
-    loss: dict[str, Any] = field(default_factory=dict)  # hyperparameters of the objective
+    name: str = key("mmcr", "method", registered("manifold_ssl.methods", "METHODS"))
+    momentum: float = key(
+        0.0, "base EMA coefficient of the target network (0: none)", between(0, 1, hi_open=True)
+    )
+    loss: dict[str, Any] = key(help="hyperparameters of the objective", factory=dict)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # lars | sgd | adam | adamw
-    lr: float = 1e-3  # base learning rate, at ref_batch when lr_scaling != none
-    lr_scaling: str = "none"  # none | linear (lr·B/ref_batch) | sqrt (lr·√(B/ref_batch))
-    ref_batch: int = 256
-    weight_decay: float = 1e-6
-    momentum: float = 0.9  # SGD/LARS momentum
-    lars_eta: float = 0.001  # LARS trust coefficient
-    warmup_epochs: float = 0.0
-    warmup_steps: int = 0  # warmup in optimiser steps instead (CLAMP: 10); not with warmup_epochs
-    schedule: str = "cosine"  # cosine | constant (after warmup)
-    min_lr_ratio: float = 0.0  # final lr / peak lr of the cosine
+    name: str = key("adam", "optimiser", one_of("lars", "sgd", "adam", "adamw"))
+    lr: float = key(1e-3, "base learning rate (at ref_batch when lr_scaling is not none)", above(0))
+    lr_scaling: str = key(
+        "none",
+        "none | linear (lr*B/ref_batch) | sqrt (lr*sqrt(B/ref_batch))",
+        one_of("none", "linear", "sqrt"),
+    )
+    ref_batch: int = key(256, "batch size at which lr is given", at_least(1))
+    weight_decay: float = key(1e-6, "weight decay (not on biases and norms)", at_least(0))
+    momentum: float = key(0.9, "SGD/LARS momentum", between(0, 1, hi_open=True))
+    lars_eta: float = key(0.001, "LARS trust coefficient", above(0))
+    warmup_epochs: float = key(0.0, "linear warmup, in epochs", at_least(0))
+    warmup_steps: int = key(
+        0,
+        "linear warmup in optimiser steps instead (CLAMP: 10); not with warmup_epochs",
+        at_least(0),
+    )
+    schedule: str = key("cosine", "after warmup: cosine | constant", one_of("cosine", "constant"))
+    min_lr_ratio: float = key(0.0, "final lr / peak lr of the cosine", between(0, 1))
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 128  # global batch (split over ranks under DDP)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (spectra stay float64); ignored on CPU
-    num_threads: int = 0  # torch CPU threads (0: leave as is)
-    log_every: int = 10  # steps between metric lines
-    knn_every: int = 5  # epochs between kNN monitors on the validation split (0: never)
-    checkpoint_every: int = 1  # epochs between checkpoints
-    max_steps: int = 0  # stop after this many steps (0: all epochs)
-    time_budget_s: float = 0.0  # stop (and checkpoint) after this wall time (0: none)
-    out_dir: str = "runs"
-    name: str = ""  # run name (default: <method>-<dataset>)
-    tensorboard: bool = False
+    epochs: int = key(30, "epochs", at_least(1))
+    batch_size: int = key(128, "global batch (split over ranks under DDP)", at_least(1))
+    seed: int = key(0, "seed of the model, data order and views")
+    device: str = key("auto", "auto | cpu | cuda | cuda:N | mps", device_name)
+    amp: bool = key(True, "bf16 autocast on CUDA (spectra stay float64); ignored on CPU")
+    num_threads: int = key(0, "torch CPU threads (0: leave as is)", at_least(0))
+    log_every: int = key(10, "steps between metric lines", at_least(1))
+    knn_every: int = key(
+        5, "epochs between kNN monitors on the validation split (0: never)", at_least(0)
+    )
+    checkpoint_every: int = key(1, "epochs between checkpoints", at_least(1))
+    checkpoint_every_steps: int = key(
+        0, "also checkpoint every this many steps (0: at epoch ends only)", at_least(0)
+    )
+    max_steps: int = key(0, "stop after this many steps (0: all epochs)", at_least(0))
+    time_budget_s: float = key(
+        0.0, "stop (and checkpoint) after this wall time (0: none)", at_least(0)
+    )
+    out_dir: str = key("runs", "parent folder of run directories")
+    name: str = key("", "run name (default: <method>-<dataset>)")
+    tensorboard: bool = key(False, "also log to TensorBoard")
 
 
 @dataclass
 class EvalConfig:
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    linear_probe: bool = True
-    linear_weight_decays: list[float] = field(
-        default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    knn_k: int = key(200, "neighbours of the weighted kNN", at_least(1))
+    knn_temperature: float = key(0.1, "temperature of the kNN weights", above(0))
+    linear_probe: bool = key(True, "train a linear probe on frozen features")
+    linear_weight_decays: list[float] = key(
+        help="weight decays tried by the linear probe (chosen on validation)",
+        check=non_empty_list_of(at_least(0)),
+        factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
     )
-    linear_max_iter: int = 300
-    baselines: bool = True  # random-init encoder and raw pixels next to the result
-    semi_supervised: list[float] = field(default_factory=list)  # label fractions, e.g. [0.01, 0.1]
-    finetune_epochs: int = 20
-    finetune_lr: float = 0.1
+    linear_max_iter: int = key(300, "iterations of the linear probe per weight decay", at_least(1))
+    baselines: bool = key(True, "random-init encoder and raw pixels next to the result")
+    semi_supervised: list[float] = key(
+        help="label fractions to fine-tune on, e.g. [0.01, 0.1]",
+        check=list_of(between(0, 1, lo_open=True)),
+        factory=list,
+    )
+    finetune_epochs: int = key(20, "fine-tuning epochs", at_least(1))
+    finetune_lr: float = key(0.1, "fine-tuning learning rate of the head (backbone: /10)", above(0))
 
 
 @dataclass
@@ -120,6 +224,21 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def config_help() -> str:
+    """Every config key with its default and help, one line each (for ``pretrain --help``)."""
+    lines = []
+    cfg = Config()
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            default = getattr(values, f.name)
+            shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...")
+            lines.append(
+                f"  --{section.name}.{f.name}={shown.strip()}  {f.metadata.get('help', '')}"
+            )
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- (de)serialisation
@@ -199,8 +318,9 @@ def _update_section(obj: Any, values: dict[str, Any], prefix: str) -> None:
 
 
 def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
-    """A :class:`Config` from nested ``values`` over ``base`` (defaults); strict about keys."""
-    cfg = base if base is not None else Config()
+    """A :class:`Config` from nested ``values`` over ``base`` (defaults); strict about keys.
+    ``base`` itself is left unchanged, also when a value is rejected."""
+    cfg = copy.deepcopy(base) if base is not None else Config()
     _update_section(cfg, values or {}, "")
     validate(cfg)
     return cfg
@@ -247,52 +367,31 @@ def load_recipe(name_or_path: str | None) -> Config:
         raise ValueError(
             f"recipe {name_or_path!r} not found; expected a YAML path or one of {list_recipes()}"
         )
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"recipe {path} is not valid YAML: {err}") from None
     if not isinstance(values, dict):
         raise ValueError(f"recipe {path} must be a mapping of sections")
     return config_from_dict(values)
 
 
-_CHOICES = {
-    ("optim", "name"): ("lars", "sgd", "adam", "adamw"),
-    ("optim", "lr_scaling"): ("none", "linear", "sqrt"),
-    ("optim", "schedule"): ("cosine", "constant"),
-}
-
-
 def validate(cfg: Config) -> None:
-    for (section, key), options in _CHOICES.items():
-        value = getattr(getattr(cfg, section), key)
-        if value not in options:
-            raise ValueError(f"{section}.{key} must be one of {list(options)}, got {value!r}")
-    positive = {
-        "train.epochs": cfg.train.epochs,
-        "train.batch_size": cfg.train.batch_size,
-        "views.num_views": cfg.views.num_views,
-        "optim.ref_batch": cfg.optim.ref_batch,
-        "eval.knn_k": cfg.eval.knn_k,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ValueError(f"{key} must be >= 1, got {value}")
-    if cfg.optim.warmup_steps < 0 or cfg.optim.warmup_epochs < 0:
-        raise ValueError("optim.warmup_steps and optim.warmup_epochs must be >= 0")
+    """Check every key with the check defined beside it, then the rules that tie keys together;
+    errors name the key and what was expected."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            check = f.metadata.get("check")
+            value = getattr(values, f.name)
+            expected = check(value) if check is not None else None
+            if expected:
+                raise ValueError(f"{section.name}.{f.name} must be {expected}, got {value!r}")
     if cfg.optim.warmup_steps and cfg.optim.warmup_epochs:
         raise ValueError(
             "give one of optim.warmup_steps and optim.warmup_epochs, not both "
             f"(got {cfg.optim.warmup_steps} steps and {cfg.optim.warmup_epochs} epochs)"
         )
-    if cfg.optim.lr <= 0:
-        raise ValueError(f"optim.lr must be > 0, got {cfg.optim.lr}")
-    if not 0 <= cfg.data.val_fraction < 1:
-        raise ValueError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
-    if cfg.views.num_views < 2:
-        raise ValueError(
-            f"views.num_views must be >= 2 (K views per image), got {cfg.views.num_views}"
-        )
-    for f in cfg.eval.semi_supervised:
-        if not 0 < f <= 1:
-            raise ValueError(f"eval.semi_supervised fractions must be in (0, 1], got {f}")
 
 
 def effective_lr(cfg: Config) -> float:

@@ -1,12 +1,15 @@
-"""What every run directory records: version, git hash, environment, time."""
+"""What every run directory records (version, git hash, environment, time), and its lock."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +78,36 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` while a process writes to it: a second writer (two
+    ``--resume`` of one run) gets a clear error instead of interleaving steps and overwriting
+    checkpoints. The lock dies with its process, so a killed run leaves none behind."""
+    path = Path(run_dir) / ".lock"
+    handle = open(path, "a+")
+    try:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise ValueError(
+                f"run directory {run_dir} is in use by {owner}; wait for it to finish or stop it"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()

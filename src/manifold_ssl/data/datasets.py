@@ -21,12 +21,14 @@ import hashlib
 import io
 import os
 import tarfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 __all__ = ["DATASETS", "ImageTensors", "load_dataset"]
 
@@ -85,23 +87,44 @@ def load_dataset(
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     root = Path(root)
-    key = name if path is None else f"{name}-{_path_key(path)}"
+    key = name if path is None else f"{name}-{_source_key(path)}"
     cache = root / "cache" / f"{key}-{split}.pt"
     if cache.exists():
-        blob = torch.load(cache, weights_only=True)
-        return ImageTensors(blob["images"], blob["labels"], list(blob["classes"]))
+        try:
+            blob = torch.load(cache, weights_only=True)
+            return ImageTensors(blob["images"], blob["labels"], list(blob["classes"]))
+        except Exception as err:  # a truncated or foreign file: decode again
+            warnings.warn(
+                f"the dataset cache {cache} cannot be read ({type(err).__name__}: {err}); "
+                "decoding the dataset again",
+                stacklevel=2,
+            )
     data = DATASETS[name](root, split, path)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    torch.save({"images": data.images, "labels": data.labels, "classes": data.classes}, tmp)
-    os.replace(tmp, cache)
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    try:
+        torch.save({"images": data.images, "labels": data.labels, "classes": data.classes}, tmp)
+        os.replace(tmp, cache)
+    finally:
+        tmp.unlink(missing_ok=True)
     return data
 
 
-def _path_key(path: str) -> str:
-    resolved = str(Path(path).expanduser().resolve())
-    stem = Path(resolved).name.split(".")[0]
-    return f"{stem}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
+def _source_key(path: str) -> str:
+    """Cache key of an image folder or archive: its resolved path and a fingerprint of its
+    contents' listing (names, sizes and modification times), so that an edited data set (a new
+    class folder, a replaced image) is decoded again instead of served stale."""
+    src = Path(path).expanduser().resolve()
+    digest = hashlib.sha1(str(src).encode())
+    if src.is_dir():
+        for file in sorted(src.rglob("*")):
+            if file.is_file():
+                st = file.stat()
+                digest.update(f"{file.relative_to(src)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    elif src.exists():
+        st = src.stat()
+        digest.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
+    return f"{src.name.split('.')[0]}-{digest.hexdigest()[:12]}"
 
 
 # --------------------------------------------------------------------------- digits
@@ -183,26 +206,59 @@ def _stl10(root: Path, split: str, path: str | None) -> ImageTensors:
 
 
 # --------------------------------------------------------------------------- image folders
-def _iter_folder(path: Path, split: str) -> Iterator[tuple[str, str, Callable[[], bytes]]]:
+def _folder_classes(path: Path, split: str) -> list[str]:
     base = path / split
     if not base.is_dir():
         raise FileNotFoundError(
             f"imagefolder: no folder {base} (expected <path>/{split}/<class>/<image>)"
         )
-    for cls_dir in sorted(p for p in base.iterdir() if p.is_dir()):
-        for file in sorted(cls_dir.iterdir()):
+    return sorted(p.name for p in base.iterdir() if p.is_dir())
+
+
+def _iter_folder(path: Path, split: str) -> Iterator[tuple[str, str, Callable[[], bytes]]]:
+    for cls in _folder_classes(path, split):
+        for file in sorted((path / split / cls).iterdir()):
             if file.suffix.lower() in IMAGE_SUFFIXES:
-                yield cls_dir.name, str(file), file.read_bytes
+                yield cls, str(file), file.read_bytes
+
+
+def _tar_image_parts(name: str, split: str) -> tuple[str, ...] | None:
+    parts = Path(name).parts
+    if len(parts) < 3 or parts[-3] != split or Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+        return None
+    return parts
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path)
+    except (tarfile.TarError, OSError) as err:
+        raise ValueError(
+            f"imagefolder: data.path {path} is neither a folder nor a readable .tar/.tar.gz "
+            f"archive ({err})"
+        ) from None
+
+
+def _tar_classes(path: Path, split: str) -> list[str]:
+    with _open_tar(path) as tar:
+        names = {
+            parts[-2]
+            for m in tar
+            if m.isfile() and (parts := _tar_image_parts(m.name, split)) is not None
+        }
+    if not names:
+        raise FileNotFoundError(
+            f"imagefolder: the archive {path} has no images under a '{split}/<class>/' folder"
+        )
+    return sorted(names)
 
 
 def _iter_tar(path: Path, split: str) -> Iterator[tuple[str, str, Callable[[], bytes]]]:
-    with tarfile.open(path) as tar:
+    with _open_tar(path) as tar:
         found = False
         for member in tar:
-            parts = Path(member.name).parts
-            if not member.isfile() or len(parts) < 3 or parts[-3] != split:
-                continue
-            if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+            parts = _tar_image_parts(member.name, split) if member.isfile() else None
+            if parts is None:
                 continue
             found = True
             handle = tar.extractfile(member)
@@ -225,9 +281,20 @@ def _imagefolder(root: Path, split: str, path: str | None) -> ImageTensors:
     src = Path(path).expanduser()
     if not src.exists():
         raise FileNotFoundError(f"imagefolder: data.path {src} does not exist")
+    # one class list for every split, the training split's: label i means the same class in
+    # train, val and test, also when a split lacks a class
+    classes = _folder_classes(src, "train") if src.is_dir() else _tar_classes(src, "train")
+    lookup = {c: i for i, c in enumerate(classes)}
     items = _iter_folder(src, split) if src.is_dir() else _iter_tar(src, split)
     arrays, names, shape = [], [], None
-    for cls, name, read in items:
+    for cls, name, read in tqdm(
+        items, desc=f"decoding {src.name} {split}", unit="img", leave=False
+    ):
+        if cls not in lookup:
+            raise ValueError(
+                f"imagefolder: class {cls!r} of split {split!r} ({name}) is not a class of the "
+                f"training split (classes: {classes})"
+            )
         try:
             with Image.open(io.BytesIO(read())) as img:
                 arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -244,8 +311,6 @@ def _imagefolder(root: Path, split: str, path: str | None) -> ImageTensors:
         names.append(cls)
     if not arrays:
         raise FileNotFoundError(f"imagefolder: no images under {src} for split {split!r}")
-    classes = sorted(set(names))
-    lookup = {c: i for i, c in enumerate(classes)}
     images = torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
     labels = torch.tensor([lookup[c] for c in names], dtype=torch.int64)
     return ImageTensors(images, labels, classes)

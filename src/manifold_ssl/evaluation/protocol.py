@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.splits import DataSplits
@@ -23,10 +24,23 @@ from .linear import linear_probe
 __all__ = ["evaluate_encoder", "evaluate_features", "evaluate_with_baselines"]
 
 
+def _check_classes(splits: DataSplits) -> None:
+    if splits.num_classes < 2:
+        raise ValueError(
+            f"evaluation needs at least two classes, but the dataset has {splits.num_classes} "
+            f"({splits.train.classes}): every classifier would score 100%. Pretrain with "
+            "--no-eval, or add the classes' folders"
+        )
+
+
 def evaluate_features(
-    cfg: Config, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor], splits: DataSplits
+    cfg: Config,
+    features: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    splits: DataSplits,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """kNN and linear probe on (train, val, test) features of ``splits``."""
+    _check_classes(splits)
     train, val, test = features
     ytr, yval, yte = splits.train.labels, splits.val.labels, splits.test.labels
     out: dict[str, Any] = {
@@ -46,20 +60,26 @@ def evaluate_features(
             splits.num_classes,
             cfg.eval.linear_weight_decays,
             cfg.eval.linear_max_iter,
+            progress=progress,
         )
         out.update({f"linear_{k}": v for k, v in probe.items()})
     return out
 
 
 def evaluate_encoder(
-    cfg: Config, encoder: nn.Module, splits: DataSplits, device: torch.device | str
+    cfg: Config,
+    encoder: nn.Module,
+    splits: DataSplits,
+    device: torch.device | str,
+    progress: bool = False,
 ) -> dict[str, Any]:
+    _check_classes(splits)
     spec = preset(cfg.views.preset)[0]
     feats = [
         extract_features(encoder, s.images, spec.mean, spec.std, device=device)
         for s in (splits.train, splits.val, splits.test)
     ]
-    return evaluate_features(cfg, (feats[0], feats[1], feats[2]), splits)
+    return evaluate_features(cfg, (feats[0], feats[1], feats[2]), splits, progress)
 
 
 def evaluate_with_baselines(
@@ -68,18 +88,31 @@ def evaluate_with_baselines(
     splits: DataSplits,
     device: torch.device | str,
     random_encoder: nn.Module | None = None,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """``{"pretrained": ..., "random_init": ..., "raw_pixels": ...}`` (baselines if enabled)."""
-    results = {"pretrained": evaluate_encoder(cfg, encoder, splits, device)}
+    """``{"pretrained": ..., "random_init": ..., "raw_pixels": ...}`` (baselines if enabled);
+    with ``progress`` a line per phase and a bar over each linear probe's weight decays."""
+    _check_classes(splits)
+
+    def say(text: str) -> None:
+        if progress:
+            tqdm.write(text)
+
+    say("evaluating the pretrained encoder (features, kNN, linear probe)")
+    results = {"pretrained": evaluate_encoder(cfg, encoder, splits, device, progress)}
     if cfg.eval.baselines:
         if random_encoder is not None:
+            say("evaluating the random-init encoder")
             results["random_init"] = evaluate_encoder(
-                cfg, random_encoder.to(device), splits, device
+                cfg, random_encoder.to(device), splits, device, progress
             )
+        say("evaluating raw pixels")
         spec = preset(cfg.views.preset)[0]
         pixels = [
             normalise_images(s.images, spec.mean, spec.std).flatten(1)
             for s in (splits.train, splits.val, splits.test)
         ]
-        results["raw_pixels"] = evaluate_features(cfg, (pixels[0], pixels[1], pixels[2]), splits)
+        results["raw_pixels"] = evaluate_features(
+            cfg, (pixels[0], pixels[1], pixels[2]), splits, progress
+        )
     return results

@@ -21,14 +21,17 @@ def _plot_curves(run_dir: Path) -> list[Path]:
     knn = [r for r in records if "knn_val_accuracy" in r]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps])
-    axes[0].set(xlabel="step", ylabel="loss", title="pretraining loss")
+    axes[0].set(xlabel="step", ylabel="loss", title="pretraining loss (training batches)")
     if steps and "percent_error" in steps[0]:
         axes[1].plot([r["step"] for r in steps], [100 * r["percent_error"] for r in steps])
-    axes[1].set(xlabel="step", ylabel="%", title="percent error of batch centroids")
+    axes[1].set(
+        xlabel="step", ylabel="percent error (%)", title="percent error of the batch centroids"
+    )
     axes[2].plot([r["epoch"] for r in knn], [100 * r["knn_val_accuracy"] for r in knn], "o-")
-    axes[2].set(xlabel="epoch", ylabel="%", title="kNN accuracy (validation)")
+    axes[2].set(xlabel="epoch", ylabel="kNN accuracy (%)", title="kNN accuracy, validation split")
     for ax in axes:
         ax.grid(alpha=0.3)
+    fig.suptitle(run_dir.name, fontsize=9)
     fig.tight_layout()
     path = run_dir / "curves.png"
     fig.savefig(path, dpi=120)

@@ -61,13 +61,16 @@ def _capacity_row(
 def analyze_features(
     features: np.ndarray,
     labels: np.ndarray | None,
-    per_class: int = 50,
+    per_class: int | None = None,
     n_t: int = 200,
     seed: int = 0,
     projection_dim: int | None = None,
 ) -> dict[str, Any]:
-    """Geometry of an array of features: (N, F) with labels, or (P, m, F) manifolds."""
-    from ..evaluation.features import class_manifolds
+    """Geometry of an array of features: (N, F) with labels, or (P, m, F) manifolds.
+
+    ``per_class`` examples form each class manifold (default: 50, or the size of the classes
+    when they are smaller; see :func:`~manifold_ssl.evaluation.features.default_per_class`)."""
+    from ..evaluation.features import class_manifolds, default_per_class
 
     x = torch.as_tensor(np.asarray(features, dtype=np.float64))
     out: dict[str, Any] = {}
@@ -78,7 +81,9 @@ def analyze_features(
         if labels is None:
             raise ValueError("features of shape (N, F) need --labels (a .npy of N class ids)")
         y = torch.as_tensor(np.asarray(labels)).flatten()
-        manifolds, man_labels = class_manifolds(x, y, per_class, seed)
+        per_class = per_class or default_per_class(y)
+        # one manifold per class: every pair of manifolds is a pair of different classes
+        manifolds, man_labels = class_manifolds(x, y, per_class, seed)[0], None
         flat = x
         out["class_effective_ranks"] = class_effective_ranks(x, y)
     else:
@@ -94,6 +99,14 @@ def analyze_features(
     out["similarity"] = _similarity_summary(stats, man_labels)
     out["_stats"] = (stats, man_labels)
     out["_tsne"] = (flat, labels if x.ndim == 2 else np.repeat(np.arange(x.shape[0]), x.shape[1]))
+    out["settings"] = {
+        "input_shape": list(x.shape),
+        "manifolds": "class manifolds (one per class)" if x.ndim == 2 else "given (P, m, F)",
+        "per_class": per_class if x.ndim == 2 else None,
+        "n_t": n_t,
+        "seed": seed,
+        "projection_dim": projection_dim,
+    }
     return out
 
 
@@ -128,7 +141,7 @@ def analyze_model(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     augment: Any,
-    per_class: int = 50,
+    per_class: int | None = None,
     n_exemplars: int = 50,
     n_augment: int = 30,
     n_t: int = 200,
@@ -136,9 +149,16 @@ def analyze_model(
     progress: bool = True,
     projection_dim: int | None = None,
 ) -> dict[str, Any]:
-    """Per-layer class and augmentation manifold geometry of ``backbone`` on uint8 ``images``."""
-    from ..evaluation.features import class_manifolds, layer_features, normalise_images
+    """Per-layer class and augmentation manifold geometry of ``backbone`` on uint8 ``images``
+    (``per_class``: as in :func:`analyze_features`)."""
+    from ..evaluation.features import (
+        class_manifolds,
+        default_per_class,
+        layer_features,
+        normalise_images,
+    )
 
+    per_class = per_class or default_per_class(labels)
     layers = backbone_layers(backbone)
     gen = torch.Generator().manual_seed(seed)
     # class manifolds: per_class test images of every class
@@ -177,6 +197,16 @@ def analyze_model(
     out["similarity"] = _similarity_summary(stats, ex_labels)
     out["_stats"] = (stats, ex_labels)
     out["_tsne"] = (final, labels[chosen].numpy())
+    out["settings"] = {
+        "images": int(images.shape[0]),
+        "per_class": per_class,
+        "n_exemplars": n_exemplars,
+        "n_augment": n_augment,
+        "n_t": n_t,
+        "seed": seed,
+        "projection_dim": projection_dim,
+        "spectrum_layer": layers[-1],
+    }
     return out
 
 
@@ -206,9 +236,17 @@ def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> 
                     label=kind,
                 )
                 ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
-                ax.set_title(f"manifold {key}")
+                ax.set(
+                    title=f"mean-field manifold {key} by layer",
+                    xlabel="layer (input → output)",
+                    ylabel={
+                        "capacity": "capacity α_M (P/N)",
+                        "radius": "radius R_M",
+                        "dimension": "dimension D_M",
+                    }[key],
+                )
                 ax.grid(alpha=0.3)
-        axes[0].legend()
+        axes[0].legend(title="manifolds (test split)")
         fig.tight_layout()
         figures.append(out_dir / "capacity_by_layer.png")
         fig.savefig(figures[-1], dpi=120)
@@ -224,7 +262,12 @@ def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> 
     ax.loglog(
         r, np.exp(fit["intercept"]) * r ** (-fit["alpha"]), "r-", label=f"α = {fit['alpha']:.2f}"
     )
-    ax.set(xlabel="rank", ylabel="variance", title="eigenspectrum of the features")
+    where = result.get("settings", {}).get("spectrum_layer", "features")
+    ax.set(
+        xlabel="rank (log)",
+        ylabel="eigenvalue of the feature covariance (log)",
+        title=f"eigenspectrum: {where}",
+    )
     ax.legend()
     fig.tight_layout()
     figures.append(out_dir / "spectrum.png")
@@ -238,12 +281,17 @@ def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> 
         if stat_labels is not None
         else {"all": stats}
     )
+    what = "augmentation manifolds" if "layers" in result else "manifolds"
     for ax, key in zip(axes, keys, strict=True):
         for name, g in groups.items():
             if len(g[key]):
-                ax.hist(g[key], bins=30, alpha=0.6, density=True, label=name)
-        ax.set_title(key.replace("_", " "))
-        ax.legend()
+                ax.hist(g[key], bins=30, alpha=0.6, density=True, label=name.replace("_", " "))
+        ax.set(
+            title=f"{key.replace('_', ' ')} of pairs of {what}",
+            xlabel=key.replace("_", " "),
+            ylabel="density",
+        )
+        ax.legend(title="pairs")
     fig.tight_layout()
     figures.append(out_dir / "similarity.png")
     fig.savefig(figures[-1], dpi=120)
@@ -253,9 +301,18 @@ def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> 
     emb = TSNE(
         n_components=2, init="pca", random_state=0, perplexity=min(30, len(pts) - 1)
     ).fit_transform(pts)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(emb[:, 0], emb[:, 1], c=np.asarray(flat_labels)[: len(pts)], s=4, cmap="tab10")
-    ax.set(title="t-SNE of the features", xticks=[], yticks=[])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    point_labels = np.asarray(flat_labels)[: len(pts)]
+    classes = np.unique(point_labels)
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for i, c in enumerate(classes):
+        keep = point_labels == c
+        ax.scatter(emb[keep, 0], emb[keep, 1], s=4, color=cmap(i % cmap.N), label=str(c))
+    if len(classes) <= 20:
+        ax.legend(
+            title="class", markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5)
+        )
+    ax.set(title=f"t-SNE of the {where} ({len(pts)} points)", xticks=[], yticks=[])
     fig.tight_layout()
     figures.append(out_dir / "tsne.png")
     fig.savefig(figures[-1], dpi=120)

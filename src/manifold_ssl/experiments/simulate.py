@@ -14,6 +14,7 @@ takes minutes here, against well under a second for a 10,000×1,000 Gram.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -76,6 +77,34 @@ def _uniform_nuclear_norm(p: int, d: int, gen: torch.Generator, device: torch.de
     return float(eig.sqrt().sum())
 
 
+def _available_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device`` (None where it cannot be read)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(
+    P: Sequence[int], D: Sequence[int], max_min_dim: int, device: torch.device
+) -> None:
+    """A draw holds a (P, D) float64 matrix and its (min, min) Gram: refuse cells that cannot fit
+    before any of them runs, rather than fail (or swap) in the middle of the grid."""
+    cells = [(p, d) for p in P for d in D if min(p, d) <= max_min_dim]
+    if not cells:
+        return
+    p, d = max(cells, key=lambda c: c[0] * c[1] + min(c) ** 2)
+    need = 8 * (p * d + 2 * min(p, d) ** 2)
+    free = _available_bytes(device)
+    if free is not None and need > free:
+        raise ValueError(
+            f"the cell P={p}, D={d} needs {need / 2**30:.1f} GiB for one draw, but {device} has "
+            f"{free / 2**30:.1f} GiB free; drop it from --P/--D"
+        )
+
+
 class _CostModel:
     """Seconds for one (P, D) draw ≈ a·P·D·min(P, D) + b·min(P, D)³, calibrated on this machine."""
 
@@ -127,6 +156,7 @@ def simulate_uniform(
     if max_min_dim < 1:
         raise ValueError(f"max_min_dim must be >= 1, got {max_min_dim!r}")
     device = torch.device(device)
+    _check_memory(P, D, max_min_dim, device)
     result = SimulationResult(sorted(set(P)), sorted(set(D)), repeats, seed, max_min_dim)
     cells: list[tuple[int, int]] = []
     for p in result.P:

@@ -3,6 +3,7 @@ previous checkpoint intact; files are read back with ``torch.load(..., weights_o
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -13,15 +14,38 @@ __all__ = ["load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``state`` to ``path`` atomically. A failed write (a full disk, an interrupt) removes
+    its temporary file and leaves the previous checkpoint in place; a full disk is reported as
+    such, with the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if _disk_full(err):
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on the device while writing the checkpoint {path}; the previous "
+                "checkpoint is kept. Free some space and resume",
+            ) from err
+        raise
     return path
+
+
+def _disk_full(err: BaseException) -> bool:
+    """torch.save reports ENOSPC as a RuntimeError ("unexpected pos …") from its zip writer."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return isinstance(err, RuntimeError) and "unexpected pos" in str(err)
 
 
 def load_checkpoint(

@@ -10,8 +10,12 @@ and takes its contiguous slice: the global batch, and hence the loss, equals one
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import signal
+import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,7 @@ from ..geometry.spectral import effective_rank, percent_error
 from ..methods import SSLMethod, build_method
 from ..models.backbones import build_backbone
 from ..models.sync_bn import convert_sync_batchnorm
-from ..runinfo import make_run_dir, run_metadata, write_json
+from ..runinfo import make_run_dir, run_lock, run_metadata, write_json
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistContext, resolve_device, setup_distributed, teardown_distributed
 from .metrics import MetricsLog
@@ -126,11 +130,34 @@ def pretrain(
     alone meets no collective.
     """
     ctx = setup_distributed(cfg.train.device)
-    ok = False
+    ok, created = False, None
     try:
-        result = _pretrain(cfg, ctx, resume, progress, run_dir)
+        state: dict[str, Any] | None = None
+        if resume is not None:
+            run_path = Path(resume)
+            state = load_checkpoint(run_path / "checkpoints" / "last.pt", map_location="cpu")
+            missing = sorted(set(RESUME_KEYS) - set(state))
+            if missing:
+                raise ValueError(
+                    f"checkpoint in {run_path} cannot resume training: it lacks {missing} "
+                    "(a weights-only checkpoint can be evaluated or analysed, not resumed)"
+                )
+            saved = config_from_dict(state["config"])
+            if _trajectory_config(saved) != _trajectory_config(cfg):
+                raise ValueError(
+                    f"checkpoint in {run_path} was written with another config; resume "
+                    f"with the run's own config (manifold-ssl pretrain --resume {run_path})"
+                )
+        else:
+            run_path = created = _new_run_dir(cfg, ctx, run_dir)
+        with run_lock(run_path) if ctx.is_main else contextlib.nullcontext():
+            result = _pretrain(cfg, ctx, run_path, state, progress)
         ok = True
         return result
+    except BaseException:
+        if created is not None and ctx.is_main and not (created / "checkpoints").exists():
+            shutil.rmtree(created, ignore_errors=True)  # a run that failed before any step
+        raise
     finally:
         teardown_distributed(ctx, synchronise=ok)
 
@@ -138,25 +165,13 @@ def pretrain(
 def _pretrain(
     cfg: Config,
     ctx: DistContext,
-    resume: str | Path | None,
+    run_path: Path,
+    state: dict[str, Any] | None,
     progress: bool,
-    run_dir: str | Path | None,
 ) -> PretrainResult:
     device = resolve_device(cfg.train.device, ctx)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
-    state: dict[str, Any] | None = None
-    if resume is not None:
-        run_path = Path(resume)
-        state = load_checkpoint(run_path / "checkpoints" / "last.pt", map_location="cpu")
-        saved = config_from_dict(state["config"])
-        if _trajectory_config(saved) != _trajectory_config(cfg):
-            raise ValueError(
-                f"checkpoint in {run_path} was written with another config; resume "
-                f"with the run's own config (manifold-ssl pretrain --resume {run_path})"
-            )
-    else:
-        run_path = _new_run_dir(cfg, ctx, run_dir)
     log = MetricsLog(run_path, enabled=ctx.is_main, tensorboard=cfg.train.tensorboard)
 
     # ---- data: one uint8 tensor on the device; views made there
@@ -212,21 +227,24 @@ def _pretrain(
         )
         log.truncate_after(step)
 
-    def checkpoint(name: str = "last.pt") -> None:
+    def checkpoint(rng: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Save the state after ``step`` steps; ``rng``: the generators' states at that point
+        when they have since moved on (a step that failed after drawing its views)."""
+        data_rng, aug_rng = rng if rng is not None else (data_gen.get_state(), aug_gen.get_state())
         if ctx.is_main:
             save_checkpoint(
                 {
                     "config": config_to_dict(cfg),
                     "model": method.state_dict(),
                     "optimizer": opt.state_dict(),
-                    "data_rng": data_gen.get_state(),
-                    "aug_rng": aug_gen.get_state(),
+                    "data_rng": data_rng,
+                    "aug_rng": aug_rng,
                     "step": step,
                     "epoch": epoch,
                     "step_in_epoch": step_in_epoch,
                     "perm": perm,
                 },
-                run_path / "checkpoints" / name,
+                run_path / "checkpoints" / "last.pt",
             )
 
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -239,7 +257,10 @@ def _pretrain(
         unit="step",
         dynamic_ncols=True,
     )
-    with _StopFlag() as stop:
+    # the generators' states that go with the completed steps: what a checkpoint written after
+    # a failure in the step in progress (which has drawn its views already) must hold
+    done = (data_gen.get_state(), aug_gen.get_state())
+    with _StopFlag() as stop, _checkpoint_on_error(lambda: checkpoint(done)):
         while epoch < cfg.train.epochs and status == "finished":
             if step_in_epoch == 0:
                 perm = torch.randperm(n_train, generator=data_gen)
@@ -264,6 +285,7 @@ def _pretrain(
                 method.update_target(step, total_steps)
                 step += 1
                 step_in_epoch += 1
+                done = (data_gen.get_state(), aug_gen.get_state())
                 bar.update(1)
                 if ctx.is_main and (step % cfg.train.log_every == 0 or step == 1):
                     seconds = time.perf_counter() - t0
@@ -278,12 +300,16 @@ def _pretrain(
                     }
                     log.log(record)
                     bar.set_postfix(loss=f"{loss.item():.4g}")
+                every = cfg.train.checkpoint_every_steps
+                if every and step % every == 0:
+                    checkpoint()
                 reason = _stop_reason(cfg, stop, step, start_time, ctx.world_size, device)
                 if reason:
                     status = reason
                     break
             if step_in_epoch == steps_per_epoch:
                 epoch, step_in_epoch = epoch + 1, 0
+                done = (data_gen.get_state(), aug_gen.get_state())
                 if (
                     cfg.train.knn_every
                     and (epoch % cfg.train.knn_every == 0 or epoch == cfg.train.epochs)
@@ -296,15 +322,46 @@ def _pretrain(
                     checkpoint()
         if status != "finished":
             checkpoint()
-            bar.write(
-                f"stopped ({status}) at step {step}; resume with: manifold-ssl pretrain --resume {run_path}"
-            )
+            if ctx.is_main:
+                bar.write(
+                    f"stopped ({status}) at step {step}; resume with: "
+                    f"manifold-ssl pretrain --resume {run_path}"
+                )
     bar.close()
     log.close()
     return PretrainResult(run_path, status, step, method, splits, ctx)
 
 
+@contextlib.contextmanager
+def _checkpoint_on_error(save: Callable[[], None]) -> Iterator[None]:
+    """On an exception inside the loop, save the last completed step before it propagates, so
+    that a crash (or a non-finite loss) loses at most the step in progress."""
+    try:
+        yield
+    except Exception:
+        try:
+            save()
+        except Exception as save_err:  # keep the original error in front
+            print(f"the checkpoint could not be written either: {save_err}", file=sys.stderr)
+        else:
+            print(
+                "the last completed step was checkpointed; --resume continues from it",
+                file=sys.stderr,
+            )
+        raise
+
+
 STOP_KEYS = ("max_steps", "time_budget_s")  # where to stop, not what is computed
+RESUME_KEYS = (
+    "model",
+    "optimizer",
+    "data_rng",
+    "aug_rng",
+    "step",
+    "epoch",
+    "step_in_epoch",
+    "perm",
+)
 
 
 def _trajectory_config(cfg: Config) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,5 +65,19 @@ class MetricsLog:
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    lines = Path(path).read_text().splitlines() if Path(path).exists() else []
-    return [json.loads(line) for line in lines if line.strip()]
+    """The records of a ``metrics.jsonl``. A torn last line (a process killed mid-write) is
+    skipped with a warning; a corrupt line elsewhere is an error naming the file and line."""
+    path = Path(path)
+    lines = path.read_text().splitlines() if path.exists() else []
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                warnings.warn(f"{path}: skipping its incomplete last line ({err})", stacklevel=2)
+                continue
+            raise ValueError(f"{path}, line {number}, is not JSON: {err}") from None
+    return records
