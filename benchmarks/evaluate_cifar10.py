@@ -15,7 +15,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from manifold_ssl.data.splits import load_splits
 from manifold_ssl.data.views import preset
 from manifold_ssl.evaluation.features import extract_features, normalise_images
 from manifold_ssl.evaluation.protocol import evaluate_features
-from manifold_ssl.runinfo import run_metadata
+from manifold_ssl.runinfo import run_metadata, write_json
 from manifold_ssl.training import load_checkpoint, pretrain
 from manifold_ssl.training.loop import build_method_for
 
@@ -108,20 +107,8 @@ def main() -> None:
             f"{100 * r['linear_test_accuracy']:10.2f}% | {r['linear_weight_decay']:g}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "meta": run_metadata(),
-                "run": str(run),
-                "seconds": timings,
-                "total_s": total,
-                "results": rows,
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n"
-    )
+    record = {"run": str(run), "seconds": timings, "total_s": total, "results": rows}
+    write_json(args.out, {"meta": run_metadata(), **record})
     print(f"\nwrote {args.out}")
 
 
