@@ -262,7 +262,8 @@ def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> 
     ax.loglog(
         r, np.exp(fit["intercept"]) * r ** (-fit["alpha"]), "r-", label=f"α = {fit['alpha']:.2f}"
     )
-    where = result.get("settings", {}).get("spectrum_layer", "features")
+    layer = result.get("settings", {}).get("spectrum_layer")
+    where = f"layer {layer}" if layer else "the features"
     ax.set(
         xlabel="rank (log)",
         ylabel="eigenvalue of the feature covariance (log)",
@@ -312,7 +313,7 @@ def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> 
         ax.legend(
             title="class", markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5)
         )
-    ax.set(title=f"t-SNE of the {where} ({len(pts)} points)", xticks=[], yticks=[])
+    ax.set(title=f"t-SNE of {where} ({len(pts)} points)", xticks=[], yticks=[])
     fig.tight_layout()
     figures.append(out_dir / "tsne.png")
     fig.savefig(figures[-1], dpi=120)
