@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import tiny_run_args
 
 from manifold_ssl.cli import main
@@ -78,6 +79,9 @@ def test_analyze_rejects_missing_inputs(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "missing.npy")]) == 2
     assert main(["analyze"]) == 2
     assert "analyze needs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not "all but the last 5" any more
+        main(["analyze", "--untrained", "digits_mmcr", "--per-class", "-5"])
+    assert "expected a positive integer, got '-5'" in capsys.readouterr().err
 
 
 def test_every_figure_names_its_axes_and_the_t_sne_its_classes(tmp_path, monkeypatch):

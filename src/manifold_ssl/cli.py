@@ -165,10 +165,8 @@ def _final_percent_error(run_dir: Path) -> object:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
-
     from .config import apply_overrides, config_from_dict, load_recipe
-    from .training.distributed import resolve_device
+    from .training.distributed import resolve_device, teardown_distributed
     from .training.loop import pretrain
 
     if args.resume:
@@ -193,11 +191,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         cfg = apply_overrides(load_recipe(args.recipe or "digits_mmcr"), args.overrides)
     result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
     ctx = result.ctx
-    if dist.is_available() and dist.is_initialized():
-        # a group the caller made (pretrain ends its own): what follows runs on rank 0 alone,
-        # and a synchronised layer must not wait there for ranks that have returned
-        dist.barrier()
-        dist.destroy_process_group()
+    # a group the caller made (pretrain ends its own): what follows runs on rank 0 alone, and a
+    # synchronised layer must not wait there for ranks that have returned
+    teardown_distributed()
     if result.status != "finished" or not ctx.is_main or args.no_eval:
         return 0 if result.status in ("finished", "interrupted", "budget", "max_steps") else 1
     if result.splits.num_classes < 2:

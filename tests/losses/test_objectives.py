@@ -112,6 +112,17 @@ def test_multimodal_mmcr_is_mmcr_of_the_two_modalities(gen):
     assert set(out) == {"mmcr_loss"}
 
 
+def test_clip_loss_takes_open_clip_arguments(gen):
+    from manifold_ssl.losses import CLIPLoss, clip_loss
+
+    img, txt = torch.randn(9, 7, generator=gen), torch.randn(9, 7, generator=gen)
+    scale = torch.tensor(14.0)
+    out = CLIPLoss()(img, txt, logit_scale=scale, output_dict=True, logit_bias=None)
+    assert set(out) == {"contrastive_loss"}
+    torch.testing.assert_close(out["contrastive_loss"], clip_loss(img, txt, scale))
+    torch.testing.assert_close(CLIPLoss(5.0)(img, txt), clip_loss(img, txt, 5.0))
+
+
 # --------------------------------------------------------------------------- CLAMP
 def test_clamp_paper_form_unbiased_covariance_matches_reference(gen):
     z = torch.randn(6, 4, 5, generator=gen, dtype=f64, requires_grad=True)

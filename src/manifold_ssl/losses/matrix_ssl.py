@@ -136,10 +136,8 @@ def matrix_ssl_loss(
         eye = torch.eye(d, dtype=c12.dtype, device=c12.device)
         if form == "official":
             uniformity = -lam * matrix_log(c12 + mu * eye, order).diagonal().sum()
-            alignment = (
-                matrix_cross_entropy(c11 + mu * eye, c22 + mu * eye, order)
-                - (c22 + mu * eye).diagonal().sum()
-            )
+            log_q = matrix_log(c22 + mu * eye, order)
+            alignment = -((c11 + mu * eye) * log_q.transpose(-1, -2)).sum()  # −tr(P log Q)
         else:
             uniformity = matrix_cross_entropy(eye / d, c12 + lam * eye, order)
             alignment = matrix_kl(c11 + lam * eye, c22 + lam * eye, order)

@@ -58,10 +58,14 @@ def setup_distributed(device_name: str) -> DistContext:
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
 
 
-def teardown_distributed(ctx: DistContext, *, synchronise: bool = True) -> None:
-    """Destroy the group :func:`setup_distributed` created: first a barrier (``synchronise``),
-    so that no rank leaves while another still uses the group, then on every rank."""
-    if not (ctx.owns_group and dist.is_available() and dist.is_initialized()):
+def teardown_distributed(ctx: DistContext | None = None, *, synchronise: bool = True) -> None:
+    """Destroy the group :func:`setup_distributed` created (``ctx``), or any group when ``ctx``
+    is None (a command line ending a caller's group before rank-0-only work): first a barrier
+    (``synchronise``), so that no rank leaves while another still uses the group, then on
+    every rank."""
+    if ctx is not None and not ctx.owns_group:
+        return
+    if not (dist.is_available() and dist.is_initialized()):
         return
     if synchronise:
         dist.barrier()
