@@ -6,6 +6,7 @@ JPEG archive for ``--steps`` steps (the accuracies then describe a barely traine
 timing does not depend on training). Prints a table and writes JSON.
 
     python benchmarks/evaluate_cifar10.py --data ../shared/data/cifar10-jpg.tar.gz [--run DIR]
+        [--eval.KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("results/evaluate_cifar10"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("results/evaluate_cifar10.json"))
-    args = parser.parse_args()
+    args, overrides = parser.parse_known_args()
 
     run = args.run or make_run(args.data, args.work, args.steps)
     cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    cfg = apply_overrides(cfg, overrides)  # e.g. --eval.linear_tolerance=1e-6 (a reference)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     start = time.perf_counter()
     splits = load_splits(
@@ -107,7 +109,8 @@ def main() -> None:
             f"{100 * r['linear_test_accuracy']:10.2f}% | {r['linear_weight_decay']:g}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"run": str(run), "seconds": timings, "total_s": total, "results": rows}
+    record = {"run": str(run), "overrides": overrides, "seconds": timings, "total_s": total}
+    record["results"] = rows
     write_json(args.out, {"meta": run_metadata(), **record})
     print(f"\nwrote {args.out}")
 

@@ -205,6 +205,12 @@ class EvalConfig:
         factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
     )
     linear_max_iter: int = key(300, "iterations of the linear probe per weight decay", at_least(1))
+    linear_tolerance: float = key(
+        1e-4, "the probe's L-BFGS stops when its preconditioned gradient is below this", above(0)
+    )
+    linear_precision: str = key(
+        "float32", "precision of the features in the probe's passes", one_of("float32", "float64")
+    )
     baselines: bool = key(True, "random-init encoder and raw pixels next to the result")
     semi_supervised: list[float] = key(
         help="label fractions to fine-tune on, e.g. [0.01, 0.1]",

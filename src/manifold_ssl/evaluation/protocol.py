@@ -38,18 +38,18 @@ def evaluate_features(
     features: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     splits: DataSplits,
     progress: bool = False,
+    device: torch.device | str | None = None,
 ) -> dict[str, Any]:
-    """kNN and linear probe on (train, val, test) features of ``splits``."""
+    """kNN and linear probe on (train, val, test) features of ``splits``, run on ``device``
+    (default: the features'); the kNN and the probe's passes go over the rows in chunks."""
     _check_classes(splits)
-    train, val, test = features
-    ytr, yval, yte = splits.train.labels, splits.val.labels, splits.test.labels
+    device = features[0].device if device is None else torch.device(device)
+    train, val, test = (f.to(device) for f in features)
+    ytr, yval, yte = (s.labels.to(device) for s in (splits.train, splits.val, splits.test))
+    k, temperature = cfg.eval.knn_k, cfg.eval.knn_temperature
     out: dict[str, Any] = {
-        "knn_val_accuracy": knn_accuracy(
-            train, ytr, val, yval, splits.num_classes, cfg.eval.knn_k, cfg.eval.knn_temperature
-        ),
-        "knn_test_accuracy": knn_accuracy(
-            train, ytr, test, yte, splits.num_classes, cfg.eval.knn_k, cfg.eval.knn_temperature
-        ),
+        "knn_val_accuracy": knn_accuracy(train, ytr, val, yval, splits.num_classes, k, temperature),
+        "knn_test_accuracy": knn_accuracy(train, ytr, test, yte, splits.num_classes, k, temperature),
         "feature_dim": int(train.shape[1]),
     }
     if cfg.eval.linear_probe:
@@ -60,7 +60,9 @@ def evaluate_features(
             splits.num_classes,
             cfg.eval.linear_weight_decays,
             cfg.eval.linear_max_iter,
+            dtype=getattr(torch, cfg.eval.linear_precision),
             progress=progress,
+            tolerance=cfg.eval.linear_tolerance,
         )
         out.update({f"linear_{k}": v for k, v in probe.items()})
     return out
@@ -79,7 +81,7 @@ def evaluate_encoder(
         extract_features(encoder, s.images, spec.mean, spec.std, device=device)
         for s in (splits.train, splits.val, splits.test)
     ]
-    return evaluate_features(cfg, (feats[0], feats[1], feats[2]), splits, progress)
+    return evaluate_features(cfg, (feats[0], feats[1], feats[2]), splits, progress, device)
 
 
 def evaluate_with_baselines(
@@ -113,6 +115,6 @@ def evaluate_with_baselines(
             for s in (splits.train, splits.val, splits.test)
         ]
         results["raw_pixels"] = evaluate_features(
-            cfg, (pixels[0], pixels[1], pixels[2]), splits, progress
+            cfg, (pixels[0], pixels[1], pixels[2]), splits, progress, device
         )
     return results
