@@ -27,8 +27,9 @@ from manifold_ssl.config import apply_overrides, load_recipe
 from manifold_ssl.data.splits import load_splits
 from manifold_ssl.data.views import MultiViewAugment, preset
 from manifold_ssl.evaluation.protocol import evaluate_encoder
+from manifold_ssl.run import pretrain
 from manifold_ssl.runinfo import run_metadata
-from manifold_ssl.training.loop import build_method_for, pretrain
+from manifold_ssl.training.loop import build_method_for
 from manifold_ssl.training.optim import build_optimizer
 
 METHODS = ["mmcr", "clamp", "matrix_ssl", "simclr", "barlow_twins", "byol"]

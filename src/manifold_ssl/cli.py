@@ -120,54 +120,23 @@ def _evaluate_and_report(
     extra: dict[str, object],
     progress: bool = True,
 ) -> None:
-    import torch
+    from .run import evaluate_run
 
-    from .evaluation.protocol import evaluate_with_baselines
-    from .evaluation.report import write_report
-    from .runinfo import write_json
-    from .training.loop import build_method_for
-
-    torch.manual_seed(cfg.train.seed)  # the same initialisation the pretrained encoder had
-    random_encoder = build_method_for(cfg, splits.train.images.shape[1]).backbone
-    results = evaluate_with_baselines(
-        cfg, method.backbone, splits, device, random_encoder, progress=progress
-    )
-    if cfg.eval.semi_supervised:
-        from .evaluation.finetune import finetune
-
-        for fraction in cfg.eval.semi_supervised:
-            if progress:
-                print(f"fine-tuning on {fraction:g} of the labels")
-            ft = finetune(cfg, method.backbone, splits, fraction, device, seed=cfg.train.seed)
-            results[f"finetune_{fraction:g}"] = {
-                "linear_val_accuracy": ft["val_accuracy"],
-                "linear_test_accuracy": ft["test_accuracy"],
-                "labelled_images": ft["labelled_images"],
-            }
-    write_json(run_dir / "eval.json", {"results": results, **extra})
-    report = write_report(run_dir, results, extra)
+    results = evaluate_run(cfg, method, splits, run_dir, device, extra, progress)
     _print_results(results)
     for key, value in extra.items():
         print(f"{key}: {value}")
     print(
-        f"\nrun directory: {run_dir}\n  report: {report}\n  curves: {run_dir / 'curves.png'}"
-        f"\n  metrics: {run_dir / 'metrics.jsonl'}\n  checkpoint: {run_dir / 'checkpoints' / 'last.pt'}"
+        f"\nrun directory: {run_dir}\n  report: {run_dir / 'report.md'}\n  curves: "
+        f"{run_dir / 'curves.png'}\n  metrics: {run_dir / 'metrics.jsonl'}\n  checkpoint: "
+        f"{run_dir / 'checkpoints' / 'last.pt'}"
     )
-
-
-def _final_percent_error(run_dir: Path) -> object:
-    from .training.metrics import read_metrics
-
-    values = [
-        r["percent_error"] for r in read_metrics(run_dir / "metrics.jsonl") if "percent_error" in r
-    ]
-    return f"{100 * values[-1]:.2f}% (batch centroids, last logged step)" if values else "-"
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import apply_overrides, config_from_dict, load_recipe
+    from .run import final_percent_error, pretrain
     from .training.distributed import resolve_device, teardown_distributed
-    from .training.loop import pretrain
 
     if args.resume:
         import yaml
@@ -191,6 +160,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         cfg = apply_overrides(load_recipe(args.recipe or "digits_mmcr"), args.overrides)
     result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
     ctx = result.ctx
+    if result.status != "finished" and ctx.is_main:
+        print(
+            f"stopped ({result.status}) at step {result.step}; resume with: "
+            f"manifold-ssl pretrain --resume {result.run_dir}"
+        )
     # a group the caller made (pretrain ends its own): what follows runs on rank 0 alone, and a
     # synchronised layer must not wait there for ranks that have returned
     teardown_distributed()
@@ -207,7 +181,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         "method": cfg.method.name,
         "dataset": cfg.data.name,
         "steps": result.step,
-        "final percent error": _final_percent_error(result.run_dir),
+        "final percent error": final_percent_error(result.run_dir),
     }
     _evaluate_and_report(
         cfg, result.method, result.splits, result.run_dir, device, extra, progress=not args.quiet
@@ -220,6 +194,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .config import apply_overrides, config_from_dict
     from .data.splits import load_splits
+    from .run import final_percent_error
     from .training.checkpoint import load_checkpoint
     from .training.distributed import DistContext, resolve_device
     from .training.loop import build_method_for
@@ -252,7 +227,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "dataset": cfg.data.name,
         "steps": state["step"],
         "checkpoint": args.checkpoint,
-        "final percent error": _final_percent_error(run_dir),
+        "final percent error": final_percent_error(run_dir),
     }
     _evaluate_and_report(cfg, method, splits, run_dir, device, extra, progress=not args.quiet)
     return 0
@@ -335,6 +310,54 @@ def _cmd_losses(args: argparse.Namespace) -> int:
     for name, cls in sorted(LOSSES.items()):
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name:16s} {getattr(cls, 'inputs', ''):6s} {doc}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiments.sweep import load_spec, run_sweep, sweep_status
+
+    if args.spec == "status":
+        if not args.dir:
+            raise ValueError("usage: manifold-ssl sweep status DIR")
+        counts = sweep_status(args.dir)
+        total = sum(counts.values())
+        print(f"{args.dir}: {total} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        return 0
+    spec = load_spec(args.spec, args.grid)
+    out = Path(args.out or Path("sweeps") / Path(args.spec).stem)
+    slurm = {
+        "partition": args.partition,
+        "time": args.time,
+        "gpus": args.gpus,
+        "cpus": args.cpus,
+        "wait": args.wait,
+    }
+    rows = run_sweep(spec, out, args.workers, args.launcher, slurm, progress=not args.quiet)
+    if args.launcher == "local":
+        done = sum(r["status"] == "done" for r in rows)
+        print(f"{done}/{len(rows)} trials done; summary: {out / 'summary.csv'}")
+        print(f"figures: manifold-ssl plot {out}")
+    else:
+        print(
+            f"submitted; job ids in {out / 'jobs.json'}; progress: manifold-ssl sweep status {out}"
+        )
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .experiments.plots import plot_run, plot_sweep
+    from .experiments.sweep import summarise
+
+    path = Path(args.dir)
+    if (path / "sweep.json").exists():
+        summarise(path)
+        files = plot_sweep(path)
+    elif (path / "metrics.jsonl").exists():
+        files = plot_run(path)
+    else:
+        raise ValueError(f"{path} is neither a sweep directory (sweep.json) nor a run directory")
+    for file in files:
+        print(file)
     return 0
 
 
@@ -457,6 +480,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     an.add_argument("--quiet", action="store_true", help="no progress bars")
     an.set_defaults(func=_cmd_analyze)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="run a grid of trials (packaged name or YAML spec), resumably; or 'sweep status DIR'",
+        description="Each trial is a run directory DIR/trials/<config hash>. Running a sweep "
+        "again skips finished trials and resumes interrupted ones. Packaged: "
+        "digits_double_descent.",
+    )
+    sw.add_argument("spec", help="sweep name or YAML path, or 'status'")
+    sw.add_argument("dir", nargs="?", help="with 'status': the sweep directory")
+    sw.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="replace or add a grid axis (P, D, K, seed or a dotted config key); repeatable",
+    )
+    sw.add_argument("--out", help="sweep directory (default sweeps/<spec name>)")
+    sw.add_argument("--workers", type=_positive_int, default=1, help="local parallel trials")
+    sw.add_argument("--launcher", choices=["local", "slurm"], default="local")
+    sw.add_argument("--partition", help="slurm partition")
+    sw.add_argument("--time", type=_positive_int, default=60, help="slurm minutes per job")
+    sw.add_argument("--gpus", type=int, default=1, help="slurm GPUs per trial")
+    sw.add_argument("--cpus", type=_positive_int, default=8, help="slurm CPUs per trial")
+    sw.add_argument("--wait", action="store_true", help="slurm: wait for the jobs to end")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=_cmd_sweep)
+
+    pl = sub.add_parser(
+        "plot",
+        help="figures of a sweep (Fig. 3 double descent, P x D heat map, Fig. 4 scaling fits) "
+        "or of a run's probes (geometry over training, CLAMP packing dynamics)",
+    )
+    pl.add_argument("dir", help="a sweep or run directory")
+    pl.set_defaults(func=_cmd_plot)
 
     recipes = sub.add_parser("recipes", help="list the packaged recipes")
     recipes.set_defaults(

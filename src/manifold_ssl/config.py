@@ -222,6 +222,36 @@ class EvalConfig:
 
 
 @dataclass
+class ProbesConfig:
+    every_steps: int = key(
+        0, "probe the geometry every this many steps (0: no probes)", at_least(0)
+    )
+    at_start: bool = key(True, "also probe the initial network (step 0)")
+    max_cost: float = key(
+        0.1,
+        "probes may take this fraction of training time; the interval grows to keep it",
+        between(0, 1, lo_open=True),
+    )
+    images: int = key(256, "probe images, a fixed subset of the validation split", at_least(2))
+    views: int = key(0, "views per probe image (0: views.num_views)", at_least(0))
+    seed: int = key(0, "seed of the probe images and their fixed views")
+    capacity_manifolds: int = key(
+        32, "augmentation manifolds for the mean-field capacity (0: skip it)", at_least(0)
+    )
+    knn_bank: int = key(
+        2000, "training images in the probe's kNN bank (0: skip the kNN)", at_least(0)
+    )
+    coherence: bool = key(
+        True, "gradient coherence within/across classes, with a shuffled-label control"
+    )
+    clamp_convention: str = key(
+        "paper",
+        "neighbour count: paper (CLAMP Sec. 5) or code (counts itself, radius without r_s)",
+        one_of("paper", "code"),
+    )
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
@@ -230,6 +260,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
 
 
 def config_help() -> str:

@@ -1,4 +1,5 @@
-"""What every run directory records (version, git hash, environment, time), and its lock."""
+"""What every run directory records (version, git hash, environment, time), its lock, and how
+its metrics log is read back."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import platform
 import socket
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,3 +113,22 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         handle.close()
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``. A torn last line (a process killed mid-write) is
+    skipped with a warning; a corrupt line elsewhere is an error naming the file and line."""
+    path = Path(path)
+    lines = path.read_text().splitlines() if path.exists() else []
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                warnings.warn(f"{path}: skipping its incomplete last line ({err})", stacklevel=2)
+                continue
+            raise ValueError(f"{path}, line {number}, is not JSON: {err}") from None
+    return records

@@ -94,11 +94,22 @@ class Preconditioner:
             return None
         return (kappa * self.eigenvalues + weight_decay).clamp_min(1e-12).rsqrt()
 
+    # W = V diag(s) U; with s None, W = U.
     def to_u(self, w: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
-        return w.clone() if s is None else (self.eigenvectors.T @ w) / s[:, None]
+        if s is None or self.eigenvectors is None:
+            return w.clone()
+        return (self.eigenvectors.T @ w) / s[:, None]
 
     def to_w(self, u: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
-        return u if s is None else self.eigenvectors @ (s[:, None] * u)
+        if s is None or self.eigenvectors is None:
+            return u
+        return self.eigenvectors @ (s[:, None] * u)
+
+    def grad_to_u(self, grad_w: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+        """The chain rule through :meth:`to_w`: ∂/∂U = diag(s) Vᵀ ∂/∂W."""
+        if s is None or self.eigenvectors is None:
+            return grad_w
+        return s[:, None] * (self.eigenvectors.T @ grad_w)
 
 
 def fit_logistic(
@@ -137,7 +148,8 @@ def fit_logistic(
     c = (b0.to(device, f64) + mu @ w).requires_grad_(True)
     y = y.to(device)
     kappa = [1.0 / num_classes]  # measured by every evaluation, at the point it evaluates
-    s = u = None
+    s: torch.Tensor | None = None
+    u: torch.Tensor | None = None
 
     cache: list[torch.Tensor] = []  # the last point evaluated and its loss and gradients
 
@@ -166,8 +178,9 @@ def fit_logistic(
         return loss, grad_w, grad_c
 
     def closure() -> torch.Tensor:
+        assert u is not None
         loss, grad_w, grad_c = evaluate(precond.to_w(u.detach(), s))
-        u.grad = grad_w if s is None else s[:, None] * (precond.eigenvectors.T @ grad_w)
+        u.grad = precond.grad_to_u(grad_w, s)
         c.grad = grad_c.clone()
         return loss
 

@@ -49,7 +49,9 @@ def evaluate_features(
     k, temperature = cfg.eval.knn_k, cfg.eval.knn_temperature
     out: dict[str, Any] = {
         "knn_val_accuracy": knn_accuracy(train, ytr, val, yval, splits.num_classes, k, temperature),
-        "knn_test_accuracy": knn_accuracy(train, ytr, test, yte, splits.num_classes, k, temperature),
+        "knn_test_accuracy": knn_accuracy(
+            train, ytr, test, yte, splits.num_classes, k, temperature
+        ),
         "feature_dim": int(train.shape[1]),
     }
     if cfg.eval.linear_probe:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..training.metrics import read_metrics
+from ..runinfo import read_metrics
 
 __all__ = ["write_report"]
 

@@ -92,19 +92,31 @@ def split_by_class(
     return out
 
 
-def packing_statistics(z: object, r_s: float = 7.0) -> dict[str, np.ndarray]:
-    """CLAMP Sec. 5: each sub-manifold's size r_i (Algorithm 1's radius after global centring and
-    normalisation) and its neighbour count, the number of others it overlaps
-    (‖q_i − q_j‖ < r_i + r_j). ``z`` is (B, m, D) embeddings."""
+def packing_statistics(
+    z: object, r_s: float = 7.0, convention: str = "paper"
+) -> dict[str, np.ndarray]:
+    """CLAMP Sec. 5: each sub-manifold's size and its neighbour count. ``z`` is (B, m, D).
+
+    After global centring and normalisation, sub-manifold i has centroid q_i and size
+    s_i = sqrt(Σ_k ‖z_ik − q_i‖² / m²); its radius is r_i = r_s · s_i (Algorithm 1).
+    ``convention="paper"`` counts the others it overlaps, ‖q_i − q_j‖ < r_i + r_j;
+    ``convention="code"`` follows the published code (guanming-zhang/clamp), which compares
+    with s_i + s_j (no r_s) and counts the sub-manifold itself.
+    """
+    if convention not in ("paper", "code"):
+        raise ValueError(f"convention must be 'paper' or 'code', got {convention!r}")
     arr = torch.as_tensor(_manifolds(z))
     b, m, _ = arr.shape
     zt = torch.nn.functional.normalize(arr - arr.reshape(b * m, -1).mean(0), dim=-1)
     q = zt.mean(dim=1)
-    r = r_s * torch.sqrt(((zt - q.unsqueeze(1)) ** 2).sum(dim=(1, 2)) / m / m)
-    dist = torch.cdist(q, q)
-    overlap = (dist < r.unsqueeze(1) + r.unsqueeze(0)) & ~torch.eye(b, dtype=torch.bool)
+    size = torch.sqrt(((zt - q.unsqueeze(1)) ** 2).sum(dim=(1, 2)) / m / m)
+    reach = r_s * size if convention == "paper" else size
+    overlap = torch.cdist(q, q) < reach.unsqueeze(1) + reach.unsqueeze(0)
+    if convention == "paper":
+        overlap &= ~torch.eye(b, dtype=torch.bool)
     return {
-        "radius": r.numpy(),
+        "radius": (r_s * size).numpy(),
+        "size": size.numpy(),
         "neighbours": overlap.sum(dim=1).numpy(),
         "centroid_norm": torch.linalg.vector_norm(q, dim=1).numpy(),
     }

@@ -6,6 +6,12 @@ seeded generators (data order, augmentation) and the step counter are all the ra
 they are checkpointed, so ``--resume`` continues with exactly the losses an uninterrupted run
 would have had. Under DDP every rank draws the global batch's permutation and view parameters
 and takes its contiguous slice: the global batch, and hence the loss, equals one process's.
+
+Every metrics line carries ``flops``, the cumulative training FLOPs (the compute axis of
+Schaeffer et al. Fig. 4): forward + backward of backbone, heads and loss, counted once per
+process by ``torch.utils.flop_counter.FlopCounterMode`` on its first step and multiplied by the
+world size. Counted are the matrix products and convolutions; excluded are elementwise ops,
+normalisation, the loss's eigen/SVD solves, augmentation, the optimiser and the EMA update.
 """
 
 from __future__ import annotations
@@ -18,19 +24,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..config import Config, config_from_dict, config_to_dict, save_config
 from ..data.splits import DataSplits, load_splits
 from ..data.views import MultiViewAugment, preset
-from ..evaluation.features import extract_features
-from ..evaluation.knn import knn_accuracy
 from ..geometry.spectral import effective_rank, percent_error
 from ..methods import SSLMethod, build_method
 from ..models.backbones import build_backbone
@@ -91,23 +96,6 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _monitor(cfg: Config, method: SSLMethod, splits: DataSplits, device: torch.device) -> float:
-    spec = preset(cfg.views.preset)[0]
-    train_f = extract_features(
-        method.backbone, splits.train.images, spec.mean, spec.std, device=device
-    )
-    val_f = extract_features(method.backbone, splits.val.images, spec.mean, spec.std, device=device)
-    return knn_accuracy(
-        train_f,
-        splits.train.labels,
-        val_f,
-        splits.val.labels,
-        splits.num_classes,
-        cfg.eval.knn_k,
-        cfg.eval.knn_temperature,
-    )
-
-
 def _batch_metrics(z: torch.Tensor) -> dict[str, float]:
     """Percent error of the batch centroids (Schaeffer Eq. 4) and the erank of view 0 (RankMe)."""
     zn = F.normalize(z.float(), dim=-1)
@@ -117,13 +105,34 @@ def _batch_metrics(z: torch.Tensor) -> dict[str, float]:
     }
 
 
+#: ``monitor(backbone, splits, device) -> {name: value}``: logged every ``train.knn_every``
+#: epochs (``manifold_ssl.run.pretrain`` passes the kNN accuracy on the validation split).
+Monitor = Callable[[nn.Module, DataSplits, torch.device], dict[str, float]]
+
+
+class Probe(Protocol):
+    """Measurements every few steps (``manifold_ssl.probes.TrainingProbe``)."""
+
+    def due(self, step: int) -> bool: ...
+    def resume_at(self, step: int) -> None: ...
+    def __call__(self, method: SSLMethod, step: int) -> dict[str, float]: ...
+
+
+#: ``probes(splits, device, run_dir)``: the run's probe, made once the data are loaded.
+ProbeFactory = Callable[[DataSplits, torch.device, Path], Probe]
+
+
 def pretrain(
     cfg: Config,
     resume: str | Path | None = None,
     progress: bool = True,
     run_dir: str | Path | None = None,
+    monitor: Monitor | None = None,
+    probes: ProbeFactory | None = None,
 ) -> PretrainResult:
-    """Pretrain ``cfg.method`` on ``cfg.data``; checkpoint, log, monitor. See the module doc.
+    """Pretrain ``cfg.method`` on ``cfg.data``; checkpoint, log, and call ``monitor`` every
+    ``train.knn_every`` epochs and the probe when due (neither if not given). See the module
+    doc.
 
     Under ``torchrun`` the process group is created here and destroyed on every rank before
     returning (after a barrier when training ended normally), so whatever runs next on rank 0
@@ -151,7 +160,7 @@ def pretrain(
         else:
             run_path = created = _new_run_dir(cfg, ctx, run_dir)
         with run_lock(run_path) if ctx.is_main else contextlib.nullcontext():
-            result = _pretrain(cfg, ctx, run_path, state, progress)
+            result = _pretrain(cfg, ctx, run_path, state, progress, monitor, probes)
         ok = True
         return result
     except BaseException:
@@ -162,174 +171,212 @@ def pretrain(
         teardown_distributed(ctx, synchronise=ok)
 
 
+class _Trainer:
+    """One run's data, model, optimiser and position; the steps of :func:`_pretrain`."""
+
+    def __init__(self, cfg: Config, ctx: DistContext, run_path: Path, log: MetricsLog) -> None:
+        self.cfg, self.ctx, self.run_path, self.log = cfg, ctx, run_path, log
+        self.device = resolve_device(cfg.train.device, ctx)
+        self.splits = _load_splits(cfg, ctx)  # one uint8 tensor on the device; views made there
+        self.images = self.splits.train.images.to(self.device)
+        n_train = self.images.shape[0]
+        self.batch = batch = cfg.train.batch_size
+        if batch % ctx.world_size:
+            raise ValueError(
+                f"train.batch_size {batch} must be divisible by the {ctx.world_size} processes"
+            )
+        if batch > n_train:
+            raise ValueError(f"train.batch_size {batch} exceeds the {n_train} training images")
+        local = batch // ctx.world_size
+        self.lo, self.hi = ctx.rank * local, (ctx.rank + 1) * local
+        self.aug = MultiViewAugment(preset(cfg.views.preset), cfg.views.num_views)
+        torch.manual_seed(cfg.train.seed)
+        self.method = build_method_for(cfg, self.images.shape[1]).to(self.device)
+        self.model: nn.Module = self.method
+        if ctx.world_size > 1:
+            if cfg.model.sync_bn:
+                self.model = convert_sync_batchnorm(self.model, self.device)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.opt = build_optimizer(self.method, cfg)
+        self.steps_per_epoch = n_train // batch
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.data_gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.aug_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+        self.step, self.epoch, self.step_in_epoch = 0, 0, 0
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.step_flops: int | None = None
+        self.use_amp = cfg.train.amp and self.device.type == "cuda"
+        # the generators' states that go with the completed steps: what a checkpoint written
+        # after a failure in the step in progress (which has drawn its views already) must hold
+        self.done = self.rng_state()
+
+    def rng_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data_gen.get_state(), self.aug_gen.get_state()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.data_gen.set_state(state["data_rng"])
+        self.aug_gen.set_state(state["aug_rng"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.step_in_epoch, self.perm = state["step_in_epoch"], state["perm"]
+        self.done = self.rng_state()
+        self.log.truncate_after(self.step)
+
+    def checkpoint(self, rng: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Save the state after ``step`` steps; ``rng``: the generators' states at that point
+        when they have since moved on (a step that failed after drawing its views)."""
+        data_rng, aug_rng = rng if rng is not None else self.rng_state()
+        if self.ctx.is_main:
+            state = {
+                "config": config_to_dict(self.cfg),
+                "model": self.method.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "data_rng": data_rng,
+                "aug_rng": aug_rng,
+                "step": self.step,
+                "epoch": self.epoch,
+                "step_in_epoch": self.step_in_epoch,
+                "perm": self.perm,
+            }
+            save_checkpoint(state, self.run_path / "checkpoints" / "last.pt")
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimiser step on the global batch's slice of this process; its log record."""
+        t0, b, k = time.perf_counter(), self.batch, self.step_in_epoch
+        idx = self.perm[k * b : (k + 1) * b]
+        _, _, height, width = self.images.shape
+        params = self.aug.sample(b, height, width, self.aug_gen)  # the global batch's views
+        x = self.images[idx[self.lo : self.hi].to(self.device)]
+        views = self.aug.apply(x, [p.slice(self.lo, self.hi) for p in params])  # (b, K, C, H, W)
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at_step(self.cfg, self.step, self.steps_per_epoch)
+        # FLOPs of forward + backward, counted on the first step of each process
+        counter = FlopCounterMode(display=False) if self.step_flops is None else None
+        with counter or contextlib.nullcontext():
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                loss, terms, z = self.model(views)
+            if not torch.isfinite(loss):  # before the step: the weights stay usable
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {self.step + 1}; the last checkpoint is kept"
+                )
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+        if counter is not None:
+            self.step_flops = counter.get_total_flops() * self.ctx.world_size
+        self.opt.step()
+        self.method.update_target(self.step, self.total_steps)
+        self.step += 1
+        self.step_in_epoch += 1
+        self.done = self.rng_state()
+        return {
+            **self.position(),
+            "loss": loss.item(),
+            "lr": self.opt.param_groups[0]["lr"],
+            "images_per_s": b / (time.perf_counter() - t0),
+            **{f"loss/{name}": v for name, v in terms.items()},
+            "z": z,
+        }
+
+    def position(self) -> dict[str, int]:
+        return {"step": self.step, "epoch": self.epoch, "flops": self.step * (self.step_flops or 0)}
+
+    def log_step(self, record: dict[str, Any], bar: tqdm) -> None:
+        z = record.pop("z")
+        every = self.cfg.train.log_every
+        if self.ctx.is_main and (self.step % every == 0 or self.step == 1):
+            self.log.log({**record, **_batch_metrics(z)})
+            bar.set_postfix(loss=f"{record['loss']:.4g}")
+
+    def end_epoch(self, monitor: Monitor | None, bar: tqdm) -> None:
+        """Count the epoch; monitor every ``train.knn_every`` and checkpoint every
+        ``train.checkpoint_every`` epochs, and after the last."""
+        cfg = self.cfg
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.done = self.rng_state()
+        last = self.epoch == cfg.train.epochs
+        every = cfg.train.knn_every
+        if monitor and every and (self.epoch % every == 0 or last) and self.ctx.is_main:
+            values = monitor(self.method.backbone, self.splits, self.device)
+            self.log.log({**self.position(), **values})
+            bar.write(
+                f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+            )
+        if self.epoch % cfg.train.checkpoint_every == 0 or last:
+            self.checkpoint()
+
+
+def _load_splits(cfg: Config, ctx: DistContext) -> DataSplits:
+    """Rank 0 decodes (and caches) the dataset first; the other ranks then read the cache."""
+    d = cfg.data
+    splits = (
+        load_splits(d.name, d.root, d.path, d.val_fraction, d.split_seed) if ctx.is_main else None
+    )
+    if ctx.world_size > 1:
+        dist.barrier()
+    return splits or load_splits(d.name, d.root, d.path, d.val_fraction, d.split_seed)
+
+
 def _pretrain(
     cfg: Config,
     ctx: DistContext,
     run_path: Path,
     state: dict[str, Any] | None,
     progress: bool,
+    monitor: Monitor | None,
+    probes: ProbeFactory | None,
 ) -> PretrainResult:
-    device = resolve_device(cfg.train.device, ctx)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     log = MetricsLog(run_path, enabled=ctx.is_main, tensorboard=cfg.train.tensorboard)
-
-    # ---- data: one uint8 tensor on the device; views made there
-    if ctx.is_main:
-        splits = load_splits(
-            cfg.data.name, cfg.data.root, cfg.data.path, cfg.data.val_fraction, cfg.data.split_seed
-        )
-    if ctx.world_size > 1:
-        dist.barrier()  # rank 0 filled the cache
-    if not ctx.is_main:
-        splits = load_splits(
-            cfg.data.name, cfg.data.root, cfg.data.path, cfg.data.val_fraction, cfg.data.split_seed
-        )
-    images = splits.train.images.to(device)
-    n_train, _, height, width = images.shape
-    batch = cfg.train.batch_size
-    if batch % ctx.world_size:
-        raise ValueError(
-            f"train.batch_size {batch} must be divisible by the {ctx.world_size} processes"
-        )
-    if batch > n_train:
-        raise ValueError(f"train.batch_size {batch} exceeds the {n_train} training images")
-    local = batch // ctx.world_size
-    lo, hi = ctx.rank * local, (ctx.rank + 1) * local
-    aug = MultiViewAugment(preset(cfg.views.preset), cfg.views.num_views)
-
-    # ---- model and optimiser
-    torch.manual_seed(cfg.train.seed)
-    method = build_method_for(cfg, images.shape[1]).to(device)
-    model: nn.Module = method
-    if ctx.world_size > 1:
-        if cfg.model.sync_bn:
-            model = convert_sync_batchnorm(model, device)
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    opt = build_optimizer(method, cfg)
-    steps_per_epoch = n_train // batch
-    total_steps = cfg.train.epochs * steps_per_epoch
-    data_gen = torch.Generator().manual_seed(cfg.train.seed)
-    aug_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
-    step, epoch, step_in_epoch, perm = 0, 0, 0, torch.empty(0, dtype=torch.long)
+    t = _Trainer(cfg, ctx, run_path, log)
     if state is not None:
-        method.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        data_gen.set_state(state["data_rng"])
-        aug_gen.set_state(state["aug_rng"])
-        step, epoch, step_in_epoch, perm = (
-            state["step"],
-            state["epoch"],
-            state["step_in_epoch"],
-            state["perm"],
-        )
-        log.truncate_after(step)
+        t.restore(state)
+    probe = probes(t.splits, t.device, run_path) if probes and ctx.is_main else None
+    if probe is not None:
+        probe.resume_at(t.step)
 
-    def checkpoint(rng: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """Save the state after ``step`` steps; ``rng``: the generators' states at that point
-        when they have since moved on (a step that failed after drawing its views)."""
-        data_rng, aug_rng = rng if rng is not None else (data_gen.get_state(), aug_gen.get_state())
-        if ctx.is_main:
-            save_checkpoint(
-                {
-                    "config": config_to_dict(cfg),
-                    "model": method.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "data_rng": data_rng,
-                    "aug_rng": aug_rng,
-                    "step": step,
-                    "epoch": epoch,
-                    "step_in_epoch": step_in_epoch,
-                    "perm": perm,
-                },
-                run_path / "checkpoints" / "last.pt",
-            )
+    def maybe_probe() -> None:
+        if probe is not None and probe.due(t.step):
+            log.log({**t.position(), **probe(t.method, t.step)})
 
-    use_amp = cfg.train.amp and device.type == "cuda"
     status, start_time = "finished", time.perf_counter()
+    desc = f"{cfg.method.name} {cfg.data.name}"
+    show = progress and ctx.is_main
     bar = tqdm(
-        total=total_steps,
-        initial=step,
-        disable=not (progress and ctx.is_main),
-        desc=f"{cfg.method.name} {cfg.data.name}",
+        total=t.total_steps,
+        initial=t.step,
+        disable=not show,
+        desc=desc,
         unit="step",
         dynamic_ncols=True,
     )
-    # the generators' states that go with the completed steps: what a checkpoint written after
-    # a failure in the step in progress (which has drawn its views already) must hold
-    done = (data_gen.get_state(), aug_gen.get_state())
-    with _StopFlag() as stop, _checkpoint_on_error(lambda: checkpoint(done)):
-        while epoch < cfg.train.epochs and status == "finished":
-            if step_in_epoch == 0:
-                perm = torch.randperm(n_train, generator=data_gen)
-            method.train()
-            while step_in_epoch < steps_per_epoch:
-                t0 = time.perf_counter()
-                idx = perm[step_in_epoch * batch : (step_in_epoch + 1) * batch]
-                params = aug.sample(batch, height, width, aug_gen)  # the global batch's views
-                x = images[idx[lo:hi].to(device)]
-                views = aug.apply(x, [p.slice(lo, hi) for p in params])  # (b, K, C, H, W)
-                for group in opt.param_groups:
-                    group["lr"] = lr_at_step(cfg, step, steps_per_epoch)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss, terms, z = model(views)
-                if not torch.isfinite(loss):  # before the step: the weights stay usable
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at step {step + 1}; the last checkpoint is kept"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                method.update_target(step, total_steps)
-                step += 1
-                step_in_epoch += 1
-                done = (data_gen.get_state(), aug_gen.get_state())
+    with _StopFlag() as stop, _checkpoint_on_error(lambda: t.checkpoint(t.done)):
+        while t.epoch < cfg.train.epochs and status == "finished":
+            if t.step == 0:
+                maybe_probe()
+            if t.step_in_epoch == 0:
+                t.perm = torch.randperm(t.images.shape[0], generator=t.data_gen)
+            t.method.train()
+            while t.step_in_epoch < t.steps_per_epoch:
+                t.log_step(t.train_step(), bar)
                 bar.update(1)
-                if ctx.is_main and (step % cfg.train.log_every == 0 or step == 1):
-                    seconds = time.perf_counter() - t0
-                    record = {
-                        "step": step,
-                        "epoch": epoch,
-                        "loss": loss.item(),
-                        "lr": opt.param_groups[0]["lr"],
-                        "images_per_s": batch / seconds,
-                        **{f"loss/{k}": v for k, v in terms.items()},
-                        **_batch_metrics(z),
-                    }
-                    log.log(record)
-                    bar.set_postfix(loss=f"{loss.item():.4g}")
+                maybe_probe()
                 every = cfg.train.checkpoint_every_steps
-                if every and step % every == 0:
-                    checkpoint()
-                reason = _stop_reason(cfg, stop, step, start_time, ctx.world_size, device)
+                if every and t.step % every == 0:
+                    t.checkpoint()
+                reason = _stop_reason(cfg, stop, t.step, start_time, ctx.world_size, t.device)
                 if reason:
                     status = reason
                     break
-            if step_in_epoch == steps_per_epoch:
-                epoch, step_in_epoch = epoch + 1, 0
-                done = (data_gen.get_state(), aug_gen.get_state())
-                if (
-                    cfg.train.knn_every
-                    and (epoch % cfg.train.knn_every == 0 or epoch == cfg.train.epochs)
-                    and ctx.is_main
-                ):
-                    acc = _monitor(cfg, method, splits, device)
-                    log.log({"step": step, "epoch": epoch, "knn_val_accuracy": acc})
-                    bar.write(f"epoch {epoch}: kNN val accuracy {100 * acc:.2f}%")
-                if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
-                    checkpoint()
+            if t.step_in_epoch == t.steps_per_epoch:
+                t.end_epoch(monitor, bar)
         if status != "finished":
-            checkpoint()
-            if ctx.is_main:
-                bar.write(
-                    f"stopped ({status}) at step {step}; resume with: "
-                    f"manifold-ssl pretrain --resume {run_path}"
-                )
+            t.checkpoint()
     bar.close()
     log.close()
-    return PretrainResult(run_path, status, step, method, splits, ctx)
+    return PretrainResult(run_path, status, t.step, t.method, t.splits, ctx)
 
 
 @contextlib.contextmanager

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
-from ..runinfo import atomic_write_text
+from ..runinfo import atomic_write_text, read_metrics
 
 __all__ = ["MetricsLog", "read_metrics"]
 
@@ -62,22 +61,3 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``. A torn last line (a process killed mid-write) is
-    skipped with a warning; a corrupt line elsewhere is an error naming the file and line."""
-    path = Path(path)
-    lines = path.read_text().splitlines() if path.exists() else []
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                warnings.warn(f"{path}: skipping its incomplete last line ({err})", stacklevel=2)
-                continue
-            raise ValueError(f"{path}, line {number}, is not JSON: {err}") from None
-    return records

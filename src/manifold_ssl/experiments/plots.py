@@ -1,0 +1,378 @@
+"""Figures of a sweep like Schaeffer et al.'s, each also written as data.
+
+- Fig. 3: pretraining percent error against P, a line per D, a panel per K, the P = D points
+  marked; and a P × D heat map per K (``fig3_double_descent.png``, ``fig3_heatmap.png``,
+  ``double_descent.json`` with the tables and how many row and column curves peak at P = D).
+- Fig. 4: percent error against cumulative training FLOPs (log–log), a panel per (P, D), a line
+  per K, with a power law E = a·C^(−b) fitted by least squares in log–log space over the fit
+  range (the FLOPs after the first 10% of the run: the warm-up transient excluded), the exponent's
+  95% bootstrap interval (resampling the logged points), R², and a saturating E∞ + a·C^(−b) as a
+  check (``fig4_scaling.png``, ``scaling.json``, ``scaling.md`` comparing on- and off-diagonal
+  exponents and initial errors).
+
+For a run, :func:`plot_run` draws its probes (:mod:`manifold_ssl.probes`) and CLAMP's packing
+dynamics (Zhang et al. Sec. 5, Fig. 3).
+
+Fits with NumPy and SciPy's ``curve_fit``; figures with matplotlib (Agg).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runinfo import read_metrics, write_json
+
+__all__ = ["double_descent_tables", "fit_power_law", "plot_run", "plot_sweep", "scaling_fits"]
+
+FIT_START = 0.1  # fraction of a run's FLOPs excluded from the fit (warm-up transient)
+
+
+def _finished(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("percent_error") is not None and r.get("status") == "done"]
+
+
+def double_descent_tables(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per K: the P × D table of percent error (seeds averaged), and for every row (fixed P)
+    and column (fixed D) whose range contains the diagonal, whether its maximum is at P = D."""
+    by_k: dict[int, dict[tuple[int, int], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in _finished(rows):
+        by_k[r["K"]][(r["P"], r["D"])].append(r["percent_error"])
+    out: dict[str, Any] = {}
+    for k, cells in sorted(by_k.items()):
+        ps = sorted({p for p, _ in cells})
+        ds = sorted({d for _, d in cells})
+        table = [
+            [float(np.mean(cells[(p, d)])) if (p, d) in cells else None for d in ds] for p in ps
+        ]
+        peaks = {"rows": 0, "rows_with_diagonal": 0, "columns": 0, "columns_with_diagonal": 0}
+        for i, p in enumerate(ps):
+            vals = table[i]
+            if p in ds and all(v is not None for v in vals):
+                peaks["rows_with_diagonal"] += 1
+                peaks["rows"] += int(ds[int(np.argmax(np.array(vals, dtype=float)))] == p)
+        for j, d in enumerate(ds):
+            vals = [table[i][j] for i in range(len(ps))]
+            if d in ps and all(v is not None for v in vals):
+                peaks["columns_with_diagonal"] += 1
+                peaks["columns"] += int(ps[int(np.argmax(np.array(vals, dtype=float)))] == d)
+        out[str(k)] = {"P": ps, "D": ds, "percent_error": table, "peaks_on_diagonal": peaks}
+    return out
+
+
+def fit_power_law(
+    flops: np.ndarray, error: np.ndarray, bootstrap: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """E = a·C^(−b) by least squares on (log C, log E); b's 95% bootstrap interval; R² in log
+    space; and a saturating E∞ + a·C^(−b) (SciPy ``curve_fit``) as a check."""
+    from scipy.optimize import curve_fit
+
+    x, y = np.log(flops), np.log(error)
+    slope, intercept = np.polyfit(x, y, 1)
+    pred = intercept + slope * x
+    r2 = 1.0 - np.sum((y - pred) ** 2) / max(np.sum((y - y.mean()) ** 2), 1e-300)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(bootstrap):
+        idx = rng.integers(0, len(x), len(x))
+        if np.ptp(x[idx]) > 0:
+            boots.append(-np.polyfit(x[idx], y[idx], 1)[0])
+    lo, hi = np.percentile(boots, [2.5, 97.5]) if boots else (np.nan, np.nan)
+    out: dict[str, Any] = {
+        "exponent": float(-slope),
+        "exponent_95": [float(lo), float(hi)],
+        "prefactor": float(np.exp(intercept)),
+        "r2": float(r2),
+        "points": len(x),
+        "flops_range": [float(flops.min()), float(flops.max())],
+    }
+    try:
+        c0 = flops.min()
+
+        def saturating(c: np.ndarray, e_inf: float, a: float, b: float) -> np.ndarray:
+            return e_inf + a * (c / c0) ** (-b)
+
+        params, _ = curve_fit(
+            saturating,
+            flops,
+            error,
+            p0=(0.5 * error.min(), error.max(), max(-slope, 0.1)),
+            bounds=([0.0, 0.0, 0.0], [1.0, np.inf, 10.0]),
+            maxfev=20000,
+        )
+        out["saturating"] = {
+            "e_inf": float(params[0]),
+            "a": float(params[1]),
+            "b": float(params[2]),
+        }
+    except (RuntimeError, ValueError) as err:  # no convergence: say so rather than guess
+        out["saturating"] = {"error": str(err)}
+    return out
+
+
+def scaling_fits(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One power-law fit per finished trial, on its logged (cumulative FLOPs, percent error)."""
+    fits = []
+    for r in _finished(rows):
+        records = read_metrics(sweep_dir / "trials" / r["trial"] / "metrics.jsonl")
+        pts = np.array(
+            [(m["flops"], m["percent_error"]) for m in records if "flops" in m and "loss" in m],
+            dtype=float,
+        )
+        if len(pts) < 4:
+            continue
+        keep = (pts[:, 0] >= FIT_START * pts[-1, 0]) & (pts[:, 1] > 0)
+        fit = fit_power_law(pts[keep, 0], pts[keep, 1])
+        fits.append(
+            {
+                **{k: r[k] for k in ("trial", "P", "D", "K", "seed")},
+                "diagonal": r["P"] == r["D"],
+                "initial_error": float(pts[0, 1]),
+                "curve": pts.tolist(),
+                **fit,
+            }
+        )
+    return fits
+
+
+def _scaling_table(fits: list[dict[str, Any]]) -> str:
+    lines = [
+        f"Power laws E = a·C^(-b) fitted over the FLOPs after the first {FIT_START:.0%} of each "
+        "run (log-log least squares; 95% bootstrap interval of b).",
+        "",
+        "| K | P = D | trials | mean b | median R² | mean initial error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in sorted({f["K"] for f in fits}):
+        for diag in (True, False):
+            sel = [f for f in fits if f["K"] == k and f["diagonal"] == diag]
+            if not sel:
+                continue
+            lines.append(
+                f"| {k} | {'yes' if diag else 'no'} | {len(sel)} | "
+                f"{np.mean([f['exponent'] for f in sel]):.3f} | "
+                f"{np.median([f['r2'] for f in sel]):.3f} | "
+                f"{100 * np.mean([f['initial_error'] for f in sel]):.1f}% |"
+            )
+    lines += ["", "| P | D | K | b | 95% | R² | E∞ (saturating) |", "|---|---|---|---|---|---|---|"]
+    for f in fits:
+        sat = f["saturating"].get("e_inf")
+        lines.append(
+            f"| {f['P']} | {f['D']} | {f['K']} | {f['exponent']:.3f} | "
+            f"[{f['exponent_95'][0]:.3f}, {f['exponent_95'][1]:.3f}] | {f['r2']:.3f} | "
+            f"{'-' if sat is None else f'{100 * sat:.1f}%'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(sweep_dir: str | Path) -> list[Path]:
+    """Write the figures and their data into ``sweep_dir/figures``; returns the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep_dir = Path(sweep_dir)
+    rows = json.loads((sweep_dir / "summary.json").read_text())
+    out = sweep_dir / "figures"
+    out.mkdir(exist_ok=True)
+    tables = double_descent_tables(rows)
+    if not tables:
+        raise ValueError(f"{sweep_dir}: no finished trial with a percent error to plot")
+    write_json(out / "double_descent.json", tables)
+    written = [out / "double_descent.json"]
+
+    ks = sorted(tables, key=int)
+    fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], ks, strict=True):
+        t = tables[k]
+        colours = plt.cm.viridis(np.linspace(0, 0.9, len(t["D"])))
+        for j, d in enumerate(t["D"]):
+            ys = [t["percent_error"][i][j] for i in range(len(t["P"]))]
+            ax.plot(
+                t["P"],
+                [100 * y if y is not None else np.nan for y in ys],
+                "o-",
+                color=colours[j],
+                ms=3,
+                label=f"D = {d}",
+            )
+            if d in t["P"] and ys[t["P"].index(d)] is not None:
+                ax.plot(d, 100 * ys[t["P"].index(d)], "*", color=colours[j], ms=12, mec="k")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("number of manifolds P (batch size)")
+        ax.set_ylabel("pretraining percent error (%)")
+        ax.set_title(f"K = {k} views (★: P = D)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle("MMCR pretraining percent error against P, one line per embedding dimension D")
+    fig.tight_layout()
+    fig.savefig(out / "fig3_double_descent.png", dpi=120)
+    plt.close(fig)
+    written.append(out / "fig3_double_descent.png")
+
+    fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.8), squeeze=False)
+    for ax, k in zip(axes[0], ks, strict=True):
+        t = tables[k]
+        grid = np.array(
+            [[np.nan if v is None else 100 * v for v in row] for row in t["percent_error"]]
+        )
+        im = ax.imshow(grid, origin="lower", cmap="magma")
+        ax.set_xticks(range(len(t["D"])), t["D"])
+        ax.set_yticks(range(len(t["P"])), t["P"])
+        ax.set_xlabel("embedding dimension D")
+        ax.set_ylabel("number of manifolds P")
+        ax.set_title(f"K = {k}: percent error (%)")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(out / "fig3_heatmap.png", dpi=120)
+    plt.close(fig)
+    written.append(out / "fig3_heatmap.png")
+
+    fits = scaling_fits(sweep_dir, rows)
+    if fits:
+        write_json(
+            out / "scaling.json", [{k: v for k, v in f.items() if k != "curve"} for f in fits]
+        )
+        (out / "scaling.md").write_text(_scaling_table(fits))
+        written += [out / "scaling.json", out / "scaling.md"]
+        written.append(_plot_scaling(fits, out / "fig4_scaling.png", plt))
+    return written
+
+
+def _plot_scaling(fits: list[dict[str, Any]], path: Path, plt: Any) -> Path:
+    ps = sorted({f["P"] for f in fits})
+    ds = sorted({f["D"] for f in fits})
+    fig, axes = plt.subplots(
+        len(ps),
+        len(ds),
+        figsize=(2.2 * len(ds), 1.9 * len(ps)),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+    )
+    colours = {k: plt.cm.tab10(i) for i, k in enumerate(sorted({f["K"] for f in fits}))}
+    for f in fits:
+        ax = axes[ps.index(f["P"])][ds.index(f["D"])]
+        c = np.array(f["curve"])
+        ax.loglog(c[:, 0], c[:, 1], color=colours[f["K"]], lw=1, label=f"K = {f['K']}")
+        lo, hi = f["flops_range"]
+        xs = np.geomspace(lo, hi, 20)
+        ax.loglog(xs, f["prefactor"] * xs ** (-f["exponent"]), "--", color=colours[f["K"]], lw=0.8)
+        ax.set_title(f"P={f['P']} D={f['D']}" + (" (P = D)" if f["diagonal"] else ""), fontsize=7)
+        if f["diagonal"]:
+            for side in ax.spines.values():
+                side.set_edgecolor("red")
+    for ax in axes[-1]:
+        ax.set_xlabel("training FLOPs", fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("percent error", fontsize=7)
+    axes[0][-1].legend(fontsize=6)
+    fig.suptitle("Percent error against compute; dashed: power-law fits (red frame: P = D)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+PROBE_PANELS = (
+    ("percent_error", "percent error"),
+    ("effective_rank", "effective rank"),
+    ("alignment", "alignment E‖u−u⁺‖²"),
+    ("uniformity", "uniformity log E e^(−2‖u−v‖²)"),
+    ("neighbours", "CLAMP neighbours per sub-manifold"),
+    ("size", "CLAMP sub-manifold size"),
+    ("capacity", "mean-field capacity α"),
+    ("radius", "manifold radius"),
+    ("dimension", "manifold dimension"),
+    ("knn_accuracy", "kNN accuracy"),
+)
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """A run's probes (``probes.every_steps``) against step: every ``probe/`` metric, and CLAMP's
+    dynamics (neighbours, size against epoch; pair-distance histograms at the first and last
+    probe, Fig. 3c). Figures and ``probes.json`` into ``run_dir/figures``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    probes = [r for r in read_metrics(run_dir / "metrics.jsonl") if "probe/seconds" in r]
+    if not probes:
+        raise ValueError(f"{run_dir} has no probe records; pretrain with --probes.every_steps=N")
+    out = run_dir / "figures"
+    out.mkdir(exist_ok=True)
+    write_json(out / "probes.json", probes)
+    panels = [(k, label) for k, label in PROBE_PANELS if f"probe/{k}" in probes[0]]
+    cols = 4
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    steps = [r["step"] for r in probes]
+    for ax, (key, label) in zip(list(axes.flat)[: len(panels)], panels, strict=True):
+        ax.plot(steps, [r[f"probe/{key}"] for r in probes], "o-", ms=3)
+        ax.set_xlabel("training step")
+        ax.set_title(label, fontsize=9)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.suptitle(f"probes of {run_dir.name} (fixed validation images and views)")
+    fig.tight_layout()
+    fig.savefig(out / "probes.png", dpi=110)
+    plt.close(fig)
+
+    hists = read_metrics(run_dir / "probes" / "pair_distances.jsonl")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    epochs = [r["epoch"] for r in probes]
+    axes[0].plot(epochs, [r["probe/neighbours"] for r in probes], "o-", ms=3)
+    axes[0].set(xlabel="epoch", ylabel="neighbours per sub-manifold", title="(a) neighbours")
+    axes[1].plot(epochs, [r["probe/size"] for r in probes], "o-", ms=3)
+    axes[1].set(xlabel="epoch", ylabel="sub-manifold size", title="(b) size")
+    for rec, name in ((hists[0], "first probe"), (hists[-1], "last probe")) if hists else ():
+        counts = np.array(rec["counts"])
+        lo, hi = rec["edges"]
+        edges = np.linspace(lo, hi, len(counts) + 1)
+        axes[2].stairs(counts / max(counts.sum(), 1), edges, label=f"{name} (step {rec['step']})")
+    axes[2].set(
+        xlabel="distance between normalised embeddings",
+        ylabel="fraction of pairs",
+        title="(c) pair distances",
+    )
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "clamp_dynamics.png", dpi=110)
+    plt.close(fig)
+    written = [out / "probes.json", out / "probes.png", out / "clamp_dynamics.png"]
+    groups = [
+        g
+        for g in ("all", "first", "last", "shuffled")
+        if f"probe/coherence/{g}/within" in probes[0]
+    ]
+    if groups:
+        fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3.0), squeeze=False)
+        for ax, group in zip(axes[0], groups, strict=True):
+            for side, style in (("within", "o-"), ("across", "s--")):
+                ax.plot(
+                    steps,
+                    [r[f"probe/coherence/{group}/{side}"] for r in probes],
+                    style,
+                    ms=3,
+                    label=f"{side} class",
+                )
+            title = {
+                "all": "all parameters",
+                "first": "first layer",
+                "last": "last layer",
+                "shuffled": "control: shuffled labels",
+            }[group]
+            ax.set(xlabel="training step", ylabel="gradient cosine", title=title)
+            ax.legend(fontsize=8)
+        fig.suptitle("gradient coherence (Yerxa et al. Fig. 3)")
+        fig.tight_layout()
+        fig.savefig(out / "coherence.png", dpi=110)
+        plt.close(fig)
+        written.append(out / "coherence.png")
+    return written

@@ -1,0 +1,353 @@
+"""Sweeps: a grid of config values, one ordinary run directory per trial, resumable.
+
+A sweep spec (YAML, or the name of a packaged one in ``configs/sweeps/``)::
+
+    recipe: digits_mmcr            # the base recipe
+    overrides: {train.max_steps: 300, train.epochs: 100000}
+    grid: {P: [16, 32, 64], D: [16, 32, 64], K: [2, 4]}
+    seeds: [0]
+    evaluate: false                # kNN + linear probe after each trial
+
+Grid keys are dotted config keys or the aliases of Schaeffer et al.: ``P`` the global batch
+(``train.batch_size``), ``K`` the views per image (``views.num_views``) and ``D`` the embedding
+dimension (the last width of ``model.projector``, the hidden widths kept).
+
+Each trial's directory is ``DIR/trials/<hash>``, the hash of its resolved config (the output
+paths and the thread count excluded), so the same point of the same sweep always lands in the
+same place. Running a sweep again skips trials that finished (``done.json``), resumes those with
+a checkpoint exactly where they stopped, and starts the rest. Launchers: a local process pool
+(``workers`` processes sharing the cores) or Slurm through submitit (``pip install
+manifold-ssl[slurm]``), whose requeued jobs resume the same way.
+
+Written here rather than with a sweep framework (Hydra's multirun, W&B sweeps): the trials must
+be this package's run directories with its exact resume, and the summary must know P, D, K and
+the FLOPs of the training loop.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from ..config import Config, config_from_dict, config_to_dict, load_recipe
+from ..runinfo import read_metrics, run_metadata, write_json
+
+__all__ = [
+    "SWEEP_DIR",
+    "SweepSpec",
+    "Trial",
+    "expand",
+    "load_spec",
+    "run_sweep",
+    "summarise",
+    "sweep_status",
+]
+
+SWEEP_DIR = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
+ALIASES = {"P": "train.batch_size", "K": "views.num_views"}
+TrialArgs = tuple[dict[str, Any], str, bool]  # run_trial's (config dict, directory, evaluate)
+#: Keys that say where and how fast a trial runs, not what it computes: not in its hash.
+UNHASHED = (("data", "root"), ("train", "out_dir"), ("train", "name"), ("train", "num_threads"))
+
+
+@dataclass
+class SweepSpec:
+    recipe: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    evaluate: bool = False
+
+
+@dataclass
+class Trial:
+    point: dict[str, Any]  # the grid values (and seed) of this trial, by grid key
+    cfg: Config
+    key: str  # the hash naming its directory
+
+
+def list_sweeps() -> list[str]:
+    return sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
+
+
+def load_spec(name_or_path: str, grid_args: Sequence[str] = ()) -> SweepSpec:
+    """A spec from a YAML path or a packaged name; ``grid_args`` (``KEY=V1,V2``) replace or add
+    grid axes (``seed=0,1,2`` sets the seeds)."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SWEEP_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ValueError(
+            f"sweep {name_or_path!r} not found; expected a YAML path or one of {list_sweeps()}"
+        )
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - {"recipe", "overrides", "grid", "seeds", "evaluate"}
+    if unknown or "recipe" not in raw:
+        raise ValueError(
+            f"sweep spec {path}: needs 'recipe' and may have overrides, grid, seeds, evaluate; "
+            f"got unknown keys {sorted(unknown)}"
+        )
+    spec = SweepSpec(
+        raw["recipe"],
+        dict(raw.get("overrides") or {}),
+        {k: list(v) for k, v in (raw.get("grid") or {}).items()},
+        list(raw.get("seeds", [0])),
+        bool(raw.get("evaluate", False)),
+    )
+    for item in grid_args:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--grid {item!r} must look like KEY=V1,V2,...")
+        parsed = [yaml.safe_load(v) for v in values.split(",")]
+        if key == "seed":
+            spec.seeds = [int(v) for v in parsed]
+        else:
+            spec.grid[key] = parsed
+    for axis, axis_values in spec.grid.items():
+        if not isinstance(axis_values, list) or not axis_values:
+            raise ValueError(f"grid axis {axis!r} must be a non-empty list, got {axis_values!r}")
+    return spec
+
+
+def _nested(values: dict[str, Any], base: Config) -> dict[str, Any]:
+    """Dotted keys (and the aliases P, K, D) as the nested dict ``config_from_dict`` takes."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "D":
+            hidden = [w for w in base.model.projector.split("-") if w][:-1]
+            key, value = "model.projector", "-".join([*hidden, str(int(value))])
+        key = ALIASES.get(key, key)
+        section, dot, name = key.partition(".")
+        if not dot:
+            raise ValueError(f"sweep key {key!r} must be P, D, K or a dotted config key")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def trial_key(cfg: Config) -> str:
+    d = config_to_dict(cfg)
+    for section, name in UNHASHED:
+        d[section].pop(name, None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def expand(spec: SweepSpec) -> list[Trial]:
+    """Every trial of the spec, in grid order (the last axis fastest, seeds innermost)."""
+    recipe = load_recipe(spec.recipe)
+    base = config_from_dict(_nested(spec.overrides, recipe), recipe)
+    axes = list(spec.grid)
+    trials = []
+    for values in itertools.product(*(spec.grid[a] for a in axes)):
+        point = dict(zip(axes, values, strict=True))
+        for seed in spec.seeds:
+            cfg = config_from_dict(_nested({**point, "train.seed": seed}, base), base)
+            trials.append(Trial({**point, "seed": seed}, cfg, trial_key(cfg)))
+    return trials
+
+
+def _status(trial_dir: Path) -> str:
+    if (trial_dir / "done.json").exists():
+        return "done"
+    if (trial_dir / "checkpoints" / "last.pt").exists():
+        return "partial"
+    return "pending"
+
+
+def run_trial(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads: int) -> str:
+    """Run (or resume) one trial in this process; returns its status. Used by every launcher."""
+    import torch
+
+    from ..run import evaluate_run, final_percent_error, pretrain
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    cfg, path = config_from_dict(cfg_dict), Path(trial_dir)
+    if _status(path) == "done":
+        return "done"
+    if _status(path) == "partial":
+        result = pretrain(cfg, resume=path, progress=False)
+    else:
+        if path.exists():  # created, but no step was checkpointed: start over
+            shutil.rmtree(path)
+        result = pretrain(cfg, progress=False, run_dir=path)
+    if result.status not in ("finished", "max_steps"):
+        return "partial"
+    if evaluate and result.splits.num_classes >= 2:
+        extra = {"steps": result.step, "final percent error": final_percent_error(path)}
+        evaluate_run(cfg, result.method, result.splits, path, "cpu", extra, progress=False)
+    write_json(path / "done.json", {"status": result.status, "step": result.step})
+    return "done"
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: str | os.PathLike[str],
+    workers: int = 1,
+    launcher: str = "local",
+    slurm: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every unfinished trial of ``spec`` under ``out``; write and return the summary."""
+    out = Path(out)
+    trials = expand(spec)
+    (out / "trials").mkdir(parents=True, exist_ok=True)
+    write_json(out / "sweep.json", {"spec": spec.__dict__, "meta": run_metadata()})
+    todo: list[TrialArgs] = []
+    for t in trials:
+        path = out / "trials" / t.key
+        if _status(path) != "done":
+            todo.append((config_to_dict(t.cfg), str(path), spec.evaluate))
+        if not (out / "trials" / f"{t.key}.json").exists():
+            write_json(out / "trials" / f"{t.key}.json", {"point": t.point})
+    if progress:
+        print(
+            f"sweep {out}: {len(trials)} trials, {len(trials) - len(todo)} done, {len(todo)} to run"
+        )
+    if launcher == "slurm":
+        _submit_slurm(todo, out, slurm or {})
+    elif launcher == "local":
+        _run_local(todo, workers, progress)
+    else:
+        raise ValueError(f"launcher must be 'local' or 'slurm', got {launcher!r}")
+    return summarise(out)
+
+
+def _run_local(todo: list[TrialArgs], workers: int, progress: bool) -> None:
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress)
+    if workers == 1:  # in this process: Ctrl-C reaches the trial's loop, which checkpoints
+        for args in todo:
+            run_trial(*args, threads)
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(run_trial, *args, threads) for args in todo]
+            for future in as_completed(futures):
+                future.result()
+                bar.update(1)
+    bar.close()
+
+
+def slurm_executor(folder: Path, slurm: dict[str, Any]) -> Any:
+    """A submitit executor for the trials: ``slurm`` holds ``partition``, ``time`` (minutes),
+    ``gpus`` per trial, ``cpus`` per trial and ``cluster`` (``local``/``debug`` for testing)."""
+    try:
+        import submitit
+    except ImportError:
+        raise ImportError(
+            "the Slurm launcher needs submitit: pip install 'manifold-ssl[slurm]'"
+        ) from None
+    executor = submitit.AutoExecutor(folder=folder / "slurm", cluster=slurm.get("cluster"))
+    params = {
+        "timeout_min": int(slurm.get("time", 60)),
+        "gpus_per_node": int(slurm.get("gpus", 1)),
+        "cpus_per_task": int(slurm.get("cpus", 8)),
+        "tasks_per_node": 1,
+        "nodes": 1,
+        "name": "manifold-ssl-sweep",
+    }
+    if slurm.get("partition"):
+        params["slurm_partition"] = slurm["partition"]
+    executor.update_parameters(**params)
+    return executor
+
+
+class _Requeueable:
+    """A trial as a submitit checkpointable callable: on preemption or timeout submitit calls
+    ``checkpoint``, which requeues the same trial; the loop has checkpointed on SIGTERM (or its
+    last ``checkpoint_every_steps``), so the requeued job resumes exactly."""
+
+    def __init__(self, cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool) -> None:
+        self.args: TrialArgs = (cfg_dict, trial_dir, evaluate)
+
+    def __call__(self) -> str:
+        return run_trial(*self.args, 0)
+
+    def checkpoint(self) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(_Requeueable(*self.args))
+
+
+def _submit_slurm(todo: list[TrialArgs], out: Path, slurm: dict[str, Any]) -> list[Any]:
+    executor = slurm_executor(out, slurm)
+    jobs = [executor.submit(_Requeueable(*args)) for args in todo]
+    write_json(out / "jobs.json", {"job_ids": [j.job_id for j in jobs]})
+    if slurm.get("wait"):
+        for job in jobs:
+            job.result()
+    return jobs
+
+
+def _tail_mean(records: list[dict[str, Any]], key: str, fraction: float = 0.1) -> float | None:
+    values = [r[key] for r in records if key in r]
+    if not values:
+        return None
+    tail = values[-max(1, round(fraction * len(values))) :]
+    return float(sum(tail) / len(tail))
+
+
+def summarise(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """``summary.csv`` and ``summary.json``: a row per trial with its grid point, P, D, K,
+    steps, FLOPs and final metrics (``percent_error``, ``effective_rank`` and ``loss`` averaged
+    over the last 10% of logged steps; kNN and linear test accuracy where evaluated)."""
+    out = Path(out)
+    rows = []
+    for point_file in sorted((out / "trials").glob("*.json")):
+        trial_dir = point_file.with_suffix("")
+        config_file = trial_dir / "config.yaml"
+        if not config_file.exists():
+            continue
+        cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
+        records = [r for r in read_metrics(trial_dir / "metrics.jsonl") if "loss" in r]
+        row: dict[str, Any] = {
+            "trial": trial_dir.name,
+            "status": _status(trial_dir),
+            **json.loads(point_file.read_text())["point"],
+            "P": cfg.train.batch_size,
+            "D": int(cfg.model.projector.split("-")[-1]) if cfg.model.projector else None,
+            "K": cfg.views.num_views,
+            "steps": records[-1]["step"] if records else 0,
+            "flops": records[-1].get("flops") if records else None,
+        }
+        for key in ("percent_error", "effective_rank", "loss"):
+            row[key] = _tail_mean(records, key)
+        if (trial_dir / "eval.json").exists():
+            pretrained = json.loads((trial_dir / "eval.json").read_text())["results"]["pretrained"]
+            row["knn_test_accuracy"] = pretrained.get("knn_test_accuracy")
+            row["linear_test_accuracy"] = pretrained.get("linear_test_accuracy")
+        rows.append(row)
+    write_json(out / "summary.json", rows)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(out / "summary.csv.tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(out / "summary.csv.tmp", out / "summary.csv")
+    return rows
+
+
+def sweep_status(out: str | os.PathLike[str]) -> dict[str, int]:
+    """How many trials of the sweep in ``out`` are done, partial (checkpointed) or pending."""
+    out = Path(out)
+    if not (out / "sweep.json").exists():
+        raise ValueError(f"{out} is not a sweep directory (no sweep.json)")
+    counts = {"done": 0, "partial": 0, "pending": 0}
+    for point_file in (out / "trials").glob("*.json"):
+        counts[_status(point_file.with_suffix(""))] += 1
+    return counts

@@ -1,0 +1,206 @@
+"""Geometry probed during training on a fixed probe set (config section ``probes``).
+
+Every ``probes.every_steps`` steps (and at step 0 with ``probes.at_start``) the network in eval
+mode embeds a fixed set of validation images under fixed views (drawn once from the probe's own
+seed, so successive probes see identical inputs and the training RNG is untouched), and logs to
+``metrics.jsonl`` under ``probe/``:
+
+- ``percent_error`` (Schaeffer Eq. 4) and ``effective_rank`` (RankMe) of the probe set;
+- ``alignment`` E‖u − u⁺‖² over pairs of views and ``uniformity`` log E exp(−2‖u − v‖²) over
+  different images (Wang & Isola 2020, normalised embeddings);
+- CLAMP's mean ``neighbours`` and sub-manifold ``size`` (Sec. 5, Fig. 3;
+  ``probes.clamp_convention``), and the histogram of pairwise embedding distances into
+  ``probes/pair_distances.jsonl`` (Fig. 3c);
+- the mean-field ``capacity``, ``radius`` and ``dimension`` of ``probes.capacity_manifolds``
+  augmentation manifolds (Yerxa Sec. 3);
+- ``knn_accuracy`` of the probe images against ``probes.knn_bank`` training images;
+- gradient coherence (Yerxa Sec. 3.2, Fig. 3): the cosine between the objective's gradients for
+  batches of one class each, averaged within and across classes, for all parameters and the
+  first and last layers, and for batches grouped by shuffled labels (the control, where within
+  and across should agree); ``coherence/<group>/<within|across>``;
+- ``seconds``, the probe's wall time. When a probe takes more than ``probes.max_cost`` of the
+  training time since the previous one, the interval doubles, so probes cost at most that
+  fraction of training.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Config
+from .data.splits import DataSplits
+from .data.views import MultiViewAugment, preset
+from .evaluation.coherence import gradient_coherence
+from .evaluation.features import extract_features
+from .evaluation.knn import knn_accuracy
+from .geometry.capacity import manifold_capacity
+from .geometry.manifold_stats import packing_statistics
+from .geometry.spectral import effective_rank, percent_error
+from .methods import SSLMethod
+
+__all__ = ["TrainingProbe", "alignment_uniformity"]
+
+
+def alignment_uniformity(z: torch.Tensor) -> tuple[float, float]:
+    """Alignment and uniformity (Wang & Isola 2020, α = 2, t = 2) of (B, m, D) embeddings."""
+    u = F.normalize(z.double(), dim=-1)
+    b, m, _ = u.shape
+    pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+    align = torch.stack([((u[:, i] - u[:, j]) ** 2).sum(-1).mean() for i, j in pairs]).mean()
+    sq = torch.cdist(u[:, 0], u[:, 0]).pow(2)
+    off = sq[~torch.eye(b, dtype=torch.bool, device=sq.device)]
+    uniform = torch.logsumexp(-2.0 * off, dim=0) - torch.log(torch.tensor(float(off.numel())))
+    return float(align), float(uniform)
+
+
+class TrainingProbe:
+    """The probes of one run; the training loop asks :meth:`due` after every step."""
+
+    def __init__(self, cfg: Config, splits: DataSplits, device: torch.device, run_dir: Path):
+        p = cfg.probes
+        self.cfg, self.every, self.device = cfg, p.every_steps, device
+        self.out = run_dir / "probes" / "pair_distances.jsonl"
+        gen = torch.Generator().manual_seed(p.seed)
+        val = splits.val
+        idx = torch.randperm(len(val.labels), generator=gen)[: p.images]
+        images = val.images[idx]
+        self.labels = val.labels[idx]
+        aug = MultiViewAugment(preset(cfg.views.preset), p.views or cfg.views.num_views)
+        self.views = aug(images, gen).to(device)  # fixed: drawn once
+        self.images = images
+        spec = preset(cfg.views.preset)[0]
+        self.mean, self.std = spec.mean, spec.std
+        bank = torch.randperm(len(splits.train.labels), generator=gen)[: p.knn_bank]
+        self.bank_images, self.bank_labels = splits.train.images[bank], splits.train.labels[bank]
+        self.num_classes = splits.num_classes
+        self.next_step = 0 if p.at_start else self.every
+        self.last_time: float | None = None
+        self.last_step = 0
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step >= self.next_step
+
+    @torch.no_grad()
+    def __call__(self, method: SSLMethod, step: int) -> dict[str, float]:
+        start = time.perf_counter()
+        was_training = method.training
+        method.eval()
+        _, _, z = method(self.views)
+        method.train(was_training)
+        out = self._geometry(z.float().cpu())
+        if self.cfg.probes.coherence and self.num_classes > 1:
+            method.eval()
+            out.update(self._coherence(method))
+            method.train(was_training)
+        if self.cfg.probes.knn_bank and self.num_classes > 1:
+            out["knn_accuracy"] = self._knn(method.backbone)
+        self._write_distances(z, step)
+        seconds = time.perf_counter() - start
+        out["seconds"] = seconds
+        self._schedule(step, seconds)
+        return {f"probe/{k}": v for k, v in out.items()}
+
+    def _geometry(self, z: torch.Tensor) -> dict[str, float]:
+        zn = F.normalize(z, dim=-1)
+        align, uniform = alignment_uniformity(z)
+        packing = packing_statistics(z, convention=self.cfg.probes.clamp_convention)
+        out = {
+            "percent_error": float(percent_error(zn.mean(dim=1))),
+            "effective_rank": float(effective_rank(zn[:, 0])),
+            "alignment": align,
+            "uniformity": uniform,
+            "neighbours": float(packing["neighbours"].mean()),
+            "size": float(packing["size"].mean()),
+        }
+        n = self.cfg.probes.capacity_manifolds
+        if n and z.shape[1] > 1:
+            cap = manifold_capacity(zn[:n].double().numpy(), n_t=50, seed=self.cfg.probes.seed)
+            out.update(capacity=cap.capacity, radius=cap.radius, dimension=cap.dimension)
+        return out
+
+    def _coherence(
+        self, method: SSLMethod, per_batch: int = 8, classes: int = 4
+    ) -> dict[str, float]:
+        """Two batches of ``per_batch`` probe images for each of ``classes`` classes (fixed
+        views); the control regroups the same images under a fixed permutation of labels."""
+        labels = self.labels.tolist()
+        chosen = [c for c in sorted(set(labels)) if labels.count(c) >= 2 * per_batch][:classes]
+        if len(chosen) < 2:
+            return {}
+        idx = {c: [i for i, y in enumerate(labels) if y == c][: 2 * per_batch] for c in chosen}
+        order = [i for c in chosen for i in idx[c]]
+        true = [
+            (c, order[k * per_batch : (k + 1) * per_batch])
+            for k, c in enumerate(c for c in chosen for _ in range(2))
+        ]
+        gen = torch.Generator().manual_seed(self.cfg.probes.seed)
+        shuffled = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
+        control = [
+            (c, shuffled[k * per_batch : (k + 1) * per_batch]) for k, (c, _) in enumerate(true)
+        ]
+        names = [n for n, p in method.named_parameters() if p.requires_grad]
+        layers = {"first": names[0].rsplit(".", 1)[0], "last": names[-1].rsplit(".", 1)[0]}
+        out = {}
+        with torch.enable_grad():
+            for name, groups in (("true", true), ("shuffled", control)):
+                batches = [(c, self.views[torch.tensor(ix)]) for c, ix in groups]
+                res = gradient_coherence(
+                    method,
+                    lambda v: method(v)[0],
+                    batches,
+                    layers=list(layers.values()) if name == "true" else (),
+                )
+                for group, values in res.items():
+                    label = {v: k for k, v in layers.items()}.get(group, group)
+                    tag = label if name == "true" else "shuffled"
+                    for side, value in values.items():
+                        out[f"coherence/{tag}/{side}"] = value
+        return out
+
+    def _knn(self, backbone: nn.Module) -> float:
+        feats = [
+            extract_features(backbone, x, self.mean, self.std, device=self.device)
+            for x in (self.bank_images, self.images)
+        ]
+        k = min(self.cfg.eval.knn_k, len(self.bank_labels))
+        return knn_accuracy(
+            feats[0],
+            self.bank_labels,
+            feats[1],
+            self.labels,
+            self.num_classes,
+            k,
+            self.cfg.eval.knn_temperature,
+        )
+
+    def _write_distances(self, z: torch.Tensor, step: int) -> None:
+        u = F.normalize(z[:, 0].float(), dim=-1)
+        d = torch.pdist(u.cpu())
+        counts = torch.histc(d, bins=40, min=0.0, max=2.0)
+        self.out.parent.mkdir(exist_ok=True)
+        with open(self.out, "a") as f:
+            f.write(
+                json.dumps({"step": step, "edges": [0.0, 2.0], "counts": counts.tolist()}) + "\n"
+            )
+
+    def _schedule(self, step: int, seconds: float) -> None:
+        """The next probe; the interval doubles while a probe costs more than ``max_cost`` of
+        the training time per interval (measured since the previous probe)."""
+        now = time.perf_counter()
+        if self.last_time is not None and step > self.last_step:
+            per_step = (now - seconds - self.last_time) / (step - self.last_step)
+            while seconds > self.cfg.probes.max_cost * self.every * per_step:
+                self.every *= 2
+        self.last_time, self.last_step = now, step
+        self.next_step = step + self.every
+
+    def resume_at(self, step: int) -> None:
+        """Continue a resumed run's schedule: the next multiple of the interval after ``step``."""
+        if step > 0 and self.every > 0:
+            self.next_step = (step // self.every + 1) * self.every

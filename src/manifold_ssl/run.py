@@ -1,0 +1,107 @@
+"""From a pretrained run to its results: the evaluation protocol, ``eval.json`` and the report.
+
+The CLI's ``pretrain`` and ``evaluate`` and the sweep's trials all end here, so a run evaluated
+from any of them holds the same files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import Config
+from .data.splits import DataSplits
+from .data.views import preset
+from .evaluation.features import extract_features
+from .evaluation.knn import knn_accuracy
+from .evaluation.protocol import evaluate_with_baselines
+from .evaluation.report import write_report
+from .methods import SSLMethod
+from .runinfo import read_metrics, write_json
+from .training.loop import Monitor, PretrainResult, build_method_for
+from .training.loop import pretrain as train
+
+__all__ = ["evaluate_run", "final_percent_error", "knn_monitor", "pretrain"]
+
+
+def knn_monitor(cfg: Config) -> Monitor:
+    """The training loop's monitor: kNN accuracy of the backbone on the validation split."""
+    spec = preset(cfg.views.preset)[0]
+
+    def monitor(backbone: nn.Module, splits: DataSplits, device: torch.device) -> dict[str, float]:
+        feats = [
+            extract_features(backbone, s.images, spec.mean, spec.std, device=device)
+            for s in (splits.train, splits.val)
+        ]
+        acc = knn_accuracy(
+            feats[0],
+            splits.train.labels,
+            feats[1],
+            splits.val.labels,
+            splits.num_classes,
+            cfg.eval.knn_k,
+            cfg.eval.knn_temperature,
+        )
+        return {"knn_val_accuracy": acc}
+
+    return monitor
+
+
+def pretrain(
+    cfg: Config,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    run_dir: str | Path | None = None,
+) -> PretrainResult:
+    """:func:`manifold_ssl.training.pretrain` with the kNN monitor of ``train.knn_every`` and
+    the geometry probes of ``probes`` (:mod:`manifold_ssl.probes`)."""
+    from .probes import TrainingProbe
+
+    def probes(splits: DataSplits, device: torch.device, path: Path) -> TrainingProbe:
+        return TrainingProbe(cfg, splits, device, path)
+
+    factory = probes if cfg.probes.every_steps else None
+    return train(cfg, resume, progress, run_dir, monitor=knn_monitor(cfg), probes=factory)
+
+
+def evaluate_run(
+    cfg: Config,
+    method: SSLMethod,
+    splits: DataSplits,
+    run_dir: Path,
+    device: str,
+    extra: dict[str, object],
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """kNN + linear probe of ``method``'s backbone next to the baselines, the fine-tunings of
+    ``cfg.eval.semi_supervised``; writes ``eval.json`` and ``report.md`` into ``run_dir``."""
+    torch.manual_seed(cfg.train.seed)  # the same initialisation the pretrained encoder had
+    random_encoder = build_method_for(cfg, splits.train.images.shape[1]).backbone
+    results = evaluate_with_baselines(
+        cfg, method.backbone, splits, device, random_encoder, progress=progress
+    )
+    if cfg.eval.semi_supervised:
+        from .evaluation.finetune import finetune
+
+        for fraction in cfg.eval.semi_supervised:
+            if progress:
+                print(f"fine-tuning on {fraction:g} of the labels")
+            ft = finetune(cfg, method.backbone, splits, fraction, device, seed=cfg.train.seed)
+            results[f"finetune_{fraction:g}"] = {
+                "linear_val_accuracy": ft["val_accuracy"],
+                "linear_test_accuracy": ft["test_accuracy"],
+                "labelled_images": ft["labelled_images"],
+            }
+    write_json(run_dir / "eval.json", {"results": results, **extra})
+    write_report(run_dir, results, extra)
+    return results
+
+
+def final_percent_error(run_dir: Path) -> object:
+    values = [
+        r["percent_error"] for r in read_metrics(run_dir / "metrics.jsonl") if "percent_error" in r
+    ]
+    return f"{100 * values[-1]:.2f}% (batch centroids, last logged step)" if values else "-"

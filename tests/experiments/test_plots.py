@@ -1,0 +1,111 @@
+"""Sweep figures: the double-descent tables, the power-law fits, and the files written."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import manifold_ssl
+from manifold_ssl.experiments.plots import double_descent_tables, fit_power_law, plot_sweep
+from manifold_ssl.runinfo import write_json
+
+
+def _rows(peak_on_diagonal: bool = True) -> list[dict]:
+    rows = []
+    for k in (2, 4):
+        for p in (16, 32, 64):
+            for d in (16, 32, 64):
+                err = 0.5 - 0.1 * abs(np.log2(p / d)) if peak_on_diagonal else 0.1 * np.log2(p)
+                rows.append(
+                    {
+                        "trial": f"{p}-{d}-{k}",
+                        "status": "done",
+                        "P": p,
+                        "D": d,
+                        "K": k,
+                        "seed": 0,
+                        "percent_error": err,
+                    }
+                )
+    return rows
+
+
+def test_double_descent_tables_count_peaks_on_the_diagonal():
+    t = double_descent_tables(_rows())
+    assert set(t) == {"2", "4"}
+    assert t["2"]["peaks_on_diagonal"] == {
+        "rows": 3,
+        "rows_with_diagonal": 3,
+        "columns": 3,
+        "columns_with_diagonal": 3,
+    }
+    assert t["2"]["percent_error"][1][1] == pytest.approx(0.5)
+    monotone = double_descent_tables(_rows(peak_on_diagonal=False))["4"]["peaks_on_diagonal"]
+    assert monotone["columns"] == 1 and monotone["rows"] == 1  # only P = D = 64 / the flat rows
+
+
+def test_power_law_fit_recovers_a_known_exponent():
+    rng = np.random.default_rng(0)
+    c = np.geomspace(1e9, 1e12, 60)
+    e = 3.0 * (c / 1e9) ** -0.3 * np.exp(0.02 * rng.standard_normal(60))
+    fit = fit_power_law(c, e, bootstrap=300)
+    assert fit["exponent"] == pytest.approx(0.3, abs=0.01)
+    assert fit["exponent_95"][0] < 0.3 < fit["exponent_95"][1]
+    assert fit["r2"] > 0.99
+    sat = fit_power_law(c, 0.2 + 0.5 * (c / 1e9) ** -0.5, bootstrap=10)["saturating"]
+    assert sat["e_inf"] == pytest.approx(0.2, abs=1e-3) and sat["b"] == pytest.approx(0.5, abs=1e-2)
+
+
+def test_plot_sweep_writes_figures_and_their_data(tmp_path):
+    rows = _rows()
+    for r in rows:  # a logged curve per trial: error falling as a power law of FLOPs
+        trial = tmp_path / "trials" / r["trial"]
+        trial.mkdir(parents=True)
+        lines = [
+            {
+                "step": s,
+                "loss": 0.0,
+                "flops": s * 1e9,
+                "percent_error": r["percent_error"] * s**-0.2,
+            }
+            for s in range(1, 31)
+        ]
+        (trial / "metrics.jsonl").write_text("".join(f"{json.dumps(x)}\n" for x in lines))
+    write_json(tmp_path / "summary.json", rows)
+    files = {f.name for f in plot_sweep(tmp_path)}
+    assert {
+        "fig3_double_descent.png",
+        "fig3_heatmap.png",
+        "fig4_scaling.png",
+        "scaling.json",
+        "scaling.md",
+        "double_descent.json",
+    } <= files
+    fits = json.loads((tmp_path / "figures" / "scaling.json").read_text())
+    assert len(fits) == len(rows)
+    assert all(f["exponent"] == pytest.approx(0.2, abs=1e-6) for f in fits)
+
+
+def _imports(package: Path) -> set[str]:
+    names = set()
+    for file in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module:
+                names.add(node.module.split(".")[0])
+            elif (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("manifold_ssl.")
+            ):
+                names.add(node.module.split(".")[1])
+    return names
+
+
+def test_training_and_evaluation_do_not_import_each_other():
+    root = Path(manifold_ssl.__file__).parent
+    assert "evaluation" not in _imports(root / "training")
+    assert "training" not in _imports(root / "evaluation")

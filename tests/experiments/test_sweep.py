@@ -1,0 +1,150 @@
+"""Sweeps: expansion, resumable execution after a kill, the summary, Slurm job construction."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from helpers import TINY_MODEL
+
+from manifold_ssl.experiments.sweep import (
+    _Requeueable,
+    expand,
+    load_spec,
+    run_sweep,
+    slurm_executor,
+    summarise,
+    sweep_status,
+)
+from manifold_ssl.runinfo import read_metrics
+
+
+def _spec(tmp_path: Path, steps: int = 6, grid: dict | None = None) -> Path:
+    overrides = {o[2:].split("=")[0]: yaml.safe_load(o.split("=", 1)[1]) for o in TINY_MODEL}
+    overrides.update(
+        {
+            "data.root": str(tmp_path / "data"),
+            "train.max_steps": steps,
+            "train.epochs": 1000,
+            "train.log_every": 1,
+            "train.knn_every": 0,
+            "train.checkpoint_every_steps": 2,
+        }
+    )
+    spec = {
+        "recipe": "digits_mmcr",
+        "overrides": overrides,
+        "grid": grid or {"P": [16, 32], "D": [8, 16]},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_expand_resolves_aliases_and_names_trials_by_their_config(tmp_path):
+    spec = load_spec(str(_spec(tmp_path)), ["K=2,4", "seed=0,1"])
+    trials = expand(spec)
+    assert len(trials) == 2 * 2 * 2 * 2
+    t = trials[-1]
+    assert t.point == {"P": 32, "D": 16, "K": 4, "seed": 1}
+    assert (t.cfg.train.batch_size, t.cfg.views.num_views, t.cfg.train.seed) == (32, 4, 1)
+    assert t.cfg.model.projector == "32-16"  # the hidden width kept, the last replaced
+    assert len({x.key for x in trials}) == len(trials)
+    # the key ignores where a trial runs, not what it computes
+    again = load_spec(str(_spec(tmp_path)), ["K=2,4", "seed=0,1"])
+    again.overrides["train.out_dir"] = "elsewhere"
+    assert [x.key for x in expand(again)] == [x.key for x in trials]
+    with pytest.raises(ValueError, match="KEY=V1"):
+        load_spec(str(_spec(tmp_path)), ["P"])
+    with pytest.raises(ValueError, match="not found"):
+        load_spec("no_such_sweep")
+    assert len(expand(load_spec("digits_double_descent"))) == 72
+
+
+def test_a_killed_sweep_reruns_only_its_missing_trials(tmp_path):
+    spec = _spec(tmp_path, steps=40)
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "manifold_ssl.cli", "sweep", str(spec), "--out", str(out)]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("trials/*/done.json")):
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the next trial
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {
+        p.parent.name: p.parent.joinpath("metrics.jsonl").read_bytes()
+        for p in out.glob("trials/*/done.json")
+    }
+    counts = sweep_status(out)
+    assert 1 <= counts["done"] < 4, counts
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{len(done_before)} done, {4 - len(done_before)} to run" in rerun.stdout
+    assert sweep_status(out) == {"done": 4, "partial": 0, "pending": 0}
+    for name, metrics in done_before.items():  # finished trials were not touched
+        assert (out / "trials" / name / "metrics.jsonl").read_bytes() == metrics
+    rows = json.loads((out / "summary.json").read_text())
+    assert len(rows) == 4
+    for row in rows:
+        records = [
+            r for r in read_metrics(out / "trials" / row["trial"] / "metrics.jsonl") if "loss" in r
+        ]
+        assert [r["step"] for r in records] == list(range(1, 41))  # resumed without repeats
+        assert row["steps"] == 40 and row["flops"] == records[-1]["flops"] > 0
+        assert row["percent_error"] == pytest.approx(
+            np.mean([r["percent_error"] for r in records[-4:]])
+        )
+        assert {row["P"], row["D"], row["K"]} <= {16, 32, 8, 2}
+
+
+def test_summary_and_rerun_in_process(tmp_path):
+    out = tmp_path / "sweep"
+    spec = load_spec(str(_spec(tmp_path, steps=3, grid={"P": [16], "D": [8]})))
+    rows = run_sweep(spec, out, progress=False)
+    assert [r["status"] for r in rows] == ["done"]
+    mtime = (out / "trials" / rows[0]["trial"] / "done.json").stat().st_mtime_ns
+    assert run_sweep(spec, out, progress=False) == rows
+    assert (out / "trials" / rows[0]["trial"] / "done.json").stat().st_mtime_ns == mtime
+    header = (out / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {"trial", "status", "P", "D", "K", "seed", "steps", "flops", "percent_error"} <= set(
+        header
+    )
+    assert summarise(out) == rows
+
+
+def test_slurm_job_construction(tmp_path, monkeypatch):
+    import submitit
+    from submitit.slurm.slurm import SlurmExecutor
+
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    ex = slurm_executor(tmp_path, {"partition": "gpu", "time": 30, "gpus": 2, "cpus": 6})
+    script = ex._executor._make_submission_file_text("python -m job", "uid")
+    for line in (
+        "--partition=gpu",
+        "--time=30",
+        "--gpus-per-node=2",
+        "--cpus-per-task=6",
+        "--signal=USR2@",
+    ):
+        assert line in script, line
+    # the trial itself, through submitit's in-process executor, and its requeue on preemption
+    out = tmp_path / "sweep"
+    trial = expand(load_spec(str(_spec(tmp_path, steps=2, grid={"P": [16], "D": [8]}))))[0]
+    from manifold_ssl.config import config_to_dict
+
+    task = _Requeueable(config_to_dict(trial.cfg), str(out / trial.key), False)
+    debug = slurm_executor(tmp_path, {"cluster": "debug"})
+    assert debug.submit(task).result() == "done"
+    again = task.checkpoint()
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    assert again.function.args == task.args

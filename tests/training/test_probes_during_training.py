@@ -1,0 +1,82 @@
+"""Geometry probes during training: they leave training untouched, measure what they say,
+keep to their cost budget, and continue their schedule across a resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from manifold_ssl import probes as probes_module
+from manifold_ssl.geometry.manifold_stats import packing_statistics
+from manifold_ssl.probes import TrainingProbe, alignment_uniformity
+from manifold_ssl.run import pretrain
+from manifold_ssl.runinfo import read_metrics
+
+
+def _records(run_dir):
+    return read_metrics(run_dir / "metrics.jsonl")
+
+
+def test_probes_leave_the_training_trajectory_unchanged(tiny_cfg):
+    plain = pretrain(tiny_cfg("--train.max_steps=8"), progress=False)
+    probed = pretrain(
+        tiny_cfg("--train.max_steps=8", "--probes.every_steps=2", "--probes.knn_bank=100"),
+        progress=False,
+    )
+    loss = lambda run: [(r["step"], r["loss"]) for r in _records(run.run_dir) if "loss" in r]  # noqa: E731
+    assert loss(probed) == loss(plain)
+    probes = [r for r in _records(probed.run_dir) if "probe/seconds" in r]
+    steps = [r["step"] for r in probes]
+    assert steps[0] == 0 and steps == sorted(set(steps))
+    gaps = np.diff(steps)
+    assert all(g % 2 == 0 for g in gaps) and list(gaps) == sorted(gaps)  # only ever doubled
+    for key in ("percent_error", "effective_rank", "alignment", "uniformity", "neighbours",
+                "size", "capacity", "radius", "dimension", "knn_accuracy"):
+        assert all(np.isfinite(r[f"probe/{key}"]) for r in probes), key
+    hists = read_metrics(probed.run_dir / "probes" / "pair_distances.jsonl")
+    assert [h["step"] for h in hists] == steps and all(len(h["counts"]) == 40 for h in hists)
+
+
+def test_alignment_and_uniformity_match_their_definitions(gen):
+    z = torch.randn(12, 3, 5, generator=gen, dtype=torch.float64)
+    align, uniform = alignment_uniformity(z)
+    u = z / z.norm(dim=-1, keepdim=True)
+    pos = [((u[b, i] - u[b, j]) ** 2).sum() for b in range(12) for i in range(3) for j in range(i + 1, 3)]
+    neg = [torch.exp(-2 * ((u[a, 0] - u[b, 0]) ** 2).sum()) for a in range(12) for b in range(12) if a != b]
+    assert align == pytest.approx(float(torch.stack(pos).mean()))
+    assert uniform == pytest.approx(float(torch.log(torch.stack(neg).mean())))
+
+
+def test_packing_statistics_conventions(gen):
+    z = torch.randn(20, 4, 6, generator=gen)
+    paper = packing_statistics(z, r_s=2.0, convention="paper")
+    code = packing_statistics(z, r_s=2.0, convention="code")
+    np.testing.assert_allclose(paper["radius"], 2.0 * paper["size"], rtol=1e-6)
+    # the code's count: reach s_i + s_j (no r_s), itself included
+    zt = torch.nn.functional.normalize(z - z.reshape(80, -1).mean(0), dim=-1)
+    q = zt.mean(1)
+    s = torch.as_tensor(code["size"])
+    expected = (torch.cdist(q, q) < s[:, None] + s[None]).sum(1).numpy()
+    np.testing.assert_array_equal(code["neighbours"], expected)
+    assert (code["neighbours"] >= 1).all()
+    with pytest.raises(ValueError, match="convention"):
+        packing_statistics(z, convention="other")
+
+
+def test_the_interval_doubles_until_probes_cost_at_most_their_budget(tiny_cfg, monkeypatch, tmp_path):
+    from manifold_ssl.data.splits import load_splits
+
+    cfg = tiny_cfg("--probes.every_steps=10", "--probes.max_cost=0.1")
+    splits = load_splits(cfg.data.name, cfg.data.root, None, cfg.data.val_fraction, 0)
+    probe = TrainingProbe(cfg, splits, torch.device("cpu"), tmp_path)
+    clock = iter([100.0, 230.0])  # the probe at step 0 ends at t = 100, the next at t = 230
+    monkeypatch.setattr(probes_module.time, "perf_counter", lambda: next(clock))
+    probe._schedule(0, seconds=5.0)
+    assert probe.next_step == 10
+    # steps 1-10 took 230 - 100 - 30 = 100 s, 10 s each; a 30 s probe within 10% of training
+    # needs >= 30 steps between probes: the interval doubles from 10 to 40
+    probe._schedule(10, seconds=30.0)
+    assert probe.every == 40 and probe.next_step == 50
+    probe.resume_at(57)
+    assert probe.next_step == 80
