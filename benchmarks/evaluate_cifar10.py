@@ -19,7 +19,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 from manifold_ssl.config import apply_overrides, config_from_dict, load_recipe
@@ -68,7 +67,6 @@ def main() -> None:
     timings: dict[str, float] = {"load data": time.perf_counter() - start}
     method = build_method_for(cfg, splits.train.images.shape[1])
     method.load_state_dict(state["model"])
-    torch.manual_seed(cfg.train.seed)
     encoders = {
         "pretrained": method.backbone,
         "random_init": build_method_for(cfg, splits.train.images.shape[1]).backbone,

@@ -78,7 +78,7 @@ def evaluate_run(
 ) -> dict[str, dict[str, Any]]:
     """kNN + linear probe of ``method``'s backbone next to the baselines, the fine-tunings of
     ``cfg.eval.semi_supervised``; writes ``eval.json`` and ``report.md`` into ``run_dir``."""
-    torch.manual_seed(cfg.train.seed)  # the same initialisation the pretrained encoder had
+    # the same initialisation the pretrained encoder had
     random_encoder = build_method_for(cfg, splits.train.images.shape[1]).backbone
     results = evaluate_with_baselines(
         cfg, method.backbone, splits, device, random_encoder, progress=progress

@@ -263,3 +263,18 @@ def test_the_loop_reads_in_short_functions():
         if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > 60
     }
     assert not long, long
+
+
+def test_models_are_built_from_their_own_seed_without_touching_the_global_rng(tiny_cfg):
+    from manifold_ssl.training.loop import build_method_for
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = build_method_for(tiny_cfg(), 1)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(999)
+    b = build_method_for(tiny_cfg(), 1)
+    c = build_method_for(tiny_cfg(), 1, seed=1)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)

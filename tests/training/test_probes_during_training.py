@@ -31,8 +31,18 @@ def test_probes_leave_the_training_trajectory_unchanged(tiny_cfg):
     assert steps[0] == 0 and steps == sorted(set(steps))
     gaps = np.diff(steps)
     assert all(g % 2 == 0 for g in gaps) and list(gaps) == sorted(gaps)  # only ever doubled
-    for key in ("percent_error", "effective_rank", "alignment", "uniformity", "neighbours",
-                "size", "capacity", "radius", "dimension", "knn_accuracy"):
+    for key in (
+        "percent_error",
+        "effective_rank",
+        "alignment",
+        "uniformity",
+        "neighbours",
+        "size",
+        "capacity",
+        "radius",
+        "dimension",
+        "knn_accuracy",
+    ):
         assert all(np.isfinite(r[f"probe/{key}"]) for r in probes), key
     hists = read_metrics(probed.run_dir / "probes" / "pair_distances.jsonl")
     assert [h["step"] for h in hists] == steps and all(len(h["counts"]) == 40 for h in hists)
@@ -42,8 +52,18 @@ def test_alignment_and_uniformity_match_their_definitions(gen):
     z = torch.randn(12, 3, 5, generator=gen, dtype=torch.float64)
     align, uniform = alignment_uniformity(z)
     u = z / z.norm(dim=-1, keepdim=True)
-    pos = [((u[b, i] - u[b, j]) ** 2).sum() for b in range(12) for i in range(3) for j in range(i + 1, 3)]
-    neg = [torch.exp(-2 * ((u[a, 0] - u[b, 0]) ** 2).sum()) for a in range(12) for b in range(12) if a != b]
+    pos = [
+        ((u[b, i] - u[b, j]) ** 2).sum()
+        for b in range(12)
+        for i in range(3)
+        for j in range(i + 1, 3)
+    ]
+    neg = [
+        torch.exp(-2 * ((u[a, 0] - u[b, 0]) ** 2).sum())
+        for a in range(12)
+        for b in range(12)
+        if a != b
+    ]
     assert align == pytest.approx(float(torch.stack(pos).mean()))
     assert uniform == pytest.approx(float(torch.log(torch.stack(neg).mean())))
 
@@ -64,7 +84,9 @@ def test_packing_statistics_conventions(gen):
         packing_statistics(z, convention="other")
 
 
-def test_the_interval_doubles_until_probes_cost_at_most_their_budget(tiny_cfg, monkeypatch, tmp_path):
+def test_the_interval_doubles_until_probes_cost_at_most_their_budget(
+    tiny_cfg, monkeypatch, tmp_path
+):
     from manifold_ssl.data.splits import load_splits
 
     cfg = tiny_cfg("--probes.every_steps=10", "--probes.max_cost=0.1")

@@ -59,18 +59,22 @@ class PretrainResult:
     ctx: DistContext  # this process's rank; the process group is gone when it returns
 
 
-def build_method_for(cfg: Config, in_channels: int) -> SSLMethod:
-    backbone = build_backbone(
-        cfg.model.backbone, in_channels, cfg.model.small_images, cfg.model.width
-    )
-    return build_method(
-        cfg.method.name,
-        backbone,
-        cfg.model.projector,
-        predictor=cfg.model.predictor,
-        momentum=cfg.method.momentum,
-        loss_kwargs=cfg.method.loss,
-    )
+def build_method_for(cfg: Config, in_channels: int, seed: int | None = None) -> SSLMethod:
+    """``cfg``'s method, initialised from ``seed`` (default ``train.seed``) in a forked RNG:
+    the same weights on every call, and the caller's global RNG state left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed if seed is None else seed)
+        backbone = build_backbone(
+            cfg.model.backbone, in_channels, cfg.model.small_images, cfg.model.width
+        )
+        return build_method(
+            cfg.method.name,
+            backbone,
+            cfg.model.projector,
+            predictor=cfg.model.predictor,
+            momentum=cfg.method.momentum,
+            loss_kwargs=cfg.method.loss,
+        )
 
 
 class _StopFlag:
@@ -190,7 +194,6 @@ class _Trainer:
         local = batch // ctx.world_size
         self.lo, self.hi = ctx.rank * local, (ctx.rank + 1) * local
         self.aug = MultiViewAugment(preset(cfg.views.preset), cfg.views.num_views)
-        torch.manual_seed(cfg.train.seed)
         self.method = build_method_for(cfg, self.images.shape[1]).to(self.device)
         self.model: nn.Module = self.method
         if ctx.world_size > 1:
