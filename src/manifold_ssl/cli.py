@@ -7,16 +7,10 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__
-
-if TYPE_CHECKING:
-    from .config import Config
-    from .data.splits import DataSplits
-    from .methods import SSLMethod
 
 
 def _positive_int(text: str) -> int:
@@ -111,18 +105,9 @@ def _print_results(results: dict[str, dict[str, object]]) -> None:
         )
 
 
-def _evaluate_and_report(
-    cfg: Config,
-    method: SSLMethod,
-    splits: DataSplits,
-    run_dir: Path,
-    device: str,
-    extra: dict[str, object],
-    progress: bool = True,
+def _print_run(
+    results: dict[str, dict[str, object]], extra: dict[str, object], run_dir: Path
 ) -> None:
-    from .run import evaluate_run
-
-    results = evaluate_run(cfg, method, splits, run_dir, device, extra, progress)
     _print_results(results)
     for key, value in extra.items():
         print(f"{key}: {value}")
@@ -135,7 +120,7 @@ def _evaluate_and_report(
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import apply_overrides, config_from_dict, load_recipe
-    from .run import final_percent_error, pretrain
+    from .run import evaluate_run, final_percent_error, pretrain
     from .training.distributed import resolve_device, teardown_distributed
 
     if args.resume:
@@ -183,9 +168,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         "steps": result.step,
         "final percent error": final_percent_error(result.run_dir),
     }
-    _evaluate_and_report(
-        cfg, result.method, result.splits, result.run_dir, device, extra, progress=not args.quiet
+    results = evaluate_run(
+        cfg, result.method, result.splits, result.run_dir, device, extra, not args.quiet
     )
+    _print_run(results, extra, result.run_dir)
     return 0
 
 
@@ -194,7 +180,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .config import apply_overrides, config_from_dict
     from .data.splits import load_splits
-    from .run import final_percent_error
+    from .run import evaluate_run, final_percent_error
     from .training.checkpoint import load_checkpoint
     from .training.distributed import DistContext, resolve_device
     from .training.loop import build_method_for
@@ -229,7 +215,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "checkpoint": args.checkpoint,
         "final percent error": final_percent_error(run_dir),
     }
-    _evaluate_and_report(cfg, method, splits, run_dir, device, extra, progress=not args.quiet)
+    results = evaluate_run(cfg, method, splits, run_dir, device, extra, not args.quiet)
+    _print_run(results, extra, run_dir)
     return 0
 
 

@@ -393,23 +393,32 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
-def load_recipe(name_or_path: str | None) -> Config:
-    """Defaults updated by a recipe: a path to a YAML file, or the name of a packaged recipe."""
-    if name_or_path is None:
-        return config_from_dict({})
+def read_packaged_yaml(
+    name_or_path: str, folder: Path, what: str, available: list[str]
+) -> tuple[Path, dict[str, Any]]:
+    """A YAML mapping from a path, or the packaged ``folder/<name>.yaml``; ``what`` names it in
+    errors (a missing file lists ``available``, a syntax error gives the parser's message)."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = RECIPE_DIR / f"{name_or_path}.yaml"
+        path = folder / f"{name_or_path}.yaml"
     if not path.exists():
         raise ValueError(
-            f"recipe {name_or_path!r} not found; expected a YAML path or one of {list_recipes()}"
+            f"{what} {name_or_path!r} not found; expected a YAML path or one of {available}"
         )
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"recipe {path} is not valid YAML: {err}") from None
+        raise ValueError(f"{what} {path} is not valid YAML: {err}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"recipe {path} must be a mapping of sections")
+        raise ValueError(f"{what} {path} must be a mapping")
+    return path, values
+
+
+def load_recipe(name_or_path: str | None) -> Config:
+    """Defaults updated by a recipe: a path to a YAML file, or the name of a packaged recipe."""
+    if name_or_path is None:
+        return config_from_dict({})
+    _, values = read_packaged_yaml(name_or_path, RECIPE_DIR, "recipe", list_recipes())
     return config_from_dict(values)
 
 

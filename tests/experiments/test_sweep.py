@@ -27,7 +27,7 @@ from manifold_ssl.experiments.sweep import (
 from manifold_ssl.runinfo import read_metrics
 
 
-def _spec(tmp_path: Path, steps: int = 6, grid: dict | None = None) -> Path:
+def _spec(tmp_path: Path, steps: int = 6, grid: dict | None = None, evaluate=False) -> Path:
     overrides = {o[2:].split("=")[0]: yaml.safe_load(o.split("=", 1)[1]) for o in TINY_MODEL}
     overrides.update(
         {
@@ -44,6 +44,7 @@ def _spec(tmp_path: Path, steps: int = 6, grid: dict | None = None) -> Path:
         "overrides": overrides,
         "grid": grid or {"P": [16, 32], "D": [8, 16]},
     }
+    spec["evaluate"] = evaluate
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -109,9 +110,10 @@ def test_a_killed_sweep_reruns_only_its_missing_trials(tmp_path):
 
 def test_summary_and_rerun_in_process(tmp_path):
     out = tmp_path / "sweep"
-    spec = load_spec(str(_spec(tmp_path, steps=3, grid={"P": [16], "D": [8]})))
+    spec = load_spec(str(_spec(tmp_path, steps=3, grid={"P": [16], "D": [8]}, evaluate=True)))
     rows = run_sweep(spec, out, progress=False)
     assert [r["status"] for r in rows] == ["done"]
+    assert 0.1 < rows[0]["knn_test_accuracy"] <= 1 and 0.1 < rows[0]["linear_test_accuracy"] <= 1
     mtime = (out / "trials" / rows[0]["trial"] / "done.json").stat().st_mtime_ns
     assert run_sweep(spec, out, progress=False) == rows
     assert (out / "trials" / rows[0]["trial"] / "done.json").stat().st_mtime_ns == mtime

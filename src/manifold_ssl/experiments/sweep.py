@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import Config, config_from_dict, config_to_dict, load_recipe
+from ..config import Config, config_from_dict, config_to_dict, load_recipe, read_packaged_yaml
 from ..runinfo import read_metrics, run_metadata, write_json
 
 __all__ = [
@@ -86,14 +86,7 @@ def list_sweeps() -> list[str]:
 def load_spec(name_or_path: str, grid_args: Sequence[str] = ()) -> SweepSpec:
     """A spec from a YAML path or a packaged name; ``grid_args`` (``KEY=V1,V2``) replace or add
     grid axes (``seed=0,1,2`` sets the seeds)."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = SWEEP_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        raise ValueError(
-            f"sweep {name_or_path!r} not found; expected a YAML path or one of {list_sweeps()}"
-        )
-    raw = yaml.safe_load(path.read_text()) or {}
+    path, raw = read_packaged_yaml(name_or_path, SWEEP_DIR, "sweep", list_sweeps())
     unknown = set(raw) - {"recipe", "overrides", "grid", "seeds", "evaluate"}
     if unknown or "recipe" not in raw:
         raise ValueError(
@@ -171,6 +164,7 @@ def run_trial(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads:
     import torch
 
     from ..run import evaluate_run, final_percent_error, pretrain
+    from ..training.distributed import DistContext, resolve_device
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -187,7 +181,8 @@ def run_trial(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads:
         return "partial"
     if evaluate and result.splits.num_classes >= 2:
         extra = {"steps": result.step, "final percent error": final_percent_error(path)}
-        evaluate_run(cfg, result.method, result.splits, path, "cpu", extra, progress=False)
+        device = str(resolve_device(cfg.train.device, DistContext()))
+        evaluate_run(cfg, result.method, result.splits, path, device, extra, progress=False)
     write_json(path / "done.json", {"status": result.status, "step": result.step})
     return "done"
 

@@ -1,4 +1,7 @@
-"""Pretraining: the whole loop on one screen, then evaluation and the report.
+"""Pretraining: the loop on one screen (``_pretrain``), its steps in ``_Trainer``.
+
+Evaluation is not here: ``manifold_ssl.run`` passes a ``monitor`` and ``probes`` in, and
+evaluates the result afterwards.
 
 Data live on the device as one uint8 tensor; a batch is an index slice of a seeded permutation;
 its K views are made on the device by :class:`~manifold_ssl.data.views.MultiViewAugment`. Two
