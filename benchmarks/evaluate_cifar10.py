@@ -23,7 +23,6 @@ import yaml
 
 from manifold_ssl.config import apply_overrides, config_from_dict, load_recipe
 from manifold_ssl.data.splits import load_splits
-from manifold_ssl.data.views import preset
 from manifold_ssl.evaluation.features import extract_features, normalise_images
 from manifold_ssl.evaluation.protocol import evaluate_features
 from manifold_ssl.run import pretrain
@@ -71,12 +70,12 @@ def main() -> None:
         "pretrained": method.backbone,
         "random_init": build_method_for(cfg, splits.train.images.shape[1]).backbone,
     }
-    spec = preset(cfg.views.preset)[0]
+    mean, std = splits.normalisation
     rows = {}
     for name, encoder in encoders.items():
         t0 = time.perf_counter()
         feats = [
-            extract_features(encoder, s.images, spec.mean, spec.std)
+            extract_features(encoder, s.images, mean, std)
             for s in (splits.train, splits.val, splits.test)
         ]
         timings[f"{name}: features"] = time.perf_counter() - t0
@@ -87,7 +86,7 @@ def main() -> None:
         print(f"{name}: kNN + probe {timings[f'{name}: kNN + linear probe']:.1f} s", flush=True)
     t0 = time.perf_counter()
     pixels = [
-        normalise_images(s.images, spec.mean, spec.std).flatten(1)
+        normalise_images(s.images, mean, std).flatten(1)
         for s in (splits.train, splits.val, splits.test)
     ]
     rows["raw_pixels"] = evaluate_features(

@@ -225,7 +225,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     from .config import config_from_dict, load_recipe
     from .data.splits import load_splits
-    from .data.views import MultiViewAugment, preset
+    from .data.views import MultiViewAugment, dataset_preset
     from .experiments.analyze import analyze_features, analyze_model, write_analysis_report
     from .training.checkpoint import load_checkpoint
     from .training.loop import build_method_for
@@ -267,7 +267,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         method = build_method_for(cfg, splits.test.images.shape[1])
         if state is not None:
             method.load_state_dict(state["model"])
-        specs = preset(cfg.views.preset)
+        specs = dataset_preset(cfg.views.preset, *splits.normalisation)
         aug = MultiViewAugment(specs, args.n_augment)
         result = analyze_model(
             method.backbone,

@@ -35,7 +35,7 @@ from torch import nn
 
 from .config import Config
 from .data.splits import DataSplits
-from .data.views import MultiViewAugment, preset
+from .data.views import MultiViewAugment, dataset_preset
 from .evaluation.coherence import gradient_coherence
 from .evaluation.features import extract_features
 from .evaluation.knn import knn_accuracy
@@ -71,11 +71,11 @@ class TrainingProbe:
         idx = torch.randperm(len(val.labels), generator=gen)[: p.images]
         images = val.images[idx]
         self.labels = val.labels[idx]
-        aug = MultiViewAugment(preset(cfg.views.preset), p.views or cfg.views.num_views)
+        self.mean, self.std = splits.normalisation
+        specs = dataset_preset(cfg.views.preset, self.mean, self.std)
+        aug = MultiViewAugment(specs, p.views or cfg.views.num_views)
         self.views = aug(images, gen).to(device)  # fixed: drawn once
         self.images = images
-        spec = preset(cfg.views.preset)[0]
-        self.mean, self.std = spec.mean, spec.std
         bank = torch.randperm(len(splits.train.labels), generator=gen)[: p.knn_bank]
         self.bank_images, self.bank_labels = splits.train.images[bank], splits.train.labels[bank]
         self.num_classes = splits.num_classes

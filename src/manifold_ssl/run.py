@@ -14,7 +14,6 @@ from torch import nn
 
 from .config import Config
 from .data.splits import DataSplits
-from .data.views import preset
 from .evaluation.features import extract_features
 from .evaluation.knn import knn_accuracy
 from .evaluation.protocol import evaluate_with_baselines
@@ -29,11 +28,11 @@ __all__ = ["evaluate_run", "final_percent_error", "knn_monitor", "pretrain"]
 
 def knn_monitor(cfg: Config) -> Monitor:
     """The training loop's monitor: kNN accuracy of the backbone on the validation split."""
-    spec = preset(cfg.views.preset)[0]
 
     def monitor(backbone: nn.Module, splits: DataSplits, device: torch.device) -> dict[str, float]:
+        mean, std = splits.normalisation
         feats = [
-            extract_features(backbone, s.images, spec.mean, spec.std, device=device)
+            extract_features(backbone, s.images, mean, std, device=device)
             for s in (splits.train, splits.val)
         ]
         acc = knn_accuracy(

@@ -196,3 +196,20 @@ def test_grayscale_and_solarize_equal_torchvision():
     out = apply_params(spec, x8, p)
     ref = TF.solarize(x8.float() / 255, threshold=0.5)
     torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)
+
+
+def test_normalisation_belongs_to_the_dataset():
+    from manifold_ssl.data.datasets import ImageTensors
+    from manifold_ssl.data.splits import DataSplits
+    from manifold_ssl.data.views import dataset_preset
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (50, 3, 4, 4), dtype=torch.uint8, generator=g)
+    part = ImageTensors(images, torch.zeros(50, dtype=torch.long), ["a"])
+    mean, std = DataSplits(part, part, part).normalisation
+    x = images.double().div(255).transpose(0, 1).reshape(3, -1)
+    assert mean == pytest.approx(x.mean(1).tolist(), abs=1e-4)
+    assert std == pytest.approx(x.std(1, unbiased=False).tolist(), abs=1e-4)
+    specs = dataset_preset("clamp_imagenet", mean, std)
+    assert all(s.mean == mean and s.std == std for s in specs)
+    assert [s.solarize_p for s in specs] == [s.solarize_p for s in preset("clamp_imagenet")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -42,6 +43,24 @@ class DataSplits:
     @property
     def num_classes(self) -> int:
         return len(self.train.classes)
+
+    @cached_property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Channel means and standard deviations of the training images, in [0, 1] units: what
+        the views and the frozen-feature evaluation standardise with. They belong to the data
+        (an image folder gets its own), not to the augmentation preset."""
+        images = self.train.images
+        c = images.shape[1]
+        total = torch.zeros(c, dtype=torch.float64)
+        squares = torch.zeros(c, dtype=torch.float64)
+        for start in range(0, images.shape[0], 4096):
+            x = images[start : start + 4096].to(torch.float64).div_(255.0).transpose(0, 1)
+            total += x.reshape(c, -1).sum(1)
+            squares += x.reshape(c, -1).pow(2).sum(1)
+        n = images.numel() // c
+        mean = total / n
+        std = (squares / n - mean**2).clamp_min(1e-12).sqrt()
+        return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 
 def load_splits(

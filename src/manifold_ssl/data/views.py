@@ -116,6 +116,14 @@ PRESETS: dict[str, tuple[AugmentSpec, ...]] = {
 }
 
 
+def dataset_preset(
+    name: str, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[AugmentSpec, ...]:
+    """Preset ``name`` standardising with a dataset's channel ``mean`` and ``std``
+    (``DataSplits.normalisation``) instead of the preset's defaults."""
+    return tuple(replace(spec, mean=tuple(mean), std=tuple(std)) for spec in preset(name))
+
+
 def preset(name: str) -> tuple[AugmentSpec, ...]:
     if name not in PRESETS:
         raise ValueError(f"unknown view preset {name!r}; expected one of {sorted(PRESETS)}")

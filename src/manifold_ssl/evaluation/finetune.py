@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import Config
 from ..data.splits import DataSplits, stratified_split
-from ..data.views import MultiViewAugment, preset
+from ..data.views import MultiViewAugment, dataset_preset
 from .features import normalise_images
 
 __all__ = ["finetune"]
@@ -63,7 +63,7 @@ def finetune(
         splits.train.images[labelled].to(device),
         splits.train.labels[labelled].to(device),
     )
-    spec = preset(cfg.views.preset)[0]
+    spec = dataset_preset(cfg.views.preset, *splits.normalisation)[0]
     aug = MultiViewAugment((spec,), 1)
     encoder = copy.deepcopy(backbone).to(device)
     with torch.random.fork_rng():  # the head's initialisation follows ``seed``, not global state

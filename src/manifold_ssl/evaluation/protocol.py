@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.splits import DataSplits
-from ..data.views import preset
 from .features import extract_features, normalise_images
 from .knn import knn_accuracy
 from .linear import linear_probe
@@ -78,9 +77,9 @@ def evaluate_encoder(
     progress: bool = False,
 ) -> dict[str, Any]:
     _check_classes(splits)
-    spec = preset(cfg.views.preset)[0]
+    mean, std = splits.normalisation
     feats = [
-        extract_features(encoder, s.images, spec.mean, spec.std, device=device)
+        extract_features(encoder, s.images, mean, std, device=device)
         for s in (splits.train, splits.val, splits.test)
     ]
     return evaluate_features(cfg, (feats[0], feats[1], feats[2]), splits, progress, device)
@@ -111,9 +110,9 @@ def evaluate_with_baselines(
                 cfg, random_encoder.to(device), splits, device, progress
             )
         say("evaluating raw pixels")
-        spec = preset(cfg.views.preset)[0]
+        mean, std = splits.normalisation
         pixels = [
-            normalise_images(s.images, spec.mean, spec.std).flatten(1)
+            normalise_images(s.images, mean, std).flatten(1)
             for s in (splits.train, splits.val, splits.test)
         ]
         results["raw_pixels"] = evaluate_features(

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, config_from_dict, config_to_dict, save_config
 from ..data.splits import DataSplits, load_splits
-from ..data.views import MultiViewAugment, preset
+from ..data.views import MultiViewAugment, dataset_preset
 from ..geometry.spectral import effective_rank, percent_error
 from ..methods import SSLMethod, build_method
 from ..models.backbones import build_backbone
@@ -196,7 +196,8 @@ class _Trainer:
             raise ValueError(f"train.batch_size {batch} exceeds the {n_train} training images")
         local = batch // ctx.world_size
         self.lo, self.hi = ctx.rank * local, (ctx.rank + 1) * local
-        self.aug = MultiViewAugment(preset(cfg.views.preset), cfg.views.num_views)
+        specs = dataset_preset(cfg.views.preset, *self.splits.normalisation)
+        self.aug = MultiViewAugment(specs, cfg.views.num_views)
         self.method = build_method_for(cfg, self.images.shape[1]).to(self.device)
         self.model: nn.Module = self.method
         if ctx.world_size > 1:
