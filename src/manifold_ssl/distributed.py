@@ -15,14 +15,35 @@ tested against one process in ``tests/test_distributed.py``.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Inside, every helper here (and so every loss and synchronised BatchNorm) acts as on one
+    process: for work one rank does alone, such as the training probes, which must meet no
+    collective the other ranks are not in."""
+    previous = getattr(_LOCAL, "on", False)
+    _LOCAL.on = True
+    try:
+        yield
+    finally:
+        _LOCAL.on = previous
+
 
 def world_size() -> int:
-    """The number of processes of the default group, 1 when not distributed."""
+    """The number of processes of the default group, 1 when not distributed or inside
+    :func:`local_only`."""
+    if getattr(_LOCAL, "on", False):
+        return 1
     if dist.is_available() and dist.is_initialized():
         return int(dist.get_world_size())
     return 1

@@ -1,5 +1,9 @@
 """Geometry probed during training on a fixed probe set (config section ``probes``).
 
+The probe runs on rank 0 alone under DDP, inside ``distributed.local_only()``: the objectives it
+evaluates (for the embeddings and the gradient coherence) then gather nothing from the other
+ranks, which are training on.
+
 Every ``probes.every_steps`` steps (and at step 0 with ``probes.at_start``) the network in eval
 mode embeds a fixed set of validation images under fixed views (drawn once from the probe's own
 seed, so successive probes see identical inputs and the training RNG is untouched), and logs to
@@ -36,27 +40,27 @@ from torch import nn
 from .config import Config
 from .data.splits import DataSplits
 from .data.views import MultiViewAugment, dataset_preset
+from .distributed import local_only
 from .evaluation.coherence import gradient_coherence
 from .evaluation.features import extract_features
 from .evaluation.knn import knn_accuracy
 from .geometry.capacity import manifold_capacity
 from .geometry.manifold_stats import packing_statistics
 from .geometry.spectral import effective_rank, percent_error
+from .losses.wang_isola import alignment_loss, uniformity_loss
 from .methods import SSLMethod
 
 __all__ = ["TrainingProbe", "alignment_uniformity"]
 
 
 def alignment_uniformity(z: torch.Tensor) -> tuple[float, float]:
-    """Alignment and uniformity (Wang & Isola 2020, α = 2, t = 2) of (B, m, D) embeddings."""
-    u = F.normalize(z.double(), dim=-1)
-    b, m, _ = u.shape
+    """Alignment over every pair of views and uniformity over the first view (Wang & Isola
+    2020, α = 2, t = 2) of (B, m, D) embeddings."""
+    u = z.double()
+    m = u.shape[1]
     pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
-    align = torch.stack([((u[:, i] - u[:, j]) ** 2).sum(-1).mean() for i, j in pairs]).mean()
-    sq = torch.cdist(u[:, 0], u[:, 0]).pow(2)
-    off = sq[~torch.eye(b, dtype=torch.bool, device=sq.device)]
-    uniform = torch.logsumexp(-2.0 * off, dim=0) - torch.log(torch.tensor(float(off.numel())))
-    return float(align), float(uniform)
+    align = torch.stack([alignment_loss(u[:, i], u[:, j]) for i, j in pairs]).mean()
+    return float(align), float(uniformity_loss(u[:, 0]))
 
 
 class TrainingProbe:
@@ -86,8 +90,11 @@ class TrainingProbe:
     def due(self, step: int) -> bool:
         return self.every > 0 and step >= self.next_step
 
-    @torch.no_grad()
     def __call__(self, method: SSLMethod, step: int) -> dict[str, float]:
+        with local_only(), torch.no_grad():  # rank 0 alone: its losses must gather nothing
+            return self._probe(method, step)
+
+    def _probe(self, method: SSLMethod, step: int) -> dict[str, float]:
         start = time.perf_counter()
         was_training = method.training
         method.eval()

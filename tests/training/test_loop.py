@@ -155,8 +155,10 @@ def _ddp_worker(rank: int, rendezvous: str, cfg_overrides: list[str], run_dir: s
     )
     from manifold_ssl.config import load_recipe
 
+    from manifold_ssl.run import pretrain as run_pretrain  # with the probes of cfg.probes
+
     cfg = apply_overrides(load_recipe("digits_mmcr"), cfg_overrides)
-    result = pretrain(cfg, progress=False, run_dir=run_dir)
+    result = run_pretrain(cfg, progress=False, run_dir=run_dir)
     assert not result.ctx.owns_group and torch.distributed.is_initialized()  # ours to end
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
@@ -174,8 +176,13 @@ def test_two_process_ddp_follows_the_single_process_loss_curve(tmp_path, tiny_cf
         "--train.log_every=1",
         "--train.knn_every=0",
         "--model.sync_bn=true",
+        # rank 0 probes alone (its objectives and BatchNorms must meet no collective)
+        "--probes.every_steps=2",
+        "--probes.knn_bank=64",
     ]
-    single = pretrain(
+    from manifold_ssl.run import pretrain as run_pretrain
+
+    single = run_pretrain(
         apply_overrides(tiny_cfg(), overrides), progress=False, run_dir=tmp_path / "single"
     )
     rendezvous = str(tmp_path / "rendezvous")
@@ -184,6 +191,8 @@ def test_two_process_ddp_follows_the_single_process_loss_curve(tmp_path, tiny_cf
     assert sorted(a) == sorted(b) == list(range(1, 9))
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4), step
+    probed = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if "probe/seconds" in r]
+    assert probed and probed[0]["step"] == 0
 
 
 def test_stale_tmp_file_from_a_crash_does_not_break_the_next_save(tmp_path):
