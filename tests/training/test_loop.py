@@ -154,7 +154,6 @@ def _ddp_worker(rank: int, rendezvous: str, cfg_overrides: list[str], run_dir: s
         "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2
     )
     from manifold_ssl.config import load_recipe
-
     from manifold_ssl.run import pretrain as run_pretrain  # with the probes of cfg.probes
 
     cfg = apply_overrides(load_recipe("digits_mmcr"), cfg_overrides)
