@@ -46,6 +46,11 @@ def test_analyze_of_the_default_digits_run_works_with_default_options(tmp_path):
     assert main(["analyze", str(run), *small]) == 0
     result = json.loads((run / "analysis" / "analysis.json").read_text())
     assert 30 <= result["settings"]["per_class"] < 50
+    gc = result["gradient_coherence"]  # Yerxa Fig. 3, with its shuffled-label control
+    assert {
+        f"{g}/{s}" for g in ("all", "first", "last", "shuffled") for s in ("within", "across")
+    } == set(gc)
+    assert "gradient coherence" in (run / "analysis" / "analysis.md").read_text()
 
 
 def test_analyze_untrained_model_and_trained_run(tmp_path):

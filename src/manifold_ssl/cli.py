@@ -7,10 +7,16 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .data.splits import DataSplits
+    from .methods import SSLMethod
 
 
 def _positive_int(text: str) -> int:
@@ -284,11 +290,30 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             projection_dim=args.projection_dim,
         )
+        result["gradient_coherence"] = _coherence_of(method, splits, specs, cfg, args.seed)
     figures = write_analysis_report(result, out, title)
     print(f"geometry report: {out / 'analysis.md'}")
     for f in [out / "analysis.json", *figures]:
         print(f"  {f}")
     return 0
+
+
+def _coherence_of(
+    method: SSLMethod, splits: DataSplits, specs: Any, cfg: Config, seed: int
+) -> dict[str, float]:
+    """Gradient coherence (Yerxa Fig. 3) of the objective on 16 test images of each of the
+    first four classes, under the run's own views, with the shuffled-label control."""
+    import torch
+
+    from .data.views import MultiViewAugment
+    from .evaluation.coherence import coherence_with_control
+
+    labels = splits.test.labels
+    pick = torch.cat([torch.nonzero(labels == c).flatten()[:16] for c in labels.unique()[:4]])
+    gen = torch.Generator().manual_seed(seed)
+    views = MultiViewAugment(specs, cfg.views.num_views)(splits.test.images[pick], gen)
+    method.eval()
+    return coherence_with_control(method, lambda v: method(v)[0], views, labels[pick], seed)
 
 
 def _cmd_losses(args: argparse.Namespace) -> int:

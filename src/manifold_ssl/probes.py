@@ -41,7 +41,7 @@ from .config import Config
 from .data.splits import DataSplits
 from .data.views import MultiViewAugment, dataset_preset
 from .distributed import local_only
-from .evaluation.coherence import gradient_coherence
+from .evaluation.coherence import coherence_with_control
 from .evaluation.features import extract_features
 from .evaluation.knn import knn_accuracy
 from .geometry.capacity import manifold_capacity
@@ -103,7 +103,11 @@ class TrainingProbe:
         out = self._geometry(z.float().cpu())
         if self.cfg.probes.coherence and self.num_classes > 1:
             method.eval()
-            out.update(self._coherence(method))
+            loss_of = lambda views: method(views)[0]  # noqa: E731
+            res = coherence_with_control(
+                method, loss_of, self.views, self.labels, self.cfg.probes.seed
+            )
+            out.update({f"coherence/{k}": v for k, v in res.items()})
             method.train(was_training)
         if self.cfg.probes.knn_bank and self.num_classes > 1:
             out["knn_accuracy"] = self._knn(method.backbone)
@@ -129,45 +133,6 @@ class TrainingProbe:
         if n and z.shape[1] > 1:
             cap = manifold_capacity(zn[:n].double().numpy(), n_t=50, seed=self.cfg.probes.seed)
             out.update(capacity=cap.capacity, radius=cap.radius, dimension=cap.dimension)
-        return out
-
-    def _coherence(
-        self, method: SSLMethod, per_batch: int = 8, classes: int = 4
-    ) -> dict[str, float]:
-        """Two batches of ``per_batch`` probe images for each of ``classes`` classes (fixed
-        views); the control regroups the same images under a fixed permutation of labels."""
-        labels = self.labels.tolist()
-        chosen = [c for c in sorted(set(labels)) if labels.count(c) >= 2 * per_batch][:classes]
-        if len(chosen) < 2:
-            return {}
-        idx = {c: [i for i, y in enumerate(labels) if y == c][: 2 * per_batch] for c in chosen}
-        order = [i for c in chosen for i in idx[c]]
-        true = [
-            (c, order[k * per_batch : (k + 1) * per_batch])
-            for k, c in enumerate(c for c in chosen for _ in range(2))
-        ]
-        gen = torch.Generator().manual_seed(self.cfg.probes.seed)
-        shuffled = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
-        control = [
-            (c, shuffled[k * per_batch : (k + 1) * per_batch]) for k, (c, _) in enumerate(true)
-        ]
-        names = [n for n, p in method.named_parameters() if p.requires_grad]
-        layers = {"first": names[0].rsplit(".", 1)[0], "last": names[-1].rsplit(".", 1)[0]}
-        out = {}
-        with torch.enable_grad():
-            for name, groups in (("true", true), ("shuffled", control)):
-                batches = [(c, self.views[torch.tensor(ix)]) for c, ix in groups]
-                res = gradient_coherence(
-                    method,
-                    lambda v: method(v)[0],
-                    batches,
-                    layers=list(layers.values()) if name == "true" else (),
-                )
-                for group, values in res.items():
-                    label = {v: k for k, v in layers.items()}.get(group, group)
-                    tag = label if name == "true" else "shuffled"
-                    for side, value in values.items():
-                        out[f"coherence/{tag}/{side}"] = value
         return out
 
     def _knn(self, backbone: nn.Module) -> float:

@@ -42,6 +42,8 @@ def test_probes_leave_the_training_trajectory_unchanged(tiny_cfg):
         "radius",
         "dimension",
         "knn_accuracy",
+        "coherence/all/within",
+        "coherence/shuffled/across",
     ):
         assert all(np.isfinite(r[f"probe/{key}"]) for r in probes), key
     hists = read_metrics(probed.run_dir / "probes" / "pair_distances.jsonl")

@@ -14,7 +14,7 @@ from itertools import combinations
 import torch
 from torch import nn
 
-__all__ = ["gradient_coherence"]
+__all__ = ["coherence_with_control", "gradient_coherence"]
 
 
 def gradient_coherence(
@@ -58,4 +58,48 @@ def gradient_coherence(
         for a, b in combinations(range(len(batches)), 2):
             (within if labels[a] == labels[b] else across).append(float(vecs[a] @ vecs[b]))
         out[name] = {"within": sum(within) / len(within), "across": sum(across) / len(across)}
+    return out
+
+
+def coherence_with_control(
+    model: nn.Module,
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    views: torch.Tensor,
+    labels: torch.Tensor,
+    seed: int = 0,
+    per_batch: int = 8,
+    classes: int = 4,
+) -> dict[str, float]:
+    """Coherence of ``views`` (N, K, C, H, W) of labelled images, as Yerxa Fig. 3 reports it.
+
+    Two batches of ``per_batch`` images for each of the first ``classes`` classes with enough
+    images; within and across class for all parameters and for the first and last layers
+    (``"<all|first|last>/<within|across>"``), and a control, ``"shuffled/<within|across>"``:
+    the same images regrouped under a seeded permutation of their labels, where within and
+    across should agree. Empty when fewer than two classes have 2 · ``per_batch`` images.
+    """
+    ys = labels.tolist()
+    chosen = [c for c in sorted(set(ys)) if ys.count(c) >= 2 * per_batch][:classes]
+    if len(chosen) < 2:
+        return {}
+    order = [i for c in chosen for i in [i for i, y in enumerate(ys) if y == c][: 2 * per_batch]]
+    batch_labels = [c for c in chosen for _ in range(2)]
+    gen = torch.Generator().manual_seed(seed)
+    shuffled = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    layers = {names[0].rsplit(".", 1)[0]: "first", names[-1].rsplit(".", 1)[0]: "last"}
+    out: dict[str, float] = {}
+    with torch.enable_grad():
+        for tag, idx in (("true", order), ("shuffled", shuffled)):
+            batches = [
+                (c, views[torch.tensor(idx[k * per_batch : (k + 1) * per_batch])])
+                for k, c in enumerate(batch_labels)
+            ]
+            res = gradient_coherence(
+                model, loss_of, batches, layers=list(layers) if tag == "true" else ()
+            )
+            for group, values in res.items():
+                name = layers.get(group, group) if tag == "true" else "shuffled"
+                for side, value in values.items():
+                    out[f"{name}/{side}"] = value
     return out

@@ -343,6 +343,17 @@ def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> 
         lines.append(
             f"- Wang–Isola alignment {au['alignment']:.3f}, uniformity {au['uniformity']:.3f}"
         )
+    if result.get("gradient_coherence"):
+        gc = result["gradient_coherence"]
+        lines.append(
+            "- gradient coherence (Yerxa Fig. 3), within / across class: "
+            + ", ".join(
+                f"{g} {gc[f'{g}/within']:.3f} / {gc[f'{g}/across']:.3f}"
+                for g in ("all", "first", "last", "shuffled")
+                if f"{g}/within" in gc
+            )
+            + " (shuffled: labels permuted, the control)"
+        )
     if "class_effective_ranks" in result:
         cer = result["class_effective_ranks"]
         lines.append(
