@@ -101,7 +101,7 @@ def clamp_dynamics(work: Path) -> dict:
             print(f"  gradient coherence {group:>8}: within {w:.3f}, across {a:.3f}")
     print(
         f"  probes: {len(probes)}, {out['probe_seconds']:.1f} s of the run's {wall:.1f} s "
-        f"({100 * out['probe_fraction']:.1f}%)"
+        f"({100 * out['probe_fraction']:.1f}%; budget probes.max_cost = {cfg.probes.max_cost:g})"
     )
     return out
 

@@ -22,9 +22,9 @@ seed, so successive probes see identical inputs and the training RNG is untouche
   batches of one class each, averaged within and across classes, for all parameters and the
   first and last layers, and for batches grouped by shuffled labels (the control, where within
   and across should agree); ``coherence/<group>/<within|across>``;
-- ``seconds``, the probe's wall time. When a probe takes more than ``probes.max_cost`` of the
-  training time since the previous one, the interval doubles, so probes cost at most that
-  fraction of training.
+- ``seconds``, the probe's wall time. A probe that is due waits (one step at a time) until the
+  probes so far, and the next at the latest one's cost, fit in ``probes.max_cost`` of the
+  training time so far: probes never take more than that fraction of a run.
 """
 
 from __future__ import annotations
@@ -84,11 +84,20 @@ class TrainingProbe:
         self.bank_images, self.bank_labels = splits.train.images[bank], splits.train.labels[bank]
         self.num_classes = splits.num_classes
         self.next_step = 0 if p.at_start else self.every
-        self.last_time: float | None = None
-        self.last_step = 0
+        self.start = time.perf_counter()
+        self.spent = 0.0  # seconds spent probing
+        self.last_cost = 0.0  # seconds of the latest probe: the estimate of the next one's
 
     def due(self, step: int) -> bool:
-        return self.every > 0 and step >= self.next_step
+        """At or after the next multiple of ``every`` steps, once the probes so far and the next
+        one fit in ``max_cost`` of the training time so far (the run's wall time since the
+        probe was made, less the probes'); a probe at step 0 is always taken."""
+        if self.every <= 0 or step < self.next_step:
+            return False
+        if step == 0:
+            return True
+        trained = time.perf_counter() - self.start - self.spent
+        return self.spent + self.last_cost <= self.cfg.probes.max_cost * trained
 
     def __call__(self, method: SSLMethod, step: int) -> dict[str, float]:
         with local_only(), torch.no_grad():  # rank 0 alone: its losses must gather nothing
@@ -162,14 +171,8 @@ class TrainingProbe:
             )
 
     def _schedule(self, step: int, seconds: float) -> None:
-        """The next probe; the interval doubles while a probe costs more than ``max_cost`` of
-        the training time per interval (measured since the previous probe)."""
-        now = time.perf_counter()
-        if self.last_time is not None and step > self.last_step:
-            per_step = (now - seconds - self.last_time) / (step - self.last_step)
-            while seconds > self.cfg.probes.max_cost * self.every * per_step:
-                self.every *= 2
-        self.last_time, self.last_step = now, step
+        self.spent += seconds
+        self.last_cost = seconds
         self.next_step = step + self.every
 
     def resume_at(self, step: int) -> None:
