@@ -69,14 +69,17 @@ def coherence_with_control(
     seed: int = 0,
     per_batch: int = 8,
     classes: int = 4,
+    controls: int = 4,
 ) -> dict[str, float]:
     """Coherence of ``views`` (N, K, C, H, W) of labelled images, as Yerxa Fig. 3 reports it.
 
     Two batches of ``per_batch`` images for each of the first ``classes`` classes with enough
     images; within and across class for all parameters and for the first and last layers
     (``"<all|first|last>/<within|across>"``), and a control, ``"shuffled/<within|across>"``:
-    the same images regrouped under a seeded permutation of their labels, where within and
-    across should agree. Empty when fewer than two classes have 2 · ``per_batch`` images.
+    the same images regrouped under ``controls`` seeded permutations of their labels (averaged:
+    one permutation has only ``classes`` within-pairs, too few to agree with across), where
+    within and across should agree. Empty when fewer than two classes have 2 · ``per_batch``
+    images.
     """
     ys = labels.tolist()
     chosen = [c for c in sorted(set(ys)) if ys.count(c) >= 2 * per_batch][:classes]
@@ -85,21 +88,25 @@ def coherence_with_control(
     order = [i for c in chosen for i in [i for i, y in enumerate(ys) if y == c][: 2 * per_batch]]
     batch_labels = [c for c in chosen for _ in range(2)]
     gen = torch.Generator().manual_seed(seed)
-    shuffled = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     layers = {names[0].rsplit(".", 1)[0]: "first", names[-1].rsplit(".", 1)[0]: "last"}
+
+    def batches(idx: list[int]) -> list[tuple[int, torch.Tensor]]:
+        return [
+            (c, views[torch.tensor(idx[k * per_batch : (k + 1) * per_batch])])
+            for k, c in enumerate(batch_labels)
+        ]
+
     out: dict[str, float] = {}
     with torch.enable_grad():
-        for tag, idx in (("true", order), ("shuffled", shuffled)):
-            batches = [
-                (c, views[torch.tensor(idx[k * per_batch : (k + 1) * per_batch])])
-                for k, c in enumerate(batch_labels)
-            ]
-            res = gradient_coherence(
-                model, loss_of, batches, layers=list(layers) if tag == "true" else ()
-            )
-            for group, values in res.items():
-                name = layers.get(group, group) if tag == "true" else "shuffled"
-                for side, value in values.items():
-                    out[f"{name}/{side}"] = value
+        for group, values in gradient_coherence(
+            model, loss_of, batches(order), layers=list(layers)
+        ).items():
+            for side, value in values.items():
+                out[f"{layers.get(group, group)}/{side}"] = value
+        for _ in range(controls):
+            perm = torch.randperm(len(order), generator=gen).tolist()
+            res = gradient_coherence(model, loss_of, batches([order[i] for i in perm]))["all"]
+            for side, value in res.items():
+                out[f"shuffled/{side}"] = out.get(f"shuffled/{side}", 0.0) + value / controls
     return out
