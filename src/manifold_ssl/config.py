@@ -229,7 +229,7 @@ class ProbesConfig:
     at_start: bool = key(True, "also probe the initial network (step 0)")
     max_cost: float = key(
         0.1,
-        "probes may take this fraction of training time; the interval grows to keep it",
+        "probes take at most this fraction of the training time; a due probe waits for it",
         between(0, 1, lo_open=True),
     )
     images: int = key(256, "probe images, a fixed subset of the validation split", at_least(2))
