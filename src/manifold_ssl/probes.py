@@ -20,8 +20,8 @@ seed, so successive probes see identical inputs and the training RNG is untouche
 - ``knn_accuracy`` of the probe images against ``probes.knn_bank`` training images;
 - gradient coherence (Yerxa Sec. 3.2, Fig. 3): the cosine between the objective's gradients for
   batches of one class each, averaged within and across classes, for all parameters and the
-  first and last layers, and for batches grouped by shuffled labels (the control, where within
-  and across should agree); ``coherence/<group>/<within|across>``;
+  first and last layers, and for batches grouped by shuffled labels (the control, averaged over
+  4 permutations, where within and across should agree); ``coherence/<group>/<within|across>``;
 - ``seconds``, the probe's wall time. A probe that is due waits (one step at a time) until the
   probes so far, and the next at the latest one's cost, fit in ``probes.max_cost`` of the
   training time so far: probes never take more than that fraction of a run.
@@ -106,20 +106,20 @@ class TrainingProbe:
     def _probe(self, method: SSLMethod, step: int) -> dict[str, float]:
         start = time.perf_counter()
         was_training = method.training
-        method.eval()
-        _, _, z = method(self.views)
-        method.train(was_training)
-        out = self._geometry(z.float().cpu())
-        if self.cfg.probes.coherence and self.num_classes > 1:
-            method.eval()
-            loss_of = lambda views: method(views)[0]  # noqa: E731
-            res = coherence_with_control(
-                method, loss_of, self.views, self.labels, self.cfg.probes.seed
-            )
-            out.update({f"coherence/{k}": v for k, v in res.items()})
+        method.eval()  # running statistics stay as training left them
+        try:
+            _, _, z = method(self.views)
+            out = self._geometry(z.float().cpu())
+            if self.cfg.probes.coherence and self.num_classes > 1:
+                loss_of = lambda views: method(views)[0]  # noqa: E731
+                res = coherence_with_control(
+                    method, loss_of, self.views, self.labels, self.cfg.probes.seed
+                )
+                out.update({f"coherence/{k}": v for k, v in res.items()})
+            if self.cfg.probes.knn_bank and self.num_classes > 1:
+                out["knn_accuracy"] = self._knn(method.backbone)
+        finally:
             method.train(was_training)
-        if self.cfg.probes.knn_bank and self.num_classes > 1:
-            out["knn_accuracy"] = self._knn(method.backbone)
         self._write_distances(z, step)
         seconds = time.perf_counter() - start
         out["seconds"] = seconds

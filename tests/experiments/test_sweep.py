@@ -91,7 +91,7 @@ def test_a_killed_sweep_reruns_only_its_missing_trials(tmp_path):
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{len(done_before)} done, {4 - len(done_before)} to run" in rerun.stdout
-    assert sweep_status(out) == {"done": 4, "partial": 0, "pending": 0}
+    assert sweep_status(out) == {"done": 4, "partial": 0, "failed": 0, "pending": 0}
     for name, metrics in done_before.items():  # finished trials were not touched
         assert (out / "trials" / name / "metrics.jsonl").read_bytes() == metrics
     rows = json.loads((out / "summary.json").read_text())
@@ -150,3 +150,17 @@ def test_slurm_job_construction(tmp_path, monkeypatch):
     again = task.checkpoint()
     assert isinstance(again, submitit.helpers.DelayedSubmission)
     assert again.function.args == task.args
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    out = tmp_path / "sweep"
+    # 4096 exceeds the digits training split: that trial fails when it starts, the other runs
+    spec = load_spec(str(_spec(tmp_path, steps=2, grid={"P": [4096, 16], "D": [8]})))
+    rows = {r["P"]: r for r in run_sweep(spec, out, progress=False)}
+    assert rows[16]["status"] == "done"
+    assert rows[4096]["status"] == "failed"
+    assert "train.batch_size 4096 exceeds" in rows[4096]["error"]
+    assert sweep_status(out) == {"done": 1, "partial": 0, "failed": 1, "pending": 0}
+    # running it again retries only the failed trial (and records it again)
+    again = {r["P"]: r for r in run_sweep(spec, out, progress=False)}
+    assert again[4096]["status"] == "failed" and again[16] == rows[16]

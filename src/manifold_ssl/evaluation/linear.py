@@ -186,33 +186,34 @@ def fit_logistic(
 
     if init is not None:  # measure κ at the warm start
         evaluate(w)
-    iterations = 0
-    while True:
+    iterations, converged = 0, False
+    while not converged and iterations < max_iter:
         measured = kappa[0]
         s = precond.scales(measured, weight_decay)
         u = precond.to_u(w, s).requires_grad_(True)
         opt = torch.optim.LBFGS(
             [u, c],
             lr=1.0,
-            max_iter=SEGMENT,
-            max_eval=10 * SEGMENT,
             history_size=20,
             line_search_fn="strong_wolfe",
             tolerance_grad=tolerance,
             tolerance_change=1e-12,
         )
         while iterations < max_iter:
+            allowed = min(SEGMENT, max_iter - iterations)
+            opt.param_groups[0].update(max_iter=allowed, max_eval=10 * allowed)
             before = opt.state[u].get("n_iter", 0)
             opt.step(closure)
             done = opt.state[u]["n_iter"] - before
             iterations += done
-            if done < SEGMENT:  # stopped on a tolerance
-                iterations = max_iter
-            elif not 0.25 < kappa[0] / max(measured, 1e-300) < 4.0:
+            if done < allowed:  # stopped on a tolerance
+                converged = True
+                break
+            moved = not 0.25 < kappa[0] / max(measured, 1e-300) < 4.0
+            if moved and s is not None:
                 break  # re-precondition at the new curvature
         w = precond.to_w(u.detach(), s)
-        if iterations >= max_iter:
-            return w, c.detach() - mu @ w
+    return w, c.detach() - mu @ w
 
 
 def linear_probe(

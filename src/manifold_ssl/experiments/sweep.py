@@ -154,9 +154,17 @@ def expand(spec: SweepSpec) -> list[Trial]:
 def _status(trial_dir: Path) -> str:
     if (trial_dir / "done.json").exists():
         return "done"
+    if _error_file(trial_dir).exists():
+        return "failed"
     if (trial_dir / "checkpoints" / "last.pt").exists():
         return "partial"
     return "pending"
+
+
+def _error_file(trial_dir: Path) -> Path:
+    """Where a local trial's failure is recorded (beside its directory, which a run that fails
+    before its first checkpoint removes); running the sweep again retries the trial."""
+    return trial_dir.with_suffix(".error")
 
 
 def run_trial(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads: int) -> str:
@@ -220,22 +228,40 @@ def run_sweep(
     return summarise(out)
 
 
+def _attempt(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads: int) -> str:
+    """:func:`run_trial`, with a failure (a non-finite loss, a batch larger than the data …)
+    recorded in the trial's ``.error`` file instead of ending the sweep."""
+    error = _error_file(Path(trial_dir))
+    error.unlink(missing_ok=True)
+    try:
+        return run_trial(cfg_dict, trial_dir, evaluate, threads)
+    except Exception as err:
+        error.write_text(f"{type(err).__name__}: {err}\n")
+        return "failed"
+
+
 def _run_local(todo: list[TrialArgs], workers: int, progress: bool) -> None:
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     threads = max(1, (os.cpu_count() or 1) // workers)
     bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress)
+    statuses = []
     if workers == 1:  # in this process: Ctrl-C reaches the trial's loop, which checkpoints
         for args in todo:
-            run_trial(*args, threads)
+            statuses.append(_attempt(*args, threads))
             bar.update(1)
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run_trial, *args, threads) for args in todo]
+            futures = [pool.submit(_attempt, *args, threads) for args in todo]
             for future in as_completed(futures):
-                future.result()
+                statuses.append(future.result())
                 bar.update(1)
     bar.close()
+    if "failed" in statuses:
+        print(
+            f"{statuses.count('failed')} trial(s) failed; their errors are in trials/*.error "
+            "(running the sweep again retries them)"
+        )
 
 
 def slurm_executor(folder: Path, slurm: dict[str, Any]) -> Any:
@@ -306,14 +332,18 @@ def summarise(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
     for point_file in sorted((out / "trials").glob("*.json")):
         trial_dir = point_file.with_suffix("")
         config_file = trial_dir / "config.yaml"
+        point = json.loads(point_file.read_text())["point"]
         if not config_file.exists():
+            if _status(trial_dir) == "failed":
+                error = _error_file(trial_dir).read_text().strip()
+                rows.append({"trial": trial_dir.name, "status": "failed", **point, "error": error})
             continue
         cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
         records = [r for r in read_metrics(trial_dir / "metrics.jsonl") if "loss" in r]
         row: dict[str, Any] = {
             "trial": trial_dir.name,
             "status": _status(trial_dir),
-            **json.loads(point_file.read_text())["point"],
+            **point,
             "P": cfg.train.batch_size,
             "D": int(cfg.model.projector.split("-")[-1]) if cfg.model.projector else None,
             "K": cfg.views.num_views,
@@ -338,11 +368,12 @@ def summarise(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def sweep_status(out: str | os.PathLike[str]) -> dict[str, int]:
-    """How many trials of the sweep in ``out`` are done, partial (checkpointed) or pending."""
+    """How many trials of the sweep in ``out`` are done, partial (checkpointed), failed or
+    pending."""
     out = Path(out)
     if not (out / "sweep.json").exists():
         raise ValueError(f"{out} is not a sweep directory (no sweep.json)")
-    counts = {"done": 0, "partial": 0, "pending": 0}
+    counts = {"done": 0, "partial": 0, "failed": 0, "pending": 0}
     for point_file in (out / "trials").glob("*.json"):
         counts[_status(point_file.with_suffix(""))] += 1
     return counts
