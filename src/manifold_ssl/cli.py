@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Sequence
@@ -132,20 +133,24 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if args.resume:
         import yaml
 
-        from .training.loop import STOP_KEYS
+        from .training.loop import FREE_KEYS
 
-        stops = [f"--train.{k}=" for k in STOP_KEYS]
-        if args.recipe or any(not o.startswith(tuple(stops)) for o in args.overrides):
+        free = [f"{section}.{k}" for section, k in FREE_KEYS]
+        if args.recipe or any(
+            not o.removeprefix("--").startswith(tuple(f"{k}=" for k in free))
+            for o in args.overrides
+        ):
             raise ValueError(
                 "--resume continues a run with its own config: give no recipe, and no overrides "
-                f"but the stop conditions {', '.join(f'train.{k}' for k in STOP_KEYS)}"
+                f"but {', '.join(free)}"
             )
         config_file = Path(args.resume) / "config.yaml"
         if not config_file.exists():
             raise FileNotFoundError(f"{args.resume} is not a run directory (no config.yaml)")
         saved = yaml.safe_load(config_file.read_text())
-        for key in STOP_KEYS:  # a stop condition holds for the invocation that gave it
-            saved["train"].pop(key, None)
+        for section, key in FREE_KEYS:  # a stop condition holds for the invocation that gave it
+            if section == "train":
+                saved["train"].pop(key, None)
         cfg = apply_overrides(config_from_dict(saved), args.overrides)
     else:
         cfg = apply_overrides(load_recipe(args.recipe or "digits_mmcr"), args.overrides)
@@ -185,11 +190,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import yaml
 
     from .config import apply_overrides, config_from_dict
-    from .data.splits import load_splits
+    from .data.splits import splits_of
     from .run import evaluate_run, final_percent_error
     from .training.checkpoint import load_checkpoint
     from .training.distributed import DistContext, resolve_device
-    from .training.loop import build_method_for
+    from .training.loop import build_method_for, view_size
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").exists():
@@ -208,10 +213,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
     cfg = apply_overrides(cfg, args.overrides)
     device = str(resolve_device(args.device or cfg.train.device, DistContext()))
-    splits = load_splits(
-        cfg.data.name, cfg.data.root, cfg.data.path, cfg.data.val_fraction, cfg.data.split_seed
-    )
-    method = build_method_for(cfg, splits.train.images.shape[1])
+    splits = splits_of(cfg)
+    method = build_method_for(cfg, splits.channels, image_size=view_size(cfg, splits))
     method.load_state_dict(state["model"])
     method.to(device)
     extra = {
@@ -230,11 +233,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .config import config_from_dict, load_recipe
-    from .data.splits import load_splits
+    from .data.splits import as_tensors, splits_of
     from .data.views import MultiViewAugment, dataset_preset
     from .experiments.analyze import analyze_features, analyze_model, write_analysis_report
     from .training.checkpoint import load_checkpoint
-    from .training.loop import build_method_for
+    from .training.loop import build_method_for, view_size
 
     path = Path(args.path) if args.path else None
     if path is not None and path.suffix == ".npy":
@@ -263,21 +266,19 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 "analyze needs a run directory, a .pt checkpoint, a .npy of features, "
                 "or --untrained RECIPE"
             )
-        splits = load_splits(
-            cfg.data.name, cfg.data.root, cfg.data.path, cfg.data.val_fraction, cfg.data.split_seed
-        )
-        torch_seed = cfg.train.seed
+        splits = splits_of(cfg)
+        test = as_tensors(splits.test)
         import torch
 
-        torch.manual_seed(torch_seed)
-        method = build_method_for(cfg, splits.test.images.shape[1])
+        torch.manual_seed(cfg.train.seed)
+        method = build_method_for(cfg, splits.channels, image_size=view_size(cfg, splits))
         if state is not None:
             method.load_state_dict(state["model"])
-        specs = dataset_preset(cfg.views.preset, *splits.normalisation)
+        specs = dataset_preset(cfg.views.preset, *splits.normalisation, size=cfg.data.image_size)
         aug = MultiViewAugment(specs, args.n_augment)
         result = analyze_model(
             method.backbone,
-            splits.test.images,
+            test.images,
             splits.test.labels,
             specs[0].mean,
             specs[0].std,
@@ -305,13 +306,15 @@ def _coherence_of(
     first four classes, under the run's own views, with the shuffled-label control."""
     import torch
 
+    from .data.splits import as_tensors
     from .data.views import MultiViewAugment
     from .evaluation.coherence import coherence_with_control
 
     labels = splits.test.labels
     pick = torch.cat([torch.nonzero(labels == c).flatten()[:16] for c in labels.unique()[:4]])
     gen = torch.Generator().manual_seed(seed)
-    views = MultiViewAugment(specs, cfg.views.num_views)(splits.test.images[pick], gen)
+    images = as_tensors(splits.test.subset(pick)).images
+    views = MultiViewAugment(specs, cfg.views.num_views)(images, gen)
     method.eval()
     return coherence_with_control(method, lambda v: method(v)[0], views, labels[pick], seed)
 
@@ -370,6 +373,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         raise ValueError(f"{path} is neither a sweep directory (sweep.json) nor a run directory")
     for file in files:
         print(file)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_backbone
+
+    out = export_backbone(args.run, args.format, args.out)
+    spec = json.loads(out.with_name(out.name + ".json").read_text())
+    print(f"{args.format} weights of {spec['backbone']}: {out}\n  {out}.json\nload them with:")
+    print("  " + spec["load"].replace("\n", "\n  "))
     return 0
 
 
@@ -527,6 +540,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("dir", help="a sweep or run directory")
     pl.set_defaults(func=_cmd_plot)
+
+    ex = sub.add_parser(
+        "export",
+        help="the pretrained backbone as a state dict that torchvision or timm loads",
+        description="Write the backbone of a run (or checkpoint) as a plain state dict: "
+        "torchvision or timm keys (the classifier is the only missing key), or its own keys; "
+        "FILE.json says how to build the model that loads it.",
+    )
+    ex.add_argument("run", help="a run directory or a checkpoint .pt")
+    ex.add_argument("--format", choices=["torchvision", "timm", "state_dict"], required=True)
+    ex.add_argument("--out", required=True, help="the .pt file to write")
+    ex.set_defaults(func=_cmd_export)
 
     recipes = sub.add_parser("recipes", help="list the packaged recipes")
     recipes.set_defaults(

@@ -97,6 +97,12 @@ def list_of(item: Check) -> Check:
     return lambda values: non_empty_list_of(item)(values) if values else None
 
 
+def _backbone_name(v: str) -> str | None:
+    from .models import backbone_problem
+
+    return backbone_problem(v)
+
+
 def device_name(v: str) -> str | None:
     ok = v in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", v) is not None
     return None if ok else "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
@@ -106,7 +112,44 @@ def device_name(v: str) -> str | None:
 class DataConfig:
     name: str = key("digits", "dataset", registered("manifold_ssl.data.datasets", "DATASETS"))
     root: str = key("data", "folder of raw files and the decoded tensor cache")
-    path: str | None = key(None, "imagefolder: a folder or .tar(.gz) of <split>/<class>/<image>")
+    path: str | None = key(
+        None,
+        "imagefolder: a folder or .tar(.gz) of <split>/<class>/<image>; webdataset: a shard "
+        "pattern with {split}, e.g. shards/{split}-{000000..000099}.tar",
+    )
+    loader: str = key(
+        "auto",
+        "memory (one uint8 tensor on the device) | stream (DataLoader workers decode files) | "
+        "auto (stream an imagefolder/webdataset larger than memory_limit_gb)",
+        one_of("auto", "memory", "stream"),
+    )
+    image_size: int | None = key(
+        None,
+        "training resolution; memory: images resized once into the cache (downsampling)",
+        lambda v: None if v is None or v >= 1 else ">= 1 or null",
+    )
+    crop_fraction: float = key(
+        1.0,
+        "un-augmented view: shorter side to image_size/crop_fraction, centre crop (ImageNet: "
+        "0.875)",
+        between(0, 1, lo_open=True),
+    )
+    classes_file: str | None = key(
+        None, "keep the classes listed in this file, one per line (ImageNet-100)"
+    )
+    test_split: str = key("test", "split with the final numbers (ImageNet folders: val)")
+    unlabeled: bool = key(False, "also pretrain on the unlabeled split (STL-10: 100,000 images)")
+    workers: int = key(-1, "stream: DataLoader workers (-1: one per core, at most 8)", at_least(-1))
+    prefetch: int = key(2, "stream: batches each worker reads ahead", at_least(1))
+    views_on: str = key(
+        "auto",
+        "stream: photometric part of the views on the device, or in the workers (auto: the "
+        "workers when the device is the CPU)",
+        one_of("auto", "device", "workers"),
+    )
+    memory_limit_gb: float = key(
+        8.0, "auto: decoded training images above this many GB are streamed", above(0)
+    )
     val_fraction: float = key(
         0.1,
         "fraction of train held out to monitor and select (the test split is for final numbers)",
@@ -125,13 +168,22 @@ class ViewsConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = key("convnet", "backbone", registered("manifold_ssl.models", "BACKBONES"))
+    backbone: str = key(
+        "convnet",
+        "backbone: a name here, torchvision:<name> or timm:<name>",
+        lambda v: _backbone_name(v),
+    )
     width: int | None = key(
         None,
         "channels of the first stage (null: 64 for ResNets, 32 for the ConvNet)",
         lambda v: None if v is None or v >= 1 else ">= 1 or null",
     )
-    small_images: bool = key(True, "CIFAR stem (3x3, no max-pool)")
+    small_images: bool = key(True, "CIFAR stem (3x3, no max-pool) on ResNets")
+    kwargs: dict[str, Any] = key(
+        help="torchvision:/timm: constructor keywords, e.g. {patch_size: 4} (ViT image size: "
+        "data.image_size)",
+        factory=dict,
+    )
     projector: str = key("256-128", "projector MLP widths, e.g. 2048-512-128 ('' for none)")
     predictor: str = key("", "predictor MLP widths (BYOL, SimSiam, Matrix-SSL)")
     sync_bn: bool = key(False, "BatchNorm over the global batch under DDP")
@@ -175,7 +227,10 @@ class TrainConfig:
     batch_size: int = key(128, "global batch (split over ranks under DDP)", at_least(1))
     seed: int = key(0, "seed of the model, data order and views")
     device: str = key("auto", "auto | cpu | cuda | cuda:N | mps", device_name)
-    amp: bool = key(True, "bf16 autocast on CUDA (spectra stay float64); ignored on CPU")
+    amp: bool = key(True, "bf16 autocast on CUDA (spectra stay float64); see amp_cpu")
+    amp_cpu: bool = key(False, "bf16 autocast on the CPU too (slow on most CPUs; for tests)")
+    channels_last: bool = key(False, "views and weights in channels-last memory (faster convs)")
+    compile: bool = key(False, "torch.compile the model (the first steps compile)")
     num_threads: int = key(0, "torch CPU threads (0: leave as is)", at_least(0))
     log_every: int = key(10, "steps between metric lines", at_least(1))
     knn_every: int = key(
@@ -217,6 +272,13 @@ class EvalConfig:
         check=list_of(between(0, 1, lo_open=True)),
         factory=list,
     )
+    augmented_probe: bool = key(
+        False, "also the papers' probe on augmented images (Yerxa App. G; row augmented_probe)"
+    )
+    augmented_epochs: int = key(50, "augmented probe: epochs", at_least(1))
+    augmented_batch: int = key(1024, "augmented probe: batch size", at_least(1))
+    augmented_lr: float = key(0.1, "augmented probe: Adam learning rate (cosine decay)", above(0))
+    augmented_wd: float = key(1e-6, "augmented probe: Adam weight decay", at_least(0))
     finetune_epochs: int = key(20, "fine-tuning epochs", at_least(1))
     finetune_lr: float = key(0.1, "fine-tuning learning rate of the head (backbone: /10)", above(0))
 

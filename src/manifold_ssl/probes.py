@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
-from .data.splits import DataSplits
+from .data.splits import DataSplits, as_tensors
 from .data.views import MultiViewAugment, dataset_preset
 from .distributed import local_only
 from .evaluation.coherence import coherence_with_control
@@ -73,15 +73,16 @@ class TrainingProbe:
         gen = torch.Generator().manual_seed(p.seed)
         val = splits.val
         idx = torch.randperm(len(val.labels), generator=gen)[: p.images]
-        images = val.images[idx]
+        images = as_tensors(val.subset(idx)).images
         self.labels = val.labels[idx]
         self.mean, self.std = splits.normalisation
-        specs = dataset_preset(cfg.views.preset, self.mean, self.std)
+        specs = dataset_preset(cfg.views.preset, self.mean, self.std, size=cfg.data.image_size)
         aug = MultiViewAugment(specs, p.views or cfg.views.num_views)
         self.views = aug(images, gen).to(device)  # fixed: drawn once
         self.images = images
         bank = torch.randperm(len(splits.train.labels), generator=gen)[: p.knn_bank]
-        self.bank_images, self.bank_labels = splits.train.images[bank], splits.train.labels[bank]
+        self.bank_images = as_tensors(splits.train.subset(bank)).images
+        self.bank_labels = splits.train.labels[bank]
         self.num_classes = splits.num_classes
         self.next_step = 0 if p.at_start else self.every
         self.start = time.perf_counter()

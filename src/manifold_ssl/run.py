@@ -20,7 +20,7 @@ from .evaluation.protocol import evaluate_with_baselines
 from .evaluation.report import write_report
 from .methods import SSLMethod
 from .runinfo import read_metrics, write_json
-from .training.loop import Monitor, PretrainResult, build_method_for
+from .training.loop import Monitor, PretrainResult, build_method_for, view_size
 from .training.loop import pretrain as train
 
 __all__ = ["evaluate_run", "final_percent_error", "knn_monitor", "pretrain"]
@@ -32,7 +32,7 @@ def knn_monitor(cfg: Config) -> Monitor:
     def monitor(backbone: nn.Module, splits: DataSplits, device: torch.device) -> dict[str, float]:
         mean, std = splits.normalisation
         feats = [
-            extract_features(backbone, s.images, mean, std, device=device)
+            extract_features(backbone, s, mean, std, device=device, workers=cfg.data.workers)
             for s in (splits.train, splits.val)
         ]
         acc = knn_accuracy(
@@ -78,10 +78,19 @@ def evaluate_run(
     """kNN + linear probe of ``method``'s backbone next to the baselines, the fine-tunings of
     ``cfg.eval.semi_supervised``; writes ``eval.json`` and ``report.md`` into ``run_dir``."""
     # the same initialisation the pretrained encoder had
-    random_encoder = build_method_for(cfg, splits.train.images.shape[1]).backbone
+    size = view_size(cfg, splits)
+    random_encoder = build_method_for(cfg, splits.channels, image_size=size).backbone
     results = evaluate_with_baselines(
         cfg, method.backbone, splits, device, random_encoder, progress=progress
     )
+    if cfg.eval.augmented_probe:
+        from .evaluation.augmented import augmented_linear_probe
+
+        if progress:
+            print("the linear probe on augmented images (Yerxa App. G)")
+        results["augmented_probe"] = augmented_linear_probe(
+            cfg, method.backbone, splits, device, size, progress
+        )
     if cfg.eval.semi_supervised:
         from .evaluation.finetune import finetune
 

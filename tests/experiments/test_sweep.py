@@ -68,6 +68,8 @@ def test_expand_resolves_aliases_and_names_trials_by_their_config(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         load_spec("no_such_sweep")
     assert len(expand(load_spec("digits_double_descent"))) == 72
+    stl = expand(load_spec("stl10_double_descent"))  # the paper's grid, on STL-10 + unlabeled
+    assert len(stl) == 75 and all(t.cfg.data.unlabeled and t.cfg.data.name == "stl10" for t in stl)
 
 
 def test_a_killed_sweep_reruns_only_its_missing_trials(tmp_path):

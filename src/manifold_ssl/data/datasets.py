@@ -12,23 +12,29 @@ Registry (``DATASETS``):
   (``cifar-100-python``); downloaded by torchvision where a network exists.
 * ``stl10``: the binary files under ``<root>/stl10_binary``; ``split="unlabeled"`` too.
 * ``imagefolder``: ``<path>/<split>/<class>/<image>``, as a folder or a ``.tar``/``.tar.gz``
-  archive (a leading folder inside the archive, like ``cifar10/``, is allowed).
+  archive (a leading folder inside the archive, like ``cifar10/``, is allowed);
+* ``webdataset``: shards of ``<key>.jpg`` + ``<key>.cls``, ``data.path`` a brace pattern with
+  ``{split}``.
+
+The last two are indexed by :mod:`manifold_ssl.data.files` and can also be streamed
+(``data.loader: stream``); decoded here they need one image size or ``data.image_size``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import tarfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .files import ImageFiles
 
 __all__ = ["DATASETS", "ImageTensors", "load_dataset"]
 
@@ -64,7 +70,7 @@ class ImageTensors:
         return ImageTensors(self.images.to(device), self.labels.to(device), self.classes)
 
 
-Loader = Callable[[Path, str, "str | None"], ImageTensors]
+Loader = Callable[..., ImageTensors]  # (root, split, path, **options)
 DATASETS: dict[str, Loader] = {}
 
 
@@ -77,17 +83,31 @@ def _register(name: str) -> Callable[[Loader], Loader]:
 
 
 def load_dataset(
-    name: str, split: str, root: str | os.PathLike[str] = "data", path: str | None = None
+    name: str,
+    split: str,
+    root: str | os.PathLike[str] = "data",
+    path: str | None = None,
+    size: int | None = None,
+    classes_file: str | None = None,
+    crop_fraction: float = 1.0,
+    workers: int = 0,
 ) -> ImageTensors:
     """Load ``split`` of dataset ``name``, decoding it into the cache on first use.
 
-    ``root`` holds raw downloads and the cache; ``path`` is the folder or archive of the
-    ``imagefolder`` dataset.
+    ``root`` holds raw downloads and the cache; ``path`` is the folder, archive or shard
+    pattern of the ``imagefolder`` and ``webdataset`` datasets. ``size`` resizes every image
+    (shorter side to ``size / crop_fraction``, antialiased, then the central size×size) once,
+    into the cache: downsampled data for the memory path. ``classes_file`` keeps the classes it
+    lists (labels renumbered in sorted order).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     root = Path(root)
     key = name if path is None else f"{name}-{_source_key(path)}"
+    if size is not None:
+        key += f"-{size}px" + ("" if crop_fraction == 1.0 else f"-crop{crop_fraction:g}")
+    if classes_file is not None:
+        key += f"-classes{_source_key(classes_file)}"
     cache = root / "cache" / f"{key}-{split}.pt"
     if cache.exists():
         try:
@@ -99,7 +119,10 @@ def load_dataset(
                 "decoding the dataset again",
                 stacklevel=2,
             )
-    data = DATASETS[name](root, split, path)
+    opts = {"size": size, "classes_file": classes_file, "crop_fraction": crop_fraction}
+    data = DATASETS[name](root, split, path, **opts, workers=workers)
+    if name not in _FILE_SETS:
+        data = _resize_and_select(data, size, crop_fraction, classes_file)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:
@@ -107,6 +130,37 @@ def load_dataset(
         os.replace(tmp, cache)
     finally:
         tmp.unlink(missing_ok=True)
+    return data
+
+
+_FILE_SETS = ("imagefolder", "webdataset")  # resized and selected while decoded
+
+
+def _resize_and_select(
+    data: ImageTensors, size: int | None, crop_fraction: float, classes_file: str | None
+) -> ImageTensors:
+    from .files import centre_view, read_class_list
+
+    subset = read_class_list(classes_file)
+    if subset is not None:
+        missing = sorted(set(subset) - set(data.classes))
+        if missing:
+            raise ValueError(f"data.classes_file names classes the dataset lacks: {missing[:10]}")
+        keep = sorted(subset)
+        old = torch.tensor([data.classes.index(c) for c in keep])
+        mask = torch.isin(data.labels, old)
+        relabel = torch.full((len(data.classes),), -1, dtype=torch.int64)
+        relabel[old] = torch.arange(len(keep))
+        labels = data.labels[mask]
+        data = ImageTensors(
+            data.images[mask], torch.where(labels >= 0, relabel[labels.clamp_min(0)], labels), keep
+        )
+    if size is not None and tuple(data.images.shape[-2:]) != (size, size):
+        chunks = [
+            centre_view(data.images[i : i + 1024], size, crop_fraction)
+            for i in range(0, len(data), 1024)
+        ]
+        data = ImageTensors(torch.cat(chunks), data.labels, data.classes)
     return data
 
 
@@ -129,7 +183,7 @@ def _source_key(path: str) -> str:
 
 # --------------------------------------------------------------------------- digits
 @_register("digits")
-def _digits(root: Path, split: str, path: str | None) -> ImageTensors:
+def _digits(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -186,17 +240,17 @@ def _cifar(name: str, root: Path, split: str) -> ImageTensors:
 
 
 @_register("cifar10")
-def _cifar10(root: Path, split: str, path: str | None) -> ImageTensors:
+def _cifar10(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
     return _cifar("cifar10", root, split)
 
 
 @_register("cifar100")
-def _cifar100(root: Path, split: str, path: str | None) -> ImageTensors:
+def _cifar100(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
     return _cifar("cifar100", root, split)
 
 
 @_register("stl10")
-def _stl10(root: Path, split: str, path: str | None) -> ImageTensors:
+def _stl10(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
     if split not in ("train", "test", "unlabeled"):
         raise ValueError(f"stl10 has splits 'train', 'test' and 'unlabeled', got {split!r}")
     ds = _torchvision_set("STL10", root, "stl10_binary", "stl10_binary.tar.gz", split=split)
@@ -205,112 +259,33 @@ def _stl10(root: Path, split: str, path: str | None) -> ImageTensors:
     return ImageTensors(images, labels, list(ds.classes))  # type: ignore[attr-defined]
 
 
-# --------------------------------------------------------------------------- image folders
-def _folder_classes(path: Path, split: str) -> list[str]:
-    base = path / split
-    if not base.is_dir():
-        raise FileNotFoundError(
-            f"imagefolder: no folder {base} (expected <path>/{split}/<class>/<image>)"
-        )
-    return sorted(p.name for p in base.iterdir() if p.is_dir())
-
-
-def _iter_folder(path: Path, split: str) -> Iterator[tuple[str, str, Callable[[], bytes]]]:
-    for cls in _folder_classes(path, split):
-        for file in sorted((path / split / cls).iterdir()):
-            if file.suffix.lower() in IMAGE_SUFFIXES:
-                yield cls, str(file), file.read_bytes
-
-
-def _tar_image_parts(name: str, split: str) -> tuple[str, ...] | None:
-    parts = Path(name).parts
-    if len(parts) < 3 or parts[-3] != split or Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
-        return None
-    return parts
-
-
-def _open_tar(path: Path) -> tarfile.TarFile:
-    try:
-        return tarfile.open(path)
-    except (tarfile.TarError, OSError) as err:
-        raise ValueError(
-            f"imagefolder: data.path {path} is neither a folder nor a readable .tar/.tar.gz "
-            f"archive ({err})"
-        ) from None
-
-
-def _tar_classes(path: Path, split: str) -> list[str]:
-    with _open_tar(path) as tar:
-        names = {
-            parts[-2]
-            for m in tar
-            if m.isfile() and (parts := _tar_image_parts(m.name, split)) is not None
-        }
-    if not names:
-        raise FileNotFoundError(
-            f"imagefolder: the archive {path} has no images under a '{split}/<class>/' folder"
-        )
-    return sorted(names)
-
-
-def _iter_tar(path: Path, split: str) -> Iterator[tuple[str, str, Callable[[], bytes]]]:
-    with _open_tar(path) as tar:
-        found = False
-        for member in tar:
-            parts = _tar_image_parts(member.name, split) if member.isfile() else None
-            if parts is None:
-                continue
-            found = True
-            handle = tar.extractfile(member)
-            data = handle.read() if handle is not None else b""
-            yield parts[-2], f"{path}:{member.name}", lambda d=data: d  # type: ignore[misc]
-        if not found:
-            raise FileNotFoundError(
-                f"imagefolder: the archive {path} has no images under a '{split}/<class>/' folder"
-            )
-
-
+# --------------------------------------------------------------------------- image files
 @_register("imagefolder")
-def _imagefolder(root: Path, split: str, path: str | None) -> ImageTensors:
-    from PIL import Image, UnidentifiedImageError
+def _imagefolder(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
+    from .files import index_images
 
     if path is None:
         raise ValueError(
             "imagefolder needs data.path: a folder or .tar/.tar.gz of <split>/<class>/<image>"
         )
-    src = Path(path).expanduser()
-    if not src.exists():
-        raise FileNotFoundError(f"imagefolder: data.path {src} does not exist")
-    # one class list for every split, the training split's: label i means the same class in
-    # train, val and test, also when a split lacks a class
-    classes = _folder_classes(src, "train") if src.is_dir() else _tar_classes(src, "train")
-    lookup = {c: i for i, c in enumerate(classes)}
-    items = _iter_folder(src, split) if src.is_dir() else _iter_tar(src, split)
-    arrays, names, shape = [], [], None
-    for cls, name, read in tqdm(
-        items, desc=f"decoding {src.name} {split}", unit="img", leave=False
-    ):
-        if cls not in lookup:
-            raise ValueError(
-                f"imagefolder: class {cls!r} of split {split!r} ({name}) is not a class of the "
-                f"training split (classes: {classes})"
-            )
-        try:
-            with Image.open(io.BytesIO(read())) as img:
-                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise ValueError(f"imagefolder: cannot decode image {name}: {err}") from None
-        if shape is None:
-            shape = arr.shape
-        elif arr.shape != shape:
-            raise ValueError(
-                f"imagefolder: image {name} is {arr.shape[1]}x{arr.shape[0]}, but earlier images are "
-                f"{shape[1]}x{shape[0]}; resize the dataset to one size first"
-            )
-        arrays.append(arr)
-        names.append(cls)
-    if not arrays:
-        raise FileNotFoundError(f"imagefolder: no images under {src} for split {split!r}")
-    images = torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
-    labels = torch.tensor([lookup[c] for c in names], dtype=torch.int64)
-    return ImageTensors(images, labels, classes)
+    files = index_images(path, split, root, opts.get("classes_file"))
+    return _decode_all(files, opts)
+
+
+@_register("webdataset")
+def _webdataset(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
+    from .files import index_shards
+
+    if path is None:
+        raise ValueError(
+            "webdataset needs data.path: a shard pattern such as shards/{split}-{000000..000099}.tar"
+        )
+    files = index_shards(path, split, root, opts.get("classes_file"))
+    return _decode_all(files, opts)
+
+
+def _decode_all(files: ImageFiles, opts: dict[str, Any]) -> ImageTensors:
+    """Decode indexed files into one tensor, at ``size`` (resized and centre-cropped) or at
+    their own size, which must then be one size."""
+    files = files.with_view(opts.get("size"), opts.get("crop_fraction", 1.0))
+    return files.load(opts.get("workers", 0))

@@ -22,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,11 +118,15 @@ PRESETS: dict[str, tuple[AugmentSpec, ...]] = {
 
 
 def dataset_preset(
-    name: str, mean: tuple[float, ...], std: tuple[float, ...]
+    name: str, mean: tuple[float, ...], std: tuple[float, ...], size: int | None = None
 ) -> tuple[AugmentSpec, ...]:
     """Preset ``name`` standardising with a dataset's channel ``mean`` and ``std``
-    (``DataSplits.normalisation``) instead of the preset's defaults."""
-    return tuple(replace(spec, mean=tuple(mean), std=tuple(std)) for spec in preset(name))
+    (``DataSplits.normalisation``) instead of the preset's defaults, with views of side
+    ``size`` (``data.image_size``) when given."""
+    return tuple(
+        replace(spec, mean=tuple(mean), std=tuple(std), size=size or spec.size)
+        for spec in preset(name)
+    )
 
 
 def preset(name: str) -> tuple[AugmentSpec, ...]:
@@ -135,6 +140,54 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor
     return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
 
 
+CROP_ATTEMPTS = 10
+
+
+def crop_uniforms(n: int, gen: torch.Generator, attempts: int = CROP_ATTEMPTS) -> torch.Tensor:
+    """(n, attempts, 4) float64 uniforms on [0, 1): the random numbers of ``attempts`` tries of
+    ``RandomResizedCrop.get_params`` (area, log-ratio, top, left), independent of the image
+    size, so that they can be drawn for a batch before its images are read (the streaming path
+    turns them into boxes once each image's size is known)."""
+    u = [torch.rand(n * attempts, generator=gen, dtype=torch.float64) for _ in range(2)]
+    u += [torch.rand(n, attempts, generator=gen, dtype=torch.float64) for _ in range(2)]
+    return torch.stack([v.view(n, attempts) for v in u], dim=-1)
+
+
+def crop_boxes(
+    u: torch.Tensor,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> torch.Tensor:
+    """(n, 4) int64 boxes ``(i, j, h, w)`` from :func:`crop_uniforms` ``u`` with torchvision's
+    ``RandomResizedCrop.get_params`` algorithm: of the tries with area ~ U(scale)·HW and
+    log-ratio ~ U(log ratio), the first that fits wins; otherwise a centre crop clamped to the
+    ratio range. ``height`` and ``width`` are one size or one per image (n,)."""
+    n = u.shape[0]
+    hh = torch.as_tensor(height, dtype=torch.int64).expand(n).view(n, 1)
+    ww = torch.as_tensor(width, dtype=torch.int64).expand(n).view(n, 1)
+    target = (hh * ww) * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * u[..., 1])
+    w = torch.round(torch.sqrt(target * aspect)).long()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    ok = (w > 0) & (w <= ww) & (h > 0) & (h <= hh)
+    i = torch.floor(u[..., 2] * (hh - h + 1).clamp_min(1)).long()
+    j = torch.floor(u[..., 3] * (ww - w + 1).clamp_min(1)).long()
+    first = torch.argmax(ok.int(), dim=1)  # index of the first valid attempt (0 if none)
+    rows = torch.arange(n)
+    boxes = torch.stack([i[rows, first], j[rows, first], h[rows, first], w[rows, first]], dim=1)
+    # fallback: centre crop, as torchvision
+    hh, ww = hh.flatten(), ww.flatten()
+    in_ratio = ww.double() / hh.double()
+    narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    fw = torch.where(wide, torch.round(hh * max(ratio)).long(), ww)
+    fh = torch.where(narrow, torch.round(ww / min(ratio)).long(), hh)
+    fallback = torch.stack([(hh - fh) // 2, (ww - fw) // 2, fh, fw], dim=1)
+    return torch.where(ok.any(dim=1, keepdim=True), boxes, fallback)
+
+
 def sample_crops(
     n: int,
     height: int,
@@ -142,42 +195,18 @@ def sample_crops(
     scale: tuple[float, float],
     ratio: tuple[float, float],
     gen: torch.Generator,
-    attempts: int = 10,
+    attempts: int = CROP_ATTEMPTS,
 ) -> torch.Tensor:
-    """(n, 4) int64 boxes ``(i, j, h, w)`` with torchvision's ``RandomResizedCrop.get_params``
-    algorithm: up to 10 tries of area ~ U(scale)·HW and log-ratio ~ U(log ratio), the first that
-    fits wins; otherwise a centre crop clamped to the ratio range."""
-    area = height * width
-    target = area * _uniform(n * attempts, *scale, gen).view(n, attempts)
-    log_r = _uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), gen).view(n, attempts)
-    aspect = torch.exp(log_r)
-    w = torch.round(torch.sqrt(target * aspect)).long()
-    h = torch.round(torch.sqrt(target / aspect)).long()
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    u_i = torch.rand(n, attempts, generator=gen, dtype=torch.float64)
-    u_j = torch.rand(n, attempts, generator=gen, dtype=torch.float64)
-    i = torch.floor(u_i * (height - h + 1).clamp_min(1)).long()
-    j = torch.floor(u_j * (width - w + 1).clamp_min(1)).long()
-    first = torch.argmax(ok.int(), dim=1)  # index of the first valid attempt (0 if none)
-    rows = torch.arange(n)
-    boxes = torch.stack([i[rows, first], j[rows, first], h[rows, first], w[rows, first]], dim=1)
-    # fallback: centre crop, as torchvision
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        fh, fw = height, round(height * max(ratio))
-    else:
-        fw, fh = width, height
-    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw])
-    return torch.where(ok.any(dim=1, keepdim=True), boxes, fallback)
+    """(n, 4) int64 crop boxes of an height×width image (:func:`crop_boxes`)."""
+    return crop_boxes(crop_uniforms(n, gen, attempts), height, width, scale, ratio)
 
 
 @dataclass
 class ViewParams:
     """Random parameters of one view for a batch of n images (CPU tensors)."""
 
-    boxes: torch.Tensor  # (n, 4) int64: i, j, h, w
+    crop: torch.Tensor  # (n, attempts, 4) float64: the crop's uniforms (crop_uniforms)
+    boxes: torch.Tensor | None  # (n, 4) int64 i, j, h, w; None until the image size is known
     flip: torch.Tensor  # (n,) bool
     jitter: torch.Tensor  # (n,) bool: colour jitter applied
     factors: torch.Tensor  # (n, 4) float64: brightness, contrast, saturation, hue
@@ -188,28 +217,23 @@ class ViewParams:
     solarize: torch.Tensor  # (n,) bool
 
     def slice(self, start: int, stop: int) -> ViewParams:
-        kw = {
-            k: getattr(self, k)[start:stop]
-            for k in (
-                "boxes",
-                "flip",
-                "jitter",
-                "factors",
-                "order",
-                "gray",
-                "blur",
-                "sigma",
-                "solarize",
-            )
+        kw: dict[str, Any] = {
+            f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[start:stop]
+            for f in fields(self)
         }
         return ViewParams(**kw)
 
 
 def sample_params(
-    spec: AugmentSpec, n: int, height: int, width: int, gen: torch.Generator
+    spec: AugmentSpec, n: int, height: int | None, width: int | None, gen: torch.Generator
 ) -> ViewParams:
-    """Draw every random choice of ``spec`` for n images, in a fixed order (reproducible)."""
-    boxes = sample_crops(n, height, width, spec.crop_scale, spec.crop_ratio, gen)
+    """Draw every random choice of ``spec`` for n images, in a fixed order (reproducible).
+    With ``height`` and ``width`` None (images of different sizes, read later) the crop is kept
+    as uniforms and ``boxes`` is None; the random stream is the same either way."""
+    crop = crop_uniforms(n, gen)
+    boxes = None
+    if height is not None and width is not None:
+        boxes = crop_boxes(crop, height, width, spec.crop_scale, spec.crop_ratio)
     flip = torch.rand(n, generator=gen) < spec.flip_p
     jitter = torch.rand(n, generator=gen) < spec.jitter_p
     factors = torch.stack(
@@ -226,7 +250,7 @@ def sample_params(
     blur = torch.rand(n, generator=gen) < spec.blur_p
     sigma = _uniform(n, *spec.blur_sigma, gen)
     solarize = torch.rand(n, generator=gen) < spec.solarize_p
-    return ViewParams(boxes, flip, jitter, factors, order, gray, blur, sigma, solarize)
+    return ViewParams(crop, boxes, flip, jitter, factors, order, gray, blur, sigma, solarize)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -331,9 +355,16 @@ _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue
 
 def apply_params(spec: AugmentSpec, images: torch.Tensor, p: ViewParams) -> torch.Tensor:
     """One augmented view of uint8 ``images`` (n, C, H, W): normalised float (n, C, s, s)."""
+    if p.boxes is None:
+        raise ValueError("these view parameters have no crop boxes: sample them with the size")
     x = images.float().div_(255.0)
-    size = spec.size or images.shape[-1]
-    x = resized_crop(x, p.boxes, size, p.flip)
+    x = resized_crop(x, p.boxes, spec.size or images.shape[-1], p.flip)
+    return photometric(spec, x, p)
+
+
+def photometric(spec: AugmentSpec, x: torch.Tensor, p: ViewParams) -> torch.Tensor:
+    """The photometric part of a view (colour jitter, grayscale, blur, solarisation, then
+    normalisation) on float ``x`` (n, C, s, s) in [0, 1], already cropped; changes ``x``."""
     dev = x.device
     jit = p.jitter.to(dev)
     factors = p.factors.to(dev, x.dtype)
@@ -392,7 +423,9 @@ class MultiViewAugment:
     def spec_of(self, view: int) -> AugmentSpec:
         return self.specs[0] if view < (self.num_views + 1) // 2 else self.specs[-1]
 
-    def sample(self, n: int, height: int, width: int, gen: torch.Generator) -> list[ViewParams]:
+    def sample(
+        self, n: int, height: int | None, width: int | None, gen: torch.Generator
+    ) -> list[ViewParams]:
         return [
             sample_params(self.spec_of(k), n, height, width, gen) for k in range(self.num_views)
         ]
@@ -401,6 +434,17 @@ class MultiViewAugment:
         """(n, K, C, s, s) float views of uint8 ``images`` (n, C, H, W)."""
         with _one_cpu_thread(images.device):
             views = [apply_params(self.spec_of(k), images, p) for k, p in enumerate(params)]
+            return torch.stack(views, dim=1)
+
+    def apply_cropped(self, crops: torch.Tensor, params: list[ViewParams]) -> torch.Tensor:
+        """(n, K, C, s, s) float views from uint8 ``crops`` (n, K, C, s, s), whose geometric part
+        (crop, resize, flip) was made per image by the streaming loader's workers: the
+        photometric part, batched on ``crops``' device."""
+        with _one_cpu_thread(crops.device):
+            views = [
+                photometric(self.spec_of(k), crops[:, k].float().div_(255.0), p)
+                for k, p in enumerate(params)
+            ]
             return torch.stack(views, dim=1)
 
     def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from copy import deepcopy
 
 import torch
 from torch import nn
+
+from ..data.datasets import ImageTensors
+from ..data.files import ImageFiles
 
 __all__ = [
     "augmentation_manifolds",
@@ -51,13 +54,18 @@ def inference_copy(encoder: nn.Module) -> nn.Module:
 @torch.no_grad()
 def extract_features(
     encoder: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageTensors | ImageFiles,
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    workers: int = 0,
 ) -> torch.Tensor:
     """(N, F) float32 CPU features of uint8 ``images`` through ``encoder`` in eval mode.
+
+    ``images``: a uint8 (N, C, H, W) tensor, a split in memory, or a split on disk, whose
+    un-augmented views ``workers`` DataLoader processes decode batch by batch (evaluation on
+    streamed data: nothing but the features is held).
 
     Runs an :func:`inference_copy` of the encoder. Batches go in channels-last layout, which
     the convolutions of CPU (oneDNN) and GPU (cuDNN) backends run faster: 1.4× on a width-16
@@ -65,9 +73,15 @@ def extract_features(
     there).
     """
     model = inference_copy(encoder).to(device)
+    if isinstance(images, ImageTensors):
+        images = images.images
+    if isinstance(images, ImageFiles):
+        batches: Iterable[torch.Tensor] = images.batches(batch_size, workers)
+    else:
+        batches = (images[i : i + batch_size] for i in range(0, images.shape[0], batch_size))
     out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = normalise_images(images[start : start + batch_size].to(device), mean, std)
+    for batch in batches:
+        x = normalise_images(batch.to(device), mean, std)
         out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 

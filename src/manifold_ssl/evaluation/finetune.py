@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
-from ..data.splits import DataSplits, stratified_split
+from ..data.splits import DataSplits, as_tensors, stratified_split
 from ..data.views import MultiViewAugment, dataset_preset
 from .features import normalise_images
 
@@ -60,10 +60,10 @@ def finetune(
         else (None, torch.arange(len(splits.train)))
     )
     images, labels = (
-        splits.train.images[labelled].to(device),
+        as_tensors(splits.train.subset(labelled)).images.to(device),
         splits.train.labels[labelled].to(device),
     )
-    spec = dataset_preset(cfg.views.preset, *splits.normalisation)[0]
+    spec = dataset_preset(cfg.views.preset, *splits.normalisation, size=cfg.data.image_size)[0]
     aug = MultiViewAugment((spec,), 1)
     encoder = copy.deepcopy(backbone).to(device)
     with torch.random.fork_rng():  # the head's initialisation follows ``seed``, not global state
@@ -101,9 +101,9 @@ def finetune(
         "fraction": fraction,
         "labelled_images": int(labelled.numel()),
         "val_accuracy": _accuracy(
-            model, splits.val.images, splits.val.labels, spec.mean, spec.std, device
+            model, as_tensors(splits.val).images, splits.val.labels, spec.mean, spec.std, device
         ),
         "test_accuracy": _accuracy(
-            model, splits.test.images, splits.test.labels, spec.mean, spec.std, device
+            model, as_tensors(splits.test).images, splits.test.labels, spec.mean, spec.std, device
         ),
     }

@@ -3,7 +3,9 @@
 kNN (k = 200, cosine, temperature 0.1) and a linear probe (weight decay chosen on the validation
 split), both fitted on the training split; each reports its test accuracy once. The baselines
 run the same protocol on the same encoder architecture at random initialisation, and on raw
-pixels.
+pixels (skipped for streamed data). On streamed data (``data.loader: stream``) the features are
+extracted from the files batch by batch, at the un-augmented view (``data.image_size``,
+``data.crop_fraction``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..data.splits import DataSplits
+from ..data.splits import DataSplits, as_tensors
 from .features import extract_features, normalise_images
 from .knn import knn_accuracy
 from .linear import linear_probe
@@ -79,7 +81,7 @@ def evaluate_encoder(
     _check_classes(splits)
     mean, std = splits.normalisation
     feats = [
-        extract_features(encoder, s.images, mean, std, device=device)
+        extract_features(encoder, s, mean, std, device=device, workers=cfg.data.workers)
         for s in (splits.train, splits.val, splits.test)
     ]
     return evaluate_features(cfg, (feats[0], feats[1], feats[2]), splits, progress, device)
@@ -109,10 +111,13 @@ def evaluate_with_baselines(
             results["random_init"] = evaluate_encoder(
                 cfg, random_encoder.to(device), splits, device, progress
             )
+        if splits.streamed:  # a probe on every pixel of a streamed data set: not a baseline
+            say("raw pixels: skipped for streamed data (data.loader=stream)")
+            return results
         say("evaluating raw pixels")
         mean, std = splits.normalisation
         pixels = [
-            normalise_images(s.images, mean, std).flatten(1)
+            normalise_images(as_tensors(s).images, mean, std).flatten(1)
             for s in (splits.train, splits.val, splits.test)
         ]
         results["raw_pixels"] = evaluate_features(

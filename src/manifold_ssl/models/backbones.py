@@ -1,20 +1,25 @@
-"""Backbones: ResNet-18/34/50 (CIFAR stem or standard stem, any width) and a small ConvNet.
+"""Backbones: ResNet-18/34/50 (CIFAR stem or standard stem, any width) and a small ConvNet;
+``torchvision:<name>`` and ``timm:<name>`` come from :mod:`.ecosystem`.
 
 ``build_backbone(name, in_channels, small_images, width)`` returns a module mapping images
 (N, C, H, W) to features (N, out_dim). ``small_images=True`` gives the CIFAR stem the papers
 use (3×3 stride-1 convolution, no max-pool; Yerxa Sec. 3, CLAMP App. D); ``width`` scales the
-channels (64 is the standard ResNet; the CPU recipes use a narrow one). Written here instead of
-wrapping ``torchvision.models.resnet`` because torchvision's BasicBlock cannot change width.
+channels (64 is the standard ResNet; the CPU recipes use a narrow one). Kept beside the
+libraries' ResNets only for widths below 64: torchvision's BasicBlock and timm's ResNet fix the
+first stage at 64 channels, and the CPU recipes (width 16) and the double-descent sweeps need
+narrow networks. At width 64 use ``torchvision:resnet18`` or ``timm:resnet18``, whose weights
+other codebases load (``manifold-ssl export``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["BACKBONES", "ConvNet", "ResNet", "build_backbone"]
+__all__ = ["BACKBONES", "ConvNet", "ResNet", "backbone_problem", "build_backbone"]
 
 
 class BasicBlock(nn.Module):
@@ -143,12 +148,43 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def backbone_problem(name: str) -> str | None:
+    """None if ``name`` is a backbone (registered here, or ``torchvision:``/``timm:`` and known
+    to that library), else what was expected."""
+    from .ecosystem import LIBRARIES, known_model
+
+    library, sep, model = name.partition(":")
+    if sep and library in LIBRARIES:
+        return None if known_model(library, model) else f"a model {library} knows, not {model!r}"
+    if name in BACKBONES:
+        return None
+    return f"one of {sorted(BACKBONES)}, torchvision:<name> or timm:<name>"
+
+
 def build_backbone(
-    name: str, in_channels: int = 3, small_images: bool = True, width: int | None = None
+    name: str,
+    in_channels: int = 3,
+    small_images: bool = True,
+    width: int | None = None,
+    image_size: int | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """A registered backbone; ``width`` defaults to 64 for ResNets and 32 for the ConvNet."""
+    """A backbone: registered here (``width`` defaults to 64 for ResNets and 32 for the
+    ConvNet), or ``torchvision:<name>``/``timm:<name>`` (:mod:`.ecosystem`; ``kwargs`` go to
+    the library's constructor, ``image_size`` to ViTs)."""
+    if ":" in name:
+        from .ecosystem import build_ecosystem
+
+        if width is not None:
+            raise ValueError(
+                f"model.width scales the backbones written here; {name} has its own widths "
+                "(set them through model.kwargs)"
+            )
+        return build_ecosystem(name, in_channels, small_images, image_size, kwargs)
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
+    if kwargs:
+        raise ValueError(f"model.kwargs are for torchvision:/timm: backbones, not {name!r}")
     if width is not None and width < 1:
         raise ValueError(f"width must be a positive integer, got {width}")
     kw: dict[str, object] = {"in_channels": in_channels, "small_images": small_images}

@@ -3,12 +3,19 @@
 Evaluation is not here: ``manifold_ssl.run`` passes a ``monitor`` and ``probes`` in, and
 evaluates the result afterwards.
 
-Data live on the device as one uint8 tensor; a batch is an index slice of a seeded permutation;
-its K views are made on the device by :class:`~manifold_ssl.data.views.MultiViewAugment`. Two
-seeded generators (data order, augmentation) and the step counter are all the randomness, and
-they are checkpointed, so ``--resume`` continues with exactly the losses an uninterrupted run
-would have had. Under DDP every rank draws the global batch's permutation and view parameters
-and takes its contiguous slice: the global batch, and hence the loss, equals one process's.
+Batches come from :mod:`manifold_ssl.data.stream`: one uint8 tensor on the device
+(``data.loader: memory``) or files decoded by DataLoader workers (``stream``); either way a
+batch is a slice of a seeded permutation and its K views are drawn for the global batch, the
+photometric part made on the device by :class:`~manifold_ssl.data.views.MultiViewAugment`.
+The data source's state and the step counter are all the randomness, and they are
+checkpointed, so ``--resume`` continues with exactly the losses an uninterrupted run would have
+had, also mid-epoch. Under DDP every rank draws the global batch's permutation and view
+parameters and takes its contiguous slice: the global batch, and hence the loss, equals one
+process's.
+
+GPU paths, all testable on the CPU: bf16 autocast (``train.amp``; ``train.amp_cpu`` on the
+CPU), channels-last views and weights (``train.channels_last``), ``torch.compile``
+(``train.compile``).
 
 Every metrics line carries ``flops``, the cumulative training FLOPs (the compute axis of
 Schaeffer et al. Fig. 4): forward + backward of backbone, heads and loss, counted once per
@@ -37,8 +44,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..config import Config, config_from_dict, config_to_dict, save_config
-from ..data.splits import DataSplits, load_splits
-from ..data.views import MultiViewAugment, dataset_preset
+from ..data.splits import DataSplits, splits_of
+from ..data.stream import TrainBatches, make_batches
+from ..data.views import MultiViewAugment, dataset_preset, preset
 from ..geometry.spectral import effective_rank, percent_error
 from ..methods import SSLMethod, build_method
 from ..models.backbones import build_backbone
@@ -49,7 +57,7 @@ from .distributed import DistContext, resolve_device, setup_distributed, teardow
 from .metrics import MetricsLog
 from .optim import build_optimizer, lr_at_step
 
-__all__ = ["PretrainResult", "build_method_for", "pretrain"]
+__all__ = ["PretrainResult", "build_method_for", "pretrain", "view_size"]
 
 
 @dataclass
@@ -62,13 +70,28 @@ class PretrainResult:
     ctx: DistContext  # this process's rank; the process group is gone when it returns
 
 
-def build_method_for(cfg: Config, in_channels: int, seed: int | None = None) -> SSLMethod:
+def view_size(cfg: Config, splits: DataSplits) -> int:
+    """The side of the training views: ``data.image_size``, else the preset's, else the
+    images' own."""
+    spec = preset(cfg.views.preset)[0]
+    return cfg.data.image_size or spec.size or splits.image_size
+
+
+def build_method_for(
+    cfg: Config, in_channels: int, seed: int | None = None, image_size: int | None = None
+) -> SSLMethod:
     """``cfg``'s method, initialised from ``seed`` (default ``train.seed``) in a forked RNG:
-    the same weights on every call, and the caller's global RNG state left as it was."""
+    the same weights on every call, and the caller's global RNG state left as it was.
+    ``image_size``: the views' side (:func:`view_size`), which ViT backbones are built for."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed if seed is None else seed)
         backbone = build_backbone(
-            cfg.model.backbone, in_channels, cfg.model.small_images, cfg.model.width
+            cfg.model.backbone,
+            in_channels,
+            cfg.model.small_images,
+            cfg.model.width,
+            image_size=image_size or cfg.data.image_size,
+            kwargs=cfg.model.kwargs,
         )
         return build_method(
             cfg.method.name,
@@ -184,79 +207,63 @@ class _Trainer:
     def __init__(self, cfg: Config, ctx: DistContext, run_path: Path, log: MetricsLog) -> None:
         self.cfg, self.ctx, self.run_path, self.log = cfg, ctx, run_path, log
         self.device = resolve_device(cfg.train.device, ctx)
-        self.splits = _load_splits(cfg, ctx)  # one uint8 tensor on the device; views made there
-        self.images = self.splits.train.images.to(self.device)
-        n_train = self.images.shape[0]
-        self.batch = batch = cfg.train.batch_size
-        if batch % ctx.world_size:
-            raise ValueError(
-                f"train.batch_size {batch} must be divisible by the {ctx.world_size} processes"
-            )
-        if batch > n_train:
-            raise ValueError(f"train.batch_size {batch} exceeds the {n_train} training images")
-        local = batch // ctx.world_size
-        self.lo, self.hi = ctx.rank * local, (ctx.rank + 1) * local
-        specs = dataset_preset(cfg.views.preset, *self.splits.normalisation)
-        self.aug = MultiViewAugment(specs, cfg.views.num_views)
-        self.method = build_method_for(cfg, self.images.shape[1]).to(self.device)
+        self.splits = _load_splits(cfg, ctx)
+        self.batch = cfg.train.batch_size
+        self.data = _train_batches(cfg, self.splits, ctx, self.device)
+        size = view_size(cfg, self.splits)
+        self.method = build_method_for(cfg, self.data.channels, image_size=size).to(self.device)
+        self.memory_format = torch.channels_last if cfg.train.channels_last else None
+        if self.memory_format is not None:
+            self.method.to(memory_format=self.memory_format)
         self.model: nn.Module = self.method
         if ctx.world_size > 1:
             if cfg.model.sync_bn:
                 self.model = convert_sync_batchnorm(self.model, self.device)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.train.compile:  # in place: keeps the module (and its state dict keys) as it is
+            self.model.compile()
         self.opt = build_optimizer(self.method, cfg)
-        self.steps_per_epoch = n_train // batch
+        self.steps_per_epoch = self.data.num_images // self.batch
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
-        self.data_gen = torch.Generator().manual_seed(cfg.train.seed)
-        self.aug_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
-        self.perm = torch.empty(0, dtype=torch.long)
         self.step_flops: int | None = None
-        self.use_amp = cfg.train.amp and self.device.type == "cuda"
-        # the generators' states that go with the completed steps: what a checkpoint written
-        # after a failure in the step in progress (which has drawn its views already) must hold
-        self.done = self.rng_state()
-
-    def rng_state(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.data_gen.get_state(), self.aug_gen.get_state()
+        cpu_amp = cfg.train.amp_cpu and self.device.type == "cpu"
+        self.use_amp = cfg.train.amp and (self.device.type == "cuda" or cpu_amp)
+        # the data's state that goes with the completed steps: what a checkpoint written after
+        # a failure in the step in progress (which has drawn its views already) must hold
+        self.done = self.data.state_dict()
 
     def restore(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
-        self.data_gen.set_state(state["data_rng"])
-        self.aug_gen.set_state(state["aug_rng"])
+        self.data.load_state_dict(state)
         self.step, self.epoch = state["step"], state["epoch"]
-        self.step_in_epoch, self.perm = state["step_in_epoch"], state["perm"]
-        self.done = self.rng_state()
+        self.step_in_epoch = state["step_in_epoch"]
+        self.done = self.data.state_dict()
         self.log.truncate_after(self.step)
 
-    def checkpoint(self, rng: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """Save the state after ``step`` steps; ``rng``: the generators' states at that point
-        when they have since moved on (a step that failed after drawing its views)."""
-        data_rng, aug_rng = rng if rng is not None else self.rng_state()
+    def checkpoint(self, data_state: dict[str, Any] | None = None) -> None:
+        """Save the state after ``step`` steps; ``data_state``: the data's state at that point
+        when it has since moved on (a step that failed after drawing its views)."""
         if self.ctx.is_main:
             state = {
                 "config": config_to_dict(self.cfg),
                 "model": self.method.state_dict(),
                 "optimizer": self.opt.state_dict(),
-                "data_rng": data_rng,
-                "aug_rng": aug_rng,
+                **(data_state if data_state is not None else self.data.state_dict()),
                 "step": self.step,
                 "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch,
-                "perm": self.perm,
             }
             save_checkpoint(state, self.run_path / "checkpoints" / "last.pt")
 
     def train_step(self) -> dict[str, Any]:
         """One optimiser step on the global batch's slice of this process; its log record."""
-        t0, b, k = time.perf_counter(), self.batch, self.step_in_epoch
-        idx = self.perm[k * b : (k + 1) * b]
-        _, _, height, width = self.images.shape
-        params = self.aug.sample(b, height, width, self.aug_gen)  # the global batch's views
-        x = self.images[idx[self.lo : self.hi].to(self.device)]
-        views = self.aug.apply(x, [p.slice(self.lo, self.hi) for p in params])  # (b, K, C, H, W)
+        t0, b = time.perf_counter(), self.batch
+        views = self.data.next_views()  # (b / world, K, C, s, s)
+        if self.memory_format is not None:  # channels-last per view: (b, K, s, s, C) in memory
+            views = views.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         for group in self.opt.param_groups:
             group["lr"] = lr_at_step(self.cfg, self.step, self.steps_per_epoch)
         # FLOPs of forward + backward, counted on the first step of each process
@@ -276,7 +283,7 @@ class _Trainer:
         self.method.update_target(self.step, self.total_steps)
         self.step += 1
         self.step_in_epoch += 1
-        self.done = self.rng_state()
+        self.done = self.data.state_dict()
         return {
             **self.position(),
             "loss": loss.item(),
@@ -301,7 +308,7 @@ class _Trainer:
         ``train.checkpoint_every`` epochs, and after the last."""
         cfg = self.cfg
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
-        self.done = self.rng_state()
+        self.done = self.data.state_dict()
         last = self.epoch == cfg.train.epochs
         every = cfg.train.knn_every
         if monitor and every and (self.epoch % every == 0 or last) and self.ctx.is_main:
@@ -315,14 +322,33 @@ class _Trainer:
 
 
 def _load_splits(cfg: Config, ctx: DistContext) -> DataSplits:
-    """Rank 0 decodes (and caches) the dataset first; the other ranks then read the cache."""
-    d = cfg.data
-    splits = (
-        load_splits(d.name, d.root, d.path, d.val_fraction, d.split_seed) if ctx.is_main else None
-    )
+    """Rank 0 decodes or indexes (and caches) the dataset first; the other ranks then read the
+    cache."""
+    splits = splits_of(cfg) if ctx.is_main else None
     if ctx.world_size > 1:
         dist.barrier()
-    return splits or load_splits(d.name, d.root, d.path, d.val_fraction, d.split_seed)
+    return splits or splits_of(cfg)
+
+
+def _train_batches(
+    cfg: Config, splits: DataSplits, ctx: DistContext, device: torch.device
+) -> TrainBatches:
+    """The pretraining images as batches of K views (memory or streamed)."""
+    specs = dataset_preset(cfg.views.preset, *splits.normalisation, size=cfg.data.image_size)
+    d = cfg.data
+    return make_batches(
+        splits.pretraining(),
+        MultiViewAugment(specs, cfg.views.num_views),
+        cfg.train.batch_size,
+        ctx.rank,
+        ctx.world_size,
+        cfg.train.seed,
+        device,
+        view_size(cfg, splits),
+        d.workers,
+        d.prefetch,
+        d.views_on,
+    )
 
 
 def _pretrain(
@@ -363,8 +389,7 @@ def _pretrain(
         while t.epoch < cfg.train.epochs and status == "finished":
             if t.step == 0:
                 maybe_probe()
-            if t.step_in_epoch == 0:
-                t.perm = torch.randperm(t.images.shape[0], generator=t.data_gen)
+            t.data.start_epoch(t.epoch, t.step_in_epoch)
             t.method.train()
             while t.step_in_epoch < t.steps_per_epoch:
                 t.log_step(t.train_step(), bar)
@@ -405,24 +430,22 @@ def _checkpoint_on_error(save: Callable[[], None]) -> Iterator[None]:
         raise
 
 
-STOP_KEYS = ("max_steps", "time_budget_s")  # where to stop, not what is computed
-RESUME_KEYS = (
-    "model",
-    "optimizer",
-    "data_rng",
-    "aug_rng",
-    "step",
-    "epoch",
-    "step_in_epoch",
-    "perm",
+# where to stop and how to read the data, not what is computed: a resumed run may change them
+FREE_KEYS = (
+    ("train", "max_steps"),
+    ("train", "time_budget_s"),
+    ("data", "workers"),
+    ("data", "prefetch"),
+    ("data", "views_on"),
 )
+RESUME_KEYS = ("model", "optimizer", "step", "epoch", "step_in_epoch")  # + the data's state
 
 
 def _trajectory_config(cfg: Config) -> dict[str, Any]:
-    """The config without the stop conditions, which a resumed run may change."""
+    """The config without the keys a resumed run may change (:data:`FREE_KEYS`)."""
     d = config_to_dict(cfg)
-    for key in STOP_KEYS:
-        d["train"].pop(key)
+    for section, key in FREE_KEYS:
+        d[section].pop(key)
     return d
 
 

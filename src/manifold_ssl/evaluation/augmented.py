@@ -1,0 +1,100 @@
+"""The papers' linear probe on augmented images (Yerxa et al. App. G).
+
+A linear classifier on the frozen backbone, trained on features of *augmented* training images
+(the pretraining augmentations, one view, a new one every epoch) with Adam, batch 1024,
+learning rate 0.1 decayed by a cosine over 50 epochs (per epoch, as ``CosineAnnealingLR`` in
+the authors' ``train_linear_classifier.py``), weight decay 1e-6 as there; validation and test
+on the un-augmented view, after the last epoch. Two things the authors' code does differently,
+left out on purpose: it runs the frozen backbone in training mode, so its BatchNorm normalises
+with batch statistics and drifts its running statistics towards augmented images; and it keeps
+the best *test* accuracy over epochs. Here the backbone is in eval mode and the final epoch is
+reported. Slower than the L-BFGS probe on features extracted once (``evaluation.linear``): every
+epoch runs the backbone over the training set, which streams from files like pretraining does.
+``eval.augmented_probe=true`` adds it to the evaluation as the row ``augmented_probe``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..data.splits import DataSplits
+from ..data.stream import make_batches
+from ..data.views import MultiViewAugment, dataset_preset
+from .features import extract_features, inference_copy
+
+__all__ = ["augmented_linear_probe"]
+
+
+def augmented_linear_probe(
+    cfg: Config,
+    encoder: nn.Module,
+    splits: DataSplits,
+    device: torch.device | str,
+    image_size: int,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Validation and test accuracy of the probe described in the module doc."""
+    e = cfg.eval
+    device = torch.device(device)
+    mean, std = splits.normalisation
+    spec = dataset_preset(cfg.views.preset, mean, std, size=cfg.data.image_size)[0]
+    batch = min(e.augmented_batch, len(splits.train))
+    source = make_batches(
+        splits.train,
+        MultiViewAugment((spec,), 1),
+        batch,
+        0,
+        1,
+        cfg.train.seed + 7,  # not the pretraining order
+        device,
+        image_size,
+        cfg.data.workers,
+        cfg.data.prefetch,
+        cfg.data.views_on,
+    )
+    model = inference_copy(encoder).to(device)
+    with torch.no_grad():
+        width = model(torch.zeros(1, splits.channels, image_size, image_size, device=device))
+    with torch.random.fork_rng(devices=[]):  # the head's initialisation follows train.seed
+        torch.manual_seed(cfg.train.seed)
+        head = nn.Linear(width.shape[1], splits.num_classes).to(device)
+    opt = torch.optim.Adam(head.parameters(), lr=e.augmented_lr, weight_decay=e.augmented_wd)
+    steps = len(splits.train) // batch
+    total = e.augmented_epochs * steps
+    labels = splits.train.labels
+    bar = tqdm(total=total, disable=not progress, desc="augmented probe", unit="step", leave=False)
+    for epoch in range(e.augmented_epochs):
+        source.start_epoch(epoch, 0)
+        for group in opt.param_groups:  # cosine over epochs (CosineAnnealingLR, T_max = epochs)
+            group["lr"] = (
+                e.augmented_lr * 0.5 * (1 + math.cos(math.pi * epoch / e.augmented_epochs))
+            )
+        for k in range(steps):
+            views = source.next_views()[:, 0]
+            y = labels[source.last_index].to(device)
+            with torch.no_grad():
+                x = model(views.contiguous(memory_format=torch.channels_last)).float()
+            for group in opt.param_groups:
+                group["lr"] = (
+                    e.augmented_lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps + k) / total))
+                )
+            loss = F.cross_entropy(head(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+    bar.close()
+    out: dict[str, Any] = {}
+    for name, split in (("val", splits.val), ("test", splits.test)):
+        feats = extract_features(encoder, split, mean, std, device=device, workers=cfg.data.workers)
+        with torch.no_grad():
+            pred = head(feats.to(device)).argmax(1).cpu()
+        out[f"linear_{name}_accuracy"] = float((pred == split.labels).float().mean())
+    return out

@@ -1,0 +1,156 @@
+"""A pretrained backbone as a plain state dict that other codebases load.
+
+``manifold-ssl export RUN --format torchvision|timm|state_dict --out FILE`` writes
+
+* ``torchvision``: the keys of ``torchvision.models.get_model(name)`` without its classifier,
+  so that ``model.load_state_dict(sd, strict=False)`` reports only the classifier missing;
+* ``timm``: the keys of ``timm.create_model(name)``, likewise;
+* ``state_dict``: the backbone's own keys (any backbone).
+
+A backbone from the same library is written as it is. ResNets cross over: torchvision's and
+timm's ResNets share their key names, and the ResNets written here map onto them at width 64
+(``stem.0`` → ``conv1``, ``stages.k.b`` → ``layer{k+1}.b``, ``shortcut`` → ``downsample``, a
+Bottleneck's ``body`` → ``conv1``…``bn3``). Beside ``FILE``, ``FILE.json`` records the library,
+model name, constructor keywords, input channels and whether the CIFAR stem is applied
+(``manifold_ssl.models.cifar_stem`` on a fresh model before loading), with a snippet that loads
+it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, config_from_dict
+from .runinfo import atomic_write_text
+from .training.checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["FORMATS", "export_backbone", "export_state"]
+
+FORMATS = ("torchvision", "timm", "state_dict")
+_RESNETS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3)}
+
+
+def _backbone_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {
+        k.removeprefix("backbone."): v for k, v in model_state.items() if k.startswith("backbone.")
+    }
+
+
+_BOTTLENECK = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2", "6": "conv3", "7": "bn3"}
+
+
+def _own_resnet_to_library(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys of the ResNets written here → torchvision/timm ResNet keys."""
+    out = {}
+    for key, value in state.items():
+        new = re.sub(r"^stem\.0\.", "conv1.", key)
+        new = re.sub(r"^stem\.1\.", "bn1.", new)
+        m = re.match(r"^stages\.(\d+)\.(\d+)\.(.*)$", new)
+        if m:
+            stage, block, rest = int(m.group(1)), m.group(2), m.group(3)
+            rest = rest.replace("shortcut.", "downsample.")
+            b = re.match(r"^body\.(\d+)\.(.*)$", rest)
+            if b:
+                rest = f"{_BOTTLENECK[b.group(1)]}.{b.group(2)}"
+            new = f"layer{stage + 1}.{block}.{rest}"
+        out[new] = value
+    return out
+
+
+def export_state(cfg: Config, model_state: dict[str, torch.Tensor], fmt: str) -> dict[str, Any]:
+    """``(state_dict, spec)`` of the backbone in ``model_state`` (an ``SSLMethod`` state dict)
+    in format ``fmt``; ``spec`` says how to build the model that loads it."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
+    state = _backbone_state(model_state)
+    if not state:
+        raise ValueError("the checkpoint holds no backbone weights (keys backbone.*)")
+    name = cfg.model.backbone
+    library, sep, model_name = name.partition(":")
+    if not sep:
+        library, model_name = "manifold_ssl", name
+    ecosystem = library in ("torchvision", "timm")
+    if ecosystem:
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    conv = _first_conv(state)
+    spec: dict[str, Any] = {
+        "format": fmt,
+        "backbone": name,
+        "library": fmt if fmt != "state_dict" else library,
+        "name": model_name,
+        "kwargs": dict(cfg.model.kwargs),
+        "in_channels": int(conv.shape[1]) if conv is not None else None,
+        "cifar_stem": bool(cfg.model.small_images and _is_resnet(library, model_name)),
+    }
+    if fmt == "state_dict" or library == fmt:
+        return {"state_dict": state, "spec": spec}
+    if library == "manifold_ssl" and model_name in _RESNETS:
+        width = cfg.model.width or 64
+        if width != 64:
+            raise ValueError(
+                f"a {model_name} of width {width} has no {fmt} counterpart (its ResNets have "
+                "width 64); export --format state_dict"
+            )
+        return {"state_dict": _own_resnet_to_library(state), "spec": spec}
+    if ecosystem and _is_resnet(library, model_name):  # torchvision ↔ timm ResNets: same keys
+        return {"state_dict": state, "spec": spec}
+    raise ValueError(
+        f"backbone {name!r} cannot be written as {fmt} weights: only ResNets cross between "
+        f"libraries; train with {fmt}:<name>, or export --format state_dict"
+    )
+
+
+def _is_resnet(library: str, name: str) -> bool:
+    return name in _RESNETS or (
+        library != "manifold_ssl" and re.fullmatch(r"resnet\d+", name) is not None
+    )
+
+
+def _first_conv(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    return next((v for v in state.values() if v.ndim == 4), None)
+
+
+def _snippet(spec: dict[str, Any], file: str) -> str:
+    kw = ", ".join(f"{k}={v!r}" for k, v in spec["kwargs"].items())
+    if spec["library"] == "timm":
+        make = f"timm.create_model({spec['name']!r}{', ' + kw if kw else ''})"
+        head = "import timm"
+    elif spec["library"] == "torchvision":
+        make = f"torchvision.models.get_model({spec['name']!r}{', ' + kw if kw else ''})"
+        head = "import torchvision"
+    else:
+        return f"state = torch.load({file!r}, weights_only=True)  # keys of manifold-ssl's {spec['backbone']}"
+    stem = (
+        "\nfrom manifold_ssl.models import cifar_stem\ncifar_stem(model)"
+        if spec["cifar_stem"]
+        else ""
+    )
+    return (
+        f"import torch\n{head}\nmodel = {make}{stem}\n"
+        f"missing, unexpected = model.load_state_dict(torch.load({file!r}, weights_only=True), "
+        "strict=False)  # missing: the classifier only"
+    )
+
+
+def export_backbone(source: str | Path, fmt: str, out: str | Path) -> Path:
+    """Write the backbone of ``source`` (a run directory or a checkpoint file) to ``out`` in
+    format ``fmt``, and ``out.json`` beside it; returns ``out``."""
+    src = Path(source)
+    ckpt = src / "checkpoints" / "last.pt" if src.is_dir() else src
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt} (export takes a run directory or a .pt)")
+    state = load_checkpoint(ckpt)
+    cfg = config_from_dict(state["config"])
+    result = export_state(cfg, state["model"], fmt)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(result["state_dict"], out)
+    spec = {**result["spec"], "source": str(ckpt), "step": state.get("step")}
+    spec["load"] = _snippet(spec, str(out))
+    atomic_write_text(out.with_name(out.name + ".json"), json.dumps(spec, indent=2) + "\n")
+    return out

@@ -1,0 +1,141 @@
+"""Backbones from torchvision and timm: gradients to every parameter, training on CIFAR-shaped
+data, and ``export`` round trips into the libraries' own models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+import torchvision
+from helpers import tiny_run_args
+
+from manifold_ssl.cli import main
+from manifold_ssl.config import apply_overrides, load_recipe
+from manifold_ssl.data.synthetic import write_image_folder
+from manifold_ssl.export import export_state
+from manifold_ssl.methods import build_method
+from manifold_ssl.models import build_backbone, cifar_stem
+
+# (backbone, constructor keywords): a ResNet from each library and a small-image timm ViT
+ECOSYSTEM = [
+    ("torchvision:resnet18", {}),
+    ("timm:resnet18", {}),
+    ("timm:vit_tiny_patch16_224", {"patch_size": 4, "depth": 2}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ECOSYSTEM, ids=[n for n, _ in ECOSYSTEM])
+def test_ecosystem_backbones_give_every_parameter_a_gradient(name, kwargs):
+    torch.manual_seed(0)
+    net = build_backbone(name, 3, small_images=True, image_size=16, kwargs=kwargs)
+    for m in net.modules():  # timm zero-initialises each block's last BN, which stops gradients
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+    x = torch.randn(4, 3, 16, 16)
+    out = net(x)
+    assert out.shape == (4, net.out_dim) and torch.isfinite(out).all()
+    (out.square().mean() + out.mean()).backward()
+    for pname, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+    if "resnet" in name:  # the CIFAR stem: 3x3 stride 1, no max-pool
+        assert net.model.conv1.kernel_size == (3, 3) and net.model.conv1.stride == (1, 1)
+        assert isinstance(net.model.maxpool, torch.nn.Identity)
+
+
+def test_ecosystem_backbones_reject_what_they_cannot_do():
+    with pytest.raises(ValueError, match="has no model 'resnet7'"):
+        build_backbone("torchvision:resnet7", 3)
+    with pytest.raises(ValueError, match="model.width"):
+        build_backbone("timm:resnet18", 3, width=16)
+    with pytest.raises(ValueError, match="CIFAR stem"):
+        cifar_stem(torchvision.models.mobilenet_v3_small())
+    with pytest.raises(ValueError, match="model.backbone must be"):
+        apply_overrides(load_recipe("digits_mmcr"), ["--model.backbone=timm:not_a_model"])
+
+
+@pytest.fixture(scope="module")
+def cifar_like(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar_like")
+    return write_image_folder(root / "images", 3, {"train": 12, "test": 4}, (32, 32))
+
+
+def _features(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ECOSYSTEM, ids=[n for n, _ in ECOSYSTEM])
+def test_pretrain_then_export_round_trips_into_the_library(tmp_path, cifar_like, name, kwargs):
+    args = tiny_run_args(
+        tmp_path,
+        "--data.name=imagefolder",
+        f"--data.path={cifar_like}",
+        "--views.preset=cifar",
+        f"--model.backbone={name}",
+        f"--model.kwargs={json.dumps(kwargs)}",
+        "--model.width=null",
+        "--train.batch_size=8",
+        "--train.max_steps=2",
+        "--train.knn_every=0",
+    )
+    assert main(["pretrain", "--quiet", "--no-eval", *args]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    method_cfg = apply_overrides(load_recipe("digits_mmcr"), args)
+    ours = build_backbone(name, 3, True, image_size=32, kwargs=kwargs)
+    ours.load_state_dict({k[9:]: v for k, v in state["model"].items() if k.startswith("backbone.")})
+    x = torch.randn(3, 3, 32, 32)
+    expected = _features(ours, x)
+    library, _, model_name = name.partition(":")
+    formats = ["torchvision", "timm"] if "resnet" in name else [library]
+    for fmt in formats:
+        out = tmp_path / f"{fmt}.pt"
+        assert main(["export", str(run), "--format", fmt, "--out", str(out)]) == 0
+        spec = json.loads((tmp_path / f"{fmt}.pt.json").read_text())
+        assert spec["library"] == fmt and spec["cifar_stem"] == ("resnet" in name)
+        if fmt == "timm":
+            model = (
+                timm.create_model(model_name, img_size=32, **kwargs)
+                if "vit" in name
+                else timm.create_model(model_name)
+            )
+        else:
+            model = torchvision.models.get_model(model_name)
+        if spec["cifar_stem"]:
+            cifar_stem(model)
+        missing, unexpected = model.load_state_dict(
+            torch.load(out, weights_only=True), strict=False
+        )
+        classifier = {"fc.weight", "fc.bias"} if "resnet" in name else {"head.weight", "head.bias"}
+        assert set(missing) == classifier and not unexpected
+        model.reset_classifier(0) if fmt == "timm" else setattr(model, "fc", torch.nn.Identity())
+        torch.testing.assert_close(_features(model, x), expected, rtol=1e-4, atol=1e-5)
+    assert method_cfg.model.backbone == name
+
+
+def test_a_width_64_resnet_written_here_exports_to_torchvision():
+    cfg = apply_overrides(
+        load_recipe("digits_mmcr"), ["--model.backbone=resnet18", "--model.width=64"]
+    )
+    torch.manual_seed(0)
+    method = build_method("mmcr", build_backbone("resnet18", 3, True, 64), "32-16")
+    exported = export_state(cfg, method.state_dict(), "torchvision")["state_dict"]
+    model = cifar_stem(torchvision.models.resnet18())
+    missing, unexpected = model.load_state_dict(exported, strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+    model.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(
+        _features(model, x), _features(method.backbone, x), rtol=1e-4, atol=1e-5
+    )
+    narrow = apply_overrides(cfg, ["--model.width=16"])
+    with pytest.raises(ValueError, match="width 16 has no torchvision counterpart"):
+        export_state(
+            narrow,
+            build_method("mmcr", build_backbone("resnet18", 3, True, 16), "32-16").state_dict(),
+            "torchvision",
+        )
