@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from manifold_ssl.data.files import index_images
-from manifold_ssl.data.stream import StreamBatches
+from manifold_ssl.data.stream import Layout, StreamBatches
 from manifold_ssl.data.synthetic import write_image_folder
 from manifold_ssl.data.views import AugmentSpec, MultiViewAugment, dataset_preset
 from manifold_ssl.runinfo import run_metadata, write_json
@@ -118,8 +118,7 @@ def stream_source(
 ) -> StreamBatches:
     files = index_images(folder, "train", root).with_view(224)
     aug = MultiViewAugment(specs(), 2)
-    cpu = torch.device("cpu")
-    return StreamBatches(files, aug, batch, 0, 1, 0, cpu, 224, workers, views_in_workers=in_workers)
+    return StreamBatches(files, aug, Layout(batch), 224, workers, 2, in_workers)
 
 
 def time_stream(

@@ -17,7 +17,7 @@ from manifold_ssl.config import apply_overrides, load_recipe
 from manifold_ssl.data import load_splits
 from manifold_ssl.data.datasets import load_dataset
 from manifold_ssl.data.files import centre_view, index_images, index_shards
-from manifold_ssl.data.stream import StreamBatches, _Geometric
+from manifold_ssl.data.stream import Layout, StreamBatches, _Geometric
 from manifold_ssl.data.synthetic import write_image_folder
 from manifold_ssl.data.views import (
     AugmentSpec,
@@ -163,7 +163,7 @@ def test_stream_batches_equal_across_worker_counts_and_resume_points(folder, tmp
 
     def views(workers, epoch, start, steps, in_workers=False):
         cpu = torch.device("cpu")
-        src = StreamBatches(files, aug, 8, 0, 1, 7, cpu, 16, workers, views_in_workers=in_workers)
+        src = StreamBatches(files, aug, Layout(8, 0, 1, 7, cpu), 16, workers, 2, in_workers)
         src.start_epoch(epoch, start)
         return [src.next_views() for _ in range(steps)]
 
@@ -179,7 +179,7 @@ def test_stream_batches_equal_across_worker_counts_and_resume_points(folder, tmp
     # each rank of two loads its half of the same global batch
     halves = []
     for rank in range(2):
-        src = StreamBatches(files, aug, 8, rank, 2, 7, torch.device("cpu"), 16, 0)
+        src = StreamBatches(files, aug, Layout(8, rank, 2, 7), 16, 0)
         src.start_epoch(1, 0)
         halves.append(src.next_views())
     torch.testing.assert_close(torch.cat(halves), ref[0])  # batched kernels: to float rounding
@@ -260,3 +260,17 @@ def test_two_process_ddp_streams_the_single_process_global_batch(folder, tmp_pat
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4), step
+
+
+def test_unlabeled_images_join_pretraining_only():
+    from manifold_ssl.data import DataSplits, ImageTensors
+
+    def images(n, label):
+        return ImageTensors(
+            torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.full((n,), label), ["a"]
+        )
+
+    splits = DataSplits(images(5, 0), images(2, 0), images(3, 0), unlabeled=images(7, -1))
+    pre = splits.pretraining()
+    assert len(pre) == 12 and pre.labels.tolist() == [0] * 5 + [-1] * 7
+    assert len(splits.train) == 5  # probes and evaluation keep the labelled split

@@ -1,7 +1,11 @@
-"""Datasets as uint8 tensor caches, validation splits, and batched multi-view augmentation."""
+"""Datasets as uint8 tensor caches or indexed files, validation splits, training batches (from
+memory or streamed) and batched multi-view augmentation."""
 
 from .datasets import DATASETS, ImageTensors, load_dataset
-from .splits import DataSplits, load_splits, stratified_split
+from .files import ImageFiles, index_images, index_shards
+from .splits import DataSplits, as_tensors, load_splits, splits_of, stratified_split
+from .stream import Layout, StreamBatches, TensorBatches, make_batches
+from .synthetic import write_image_folder
 from .views import PRESETS, AugmentSpec, MultiViewAugment, preset
 
 __all__ = [
@@ -9,10 +13,20 @@ __all__ = [
     "PRESETS",
     "AugmentSpec",
     "DataSplits",
+    "ImageFiles",
     "ImageTensors",
+    "Layout",
     "MultiViewAugment",
+    "StreamBatches",
+    "TensorBatches",
+    "as_tensors",
+    "index_images",
+    "index_shards",
     "load_dataset",
     "load_splits",
+    "make_batches",
     "preset",
+    "splits_of",
     "stratified_split",
+    "write_image_folder",
 ]

@@ -32,7 +32,7 @@ import shutil
 import tarfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,15 +76,10 @@ class ImageFiles:
         return int(self.labels.shape[0])
 
     def subset(self, index: torch.Tensor | Sequence[int]) -> ImageFiles:
-        idx = torch.as_tensor(index, dtype=torch.long).numpy()
-        return ImageFiles(
-            self.names[idx],
-            self.members[idx],
-            self.archives,
-            self.labels[torch.as_tensor(idx)],
-            self.classes,
-            self.size,
-            self.crop_fraction,
+        idx = torch.as_tensor(index, dtype=torch.long)
+        rows = idx.numpy()
+        return replace(
+            self, names=self.names[rows], members=self.members[rows], labels=self.labels[idx]
         )
 
     def read(self, i: int) -> bytes:
@@ -130,15 +125,7 @@ class ImageFiles:
         return ImageTensors(torch.cat(chunks), self.labels.clone(), self.classes)
 
     def with_view(self, size: int | None, crop_fraction: float = 1.0) -> ImageFiles:
-        return ImageFiles(
-            self.names,
-            self.members,
-            self.archives,
-            self.labels,
-            self.classes,
-            size,
-            crop_fraction,
-        )
+        return replace(self, size=size, crop_fraction=crop_fraction)
 
 
 class _Views(Dataset[torch.Tensor]):

@@ -27,6 +27,7 @@ cannot give.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,6 +40,7 @@ from .files import ImageFiles, resolve_workers
 from .views import AugmentSpec, MultiViewAugment, ViewParams, crop_boxes
 
 __all__ = [
+    "Layout",
     "StreamBatches",
     "TensorBatches",
     "TrainBatches",
@@ -61,34 +63,44 @@ class TrainBatches(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _check_batch(batch: int, world: int, n: int) -> None:
-    if batch % world:
-        raise ValueError(f"train.batch_size {batch} must be divisible by the {world} processes")
-    if batch > n:
-        raise ValueError(f"train.batch_size {batch} exceeds the {n} training images")
+@dataclass(frozen=True)
+class Layout:
+    """The global batch, this process's place in it, the seed and the device."""
+
+    batch: int
+    rank: int = 0
+    world: int = 1
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def lo(self) -> int:
+        return self.rank * (self.batch // self.world)
+
+    @property
+    def hi(self) -> int:
+        return (self.rank + 1) * (self.batch // self.world)
+
+    def check(self, n: int) -> None:
+        if self.batch % self.world:
+            raise ValueError(
+                f"train.batch_size {self.batch} must be divisible by the {self.world} processes"
+            )
+        if self.batch > n:
+            raise ValueError(f"train.batch_size {self.batch} exceeds the {n} training images")
 
 
 class TensorBatches:
     """The memory path: see the module doc."""
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        aug: MultiViewAugment,
-        batch: int,
-        rank: int,
-        world: int,
-        seed: int,
-        device: torch.device,
-    ) -> None:
-        self.images = images.to(device)
+    def __init__(self, images: torch.Tensor, aug: MultiViewAugment, layout: Layout) -> None:
+        self.images = images.to(layout.device)
         self.num_images, self.channels = int(images.shape[0]), int(images.shape[1])
-        _check_batch(batch, world, self.num_images)
-        self.aug, self.batch, self.device = aug, batch, device
-        local = batch // world
-        self.lo, self.hi = rank * local, (rank + 1) * local
-        self.data_gen = torch.Generator().manual_seed(seed)
-        self.aug_gen = torch.Generator().manual_seed(seed + 1)
+        layout.check(self.num_images)
+        self.aug, self.batch, self.device = aug, layout.batch, layout.device
+        self.lo, self.hi = layout.lo, layout.hi
+        self.data_gen = torch.Generator().manual_seed(layout.seed)
+        self.aug_gen = torch.Generator().manual_seed(layout.seed + 1)
         self.perm = torch.empty(0, dtype=torch.long)
         self.k = 0
         self.last_index = torch.empty(0, dtype=torch.long)  # this rank's images of the last batch
@@ -176,8 +188,9 @@ class _ViewParams:
     """The view parameters of every step, from (seed, epoch, step) alone, and the photometric
     part of a batch's views: small, so that a worker can hold it."""
 
-    def __init__(self, aug: MultiViewAugment, seed: int, batch: int, lo: int, hi: int) -> None:
-        self.aug, self.seed, self.batch, self.lo, self.hi = aug, seed, batch, lo, hi
+    def __init__(self, aug: MultiViewAugment, layout: Layout) -> None:
+        self.aug, self.seed, self.batch = aug, layout.seed, layout.batch
+        self.lo, self.hi = layout.lo, layout.hi
 
     def params(self, epoch: int, k: int) -> list[ViewParams]:
         """Every view parameter of the global batch of step ``k`` of ``epoch`` (crops as
@@ -243,23 +256,18 @@ class StreamBatches:
         self,
         files: ImageFiles,
         aug: MultiViewAugment,
-        batch: int,
-        rank: int,
-        world: int,
-        seed: int,
-        device: torch.device,
+        layout: Layout,
         size: int,
         workers: int = 0,
         prefetch: int = 2,
         views_in_workers: bool = False,
     ) -> None:
-        self.files, self.aug, self.batch, self.seed, self.device = files, aug, batch, seed, device
+        self.files, self.aug, self.seed = files, aug, layout.seed
+        self.batch, self.device = layout.batch, layout.device
         self.num_images, self.channels, self.size = len(files), 3, size
-        _check_batch(batch, world, self.num_images)
-        local = batch // world
-        self.lo, self.hi = rank * local, (rank + 1) * local
-        self.steps_per_epoch = self.num_images // batch
-        self.views = _ViewParams(aug, seed, batch, self.lo, self.hi)
+        layout.check(self.num_images)
+        self.lo, self.hi = layout.lo, layout.hi
+        self.views = _ViewParams(aug, layout)
         self.sampler = _StepSampler(self.views, self.num_images)  # no cycle back to self
         specs = [aug.spec_of(k) for k in range(aug.num_views)]
         workers = resolve_workers(workers)
@@ -269,7 +277,7 @@ class StreamBatches:
             batch_sampler=self.sampler,
             collate_fn=_Collate(self.views if self.views_in_workers else None),
             num_workers=workers,
-            pin_memory=device.type == "cuda",
+            pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
             prefetch_factor=prefetch if workers > 0 else None,
         )
@@ -306,11 +314,7 @@ class StreamBatches:
 def make_batches(
     split: ImageTensors | ImageFiles,
     aug: MultiViewAugment,
-    batch: int,
-    rank: int,
-    world: int,
-    seed: int,
-    device: torch.device,
+    layout: Layout,
     size: int,
     workers: int = -1,
     prefetch: int = 2,
@@ -320,8 +324,7 @@ def make_batches(
     (``views_on``: the photometric part on the device, in the workers, or ``auto``: in the
     workers when the device is the CPU)."""
     if isinstance(split, ImageFiles):
-        in_workers = views_on == "workers" or (views_on == "auto" and device.type == "cpu")
-        return StreamBatches(
-            split, aug, batch, rank, world, seed, device, size, workers, prefetch, in_workers
-        )
-    return TensorBatches(split.images, aug, batch, rank, world, seed, device)
+        cpu = layout.device.type == "cpu"
+        in_workers = views_on == "workers" or (views_on == "auto" and cpu)
+        return StreamBatches(split, aug, layout, size, workers, prefetch, in_workers)
+    return TensorBatches(split.images, aug, layout)

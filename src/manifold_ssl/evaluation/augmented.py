@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.splits import DataSplits
-from ..data.stream import make_batches
+from ..data.stream import Layout, make_batches
 from ..data.views import MultiViewAugment, dataset_preset
 from .features import extract_features, inference_copy
 
@@ -49,11 +49,7 @@ def augmented_linear_probe(
     source = make_batches(
         splits.train,
         MultiViewAugment((spec,), 1),
-        batch,
-        0,
-        1,
-        cfg.train.seed + 7,  # not the pretraining order
-        device,
+        Layout(batch, seed=cfg.train.seed + 7, device=device),  # not the pretraining order
         image_size,
         cfg.data.workers,
         cfg.data.prefetch,

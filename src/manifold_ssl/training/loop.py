@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, config_from_dict, config_to_dict, save_config
 from ..data.splits import DataSplits, splits_of
-from ..data.stream import TrainBatches, make_batches
+from ..data.stream import Layout, TrainBatches, make_batches
 from ..data.views import MultiViewAugment, dataset_preset, preset
 from ..geometry.spectral import effective_rank, percent_error
 from ..methods import SSLMethod, build_method
@@ -339,11 +339,7 @@ def _train_batches(
     return make_batches(
         splits.pretraining(),
         MultiViewAugment(specs, cfg.views.num_views),
-        cfg.train.batch_size,
-        ctx.rank,
-        ctx.world_size,
-        cfg.train.seed,
-        device,
+        Layout(cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, device),
         view_size(cfg, splits),
         d.workers,
         d.prefetch,
