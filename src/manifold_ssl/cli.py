@@ -553,6 +553,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="the .pt file to write")
     ex.set_defaults(func=_cmd_export)
 
+    sub.add_parser(
+        "openclip",
+        help="OpenCLIP's trainer (open_clip_train) with multimodal MMCR or CLIP: "
+        "manifold-ssl openclip --loss multimodal_mmcr -- <open_clip_train arguments>",
+        add_help=False,
+    )
+
     recipes = sub.add_parser("recipes", help="list the packaged recipes")
     recipes.set_defaults(
         func=lambda a: (
@@ -568,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["openclip"]:  # its own parser: the rest goes to open_clip_train
+        from .openclip import main as openclip_main
+
+        return openclip_main(argv[1:])
     # --section.key=value overrides are taken out first: argparse mistakes values with spaces
     # ("--eval.semi_supervised=[0.01, 0.1]") for positionals
     overrides = [a for a in argv if re.match(r"^--[A-Za-z_]+\.[A-Za-z_.]+=", a)]

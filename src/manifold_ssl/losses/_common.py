@@ -98,3 +98,14 @@ def result_dtype(x: torch.Tensor) -> torch.dtype:
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """Promote half/bfloat16 (autocast outputs) to float32; leave float32/64 alone."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def zero_gradient(*params: object) -> torch.Tensor | float:
+    """``0 · Σ p`` over the tensors among ``params`` (0.0 if none): added to a loss that ignores
+    a model output (MMCR ignores CLIP's ``logit_scale``), it gives that parameter a zero gradient
+    instead of none, which DDP without ``find_unused_parameters`` requires."""
+    total: torch.Tensor | float = 0.0
+    for p in params:
+        if isinstance(p, torch.Tensor):
+            total = total + 0.0 * p.sum()
+    return total

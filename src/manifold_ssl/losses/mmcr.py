@@ -27,6 +27,7 @@ from ._common import (
     check_views,
     result_dtype,
     unit_views_and_centroids,
+    zero_gradient,
 )
 from ._registry import register_loss
 
@@ -179,9 +180,12 @@ def multimodal_mmcr_loss(
 class MultimodalMMCRLoss(nn.Module):
     """Drop-in replacement for OpenCLIP's ``ClipLoss`` (Schaeffer et al. 2024, Sec. 7).
 
-    ``forward(image_features, text_features, logit_scale=None, output_dict=False)`` takes the
-    arguments an OpenCLIP training loop passes (``loss(**model_out, output_dict=True)``);
-    ``logit_scale`` is accepted and ignored, since MMCR has no temperature.
+    ``forward(image_features, text_features, logit_scale=None, logit_bias=None,
+    output_dict=False)`` takes the arguments an OpenCLIP training loop passes
+    (``loss(**model_out, output_dict=True)``) and returns what it sums. MMCR has no temperature:
+    ``logit_scale`` (and a SigLIP model's ``logit_bias``) enter the loss times zero, so that they
+    receive a zero gradient rather than none, and DDP without ``find_unused_parameters`` (as
+    OpenCLIP runs it) finds every parameter used.
     """
 
     inputs = "pair"
@@ -195,9 +199,11 @@ class MultimodalMMCRLoss(nn.Module):
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         logit_scale: torch.Tensor | float | None = None,
+        logit_bias: torch.Tensor | None = None,
         output_dict: bool = False,
         **unused: object,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         loss = multimodal_mmcr_loss(image_features, text_features, self.lmbda)
         assert isinstance(loss, torch.Tensor)
+        loss = loss + zero_gradient(logit_scale, logit_bias)
         return {"mmcr_loss": loss} if output_dict else loss

@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .._validation import check_positive
-from ._common import Terms, check_pair, check_views, unit
+from ._common import Terms, check_pair, check_views, unit, zero_gradient
 from ._registry import register_loss
 
 __all__ = ["CLIPLoss", "SimCLRLoss", "clip_loss", "simclr_loss"]
@@ -128,9 +128,10 @@ class CLIPLoss(nn.Module):
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         logit_scale: torch.Tensor | float | None = None,
+        logit_bias: torch.Tensor | None = None,
         output_dict: bool = False,
         **unused: object,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         scale = self.logit_scale if logit_scale is None else logit_scale
-        loss = clip_loss(image_features, text_features, scale)
+        loss = clip_loss(image_features, text_features, scale) + zero_gradient(logit_bias)
         return {"contrastive_loss": loss} if output_dict else loss

@@ -1,0 +1,101 @@
+"""Train with OpenCLIP's own trainer and a manifold-ssl objective (Schaeffer et al. Sec. 7).
+
+``manifold-ssl openclip --loss multimodal_mmcr [--lmbda 0] [--model-config tiny.json] --
+<open_clip_train arguments>`` runs ``open_clip_train.main.main`` unchanged, except that the loss
+its ``create_loss(args)`` returns is ours (:func:`openclip_loss`): OpenCLIP's data pipelines,
+models, schedules, checkpoints, logging and distributed launch (``torchrun``) stay OpenCLIP's.
+Both losses take exactly what OpenCLIP's training step passes, ``loss(**model_out,
+output_dict=True)``, and return the dict it sums; MMCR gives ``logit_scale`` (and a SigLIP
+model's ``logit_bias``) a zero gradient, so DDP without ``find_unused_parameters`` finds every
+parameter used. Needs ``pip install 'manifold-ssl[multimodal]'``.
+
+Written as a launcher around OpenCLIP's ``main`` rather than a copy of its loop: OpenCLIP keeps
+the trainer, and we keep only the objective.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .losses import CLIPLoss, MultimodalMMCRLoss
+
+__all__ = ["LOSSES", "main", "openclip_loss"]
+
+LOSSES = ("multimodal_mmcr", "clip")
+
+
+def openclip_loss(name: str, lmbda: float = 0.0) -> nn.Module:
+    """The loss module OpenCLIP's trainer calls: ``multimodal_mmcr`` or ``clip``."""
+    if name == "multimodal_mmcr":
+        return MultimodalMMCRLoss(lmbda)
+    if name == "clip":
+        return CLIPLoss()
+    raise ValueError(f"--loss must be one of {list(LOSSES)}, got {name!r}")
+
+
+def _import_trainer() -> Any:
+    try:
+        import open_clip
+        import open_clip_train.main as trainer
+    except ImportError as err:
+        raise ImportError(
+            f"OpenCLIP's trainer is not installed ({err}): pip install 'manifold-ssl[multimodal]'"
+        ) from None
+    return open_clip, trainer
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse our options, hand the rest (after ``--``) to ``open_clip_train.main.main``."""
+    parser = argparse.ArgumentParser(
+        prog="manifold-ssl openclip",
+        description="OpenCLIP's trainer (open_clip_train) with a manifold-ssl loss. Arguments "
+        "after -- go to open_clip_train unchanged, e.g. -- --dataset-type synthetic --model "
+        "ViT-B-32 --batch-size 256.",
+    )
+    parser.add_argument("--loss", choices=LOSSES, default="multimodal_mmcr")
+    parser.add_argument("--lmbda", type=float, default=0.0, help="MMCR's local nuclear norm weight")
+    parser.add_argument(
+        "--model-config",
+        action="append",
+        default=[],
+        help="an OpenCLIP model config JSON (or folder of them) to register first",
+    )
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="-- then open_clip_train arguments")
+    args = parser.parse_args(argv)
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    loss = openclip_loss(args.loss, args.lmbda)  # bad options fail before anything starts
+    open_clip, trainer = _import_trainer()
+    for path in args.model_config:
+        open_clip.add_model_config(path)
+    trainer.create_loss = lambda _args: loss
+    with _cpu_ddp():
+        result = trainer.main(rest)
+    return int(result or 0)
+
+
+@contextlib.contextmanager
+def _cpu_ddp() -> Iterator[None]:
+    """open_clip_train wraps the model in ``DistributedDataParallel(model,
+    device_ids=[device])``, which DDP refuses for a CPU device; for the trainer's run, a CPU
+    module is wrapped without ``device_ids`` (what DDP expects on the CPU), so that several gloo
+    processes train on CPUs (tests, CPU clusters). CUDA runs are untouched."""
+    original = torch.nn.parallel.DistributedDataParallel
+
+    class CPUFriendlyDDP(original):  # type: ignore[misc, valid-type]
+        def __init__(self, module: nn.Module, *args: Any, **kwargs: Any) -> None:
+            ids = kwargs.get("device_ids")
+            if ids and all(torch.device(d).type == "cpu" for d in ids):
+                kwargs.pop("device_ids")
+            super().__init__(module, *args, **kwargs)
+
+    torch.nn.parallel.DistributedDataParallel = CPUFriendlyDDP  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        torch.nn.parallel.DistributedDataParallel = original  # type: ignore[misc]
