@@ -139,3 +139,15 @@ def test_a_width_64_resnet_written_here_exports_to_torchvision():
             build_method("mmcr", build_backbone("resnet18", 3, True, 16), "32-16").state_dict(),
             "torchvision",
         )
+
+
+def test_export_refuses_what_a_library_cannot_load(tmp_path):
+    cfg = load_recipe("digits_mmcr")  # the ConvNet: no torchvision or timm counterpart
+    method = build_method("mmcr", build_backbone("convnet", 1, width=4), "32-16")
+    with pytest.raises(ValueError, match="cannot be written as torchvision weights"):
+        export_state(cfg, method.state_dict(), "torchvision")
+    own = export_state(cfg, method.state_dict(), "state_dict")["state_dict"]
+    assert own.keys() == method.backbone.state_dict().keys()
+    with pytest.raises(ValueError, match="--format must be one of"):
+        export_state(cfg, method.state_dict(), "onnx")
+    assert main(["export", str(tmp_path / "nowhere"), "--format", "timm", "--out", "x.pt"]) == 2

@@ -119,7 +119,9 @@ class ImageFiles:
 
         batches = self.batches(256, workers)
         total = -(-len(self) // 256)
-        chunks = list(tqdm(batches, total=total, desc="decoding", unit="batch", leave=False))
+        quiet = len(self) < 5000  # the normalisation sample, probe images: no bar
+        bar = tqdm(batches, total=total, desc="decoding", unit="batch", leave=False, disable=quiet)
+        chunks = list(bar)
         if not chunks:
             raise FileNotFoundError("no images to load")
         return ImageTensors(torch.cat(chunks), self.labels.clone(), self.classes)
