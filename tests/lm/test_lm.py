@@ -97,3 +97,22 @@ def test_cli_compares_objectives_over_seeds_on_a_text_file(tmp_path, capsys):
     assert "mean ± 95% t-interval" in capsys.readouterr().out
     with pytest.raises(ValueError, match="needs --text"):
         LMConfig(task="text")
+
+
+def test_bits_per_character_equals_the_window_by_window_mean():
+    import math
+
+    import torch.nn.functional as F
+
+    from manifold_ssl.lm.train import bits_per_character
+
+    torch.manual_seed(0)
+    model = GPT(30, context=16).eval()
+    ids = torch.randint(0, 30, (1000,))  # 62 full windows and a remainder of 7
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, len(ids) - 1, 16):
+            y = ids[s + 1 : s + 17]
+            total += float(F.cross_entropy(model(ids[s : s + len(y)][None])[0], y, reduction="sum"))
+    expected = total / (len(ids) - 1) / math.log(2)
+    assert bits_per_character(model, ids, batch=5) == pytest.approx(expected, rel=1e-6)

@@ -70,25 +70,22 @@ class LMConfig:
 
 
 def _data(cfg: LMConfig) -> dict[str, Any]:
+    """Vocabulary, training and held-out ids, and the held-out problems (arithmetic only)."""
+    test: list[Any] = []
     if cfg.task == "arithmetic":
         problems = arithmetic_problems(cfg.train_problems + cfg.test_problems, seed=12345)
-        train, test = problems[: cfg.train_problems], problems[cfg.train_problems :]
-        train_text = "".join(p.text for p in train)
+        test = problems[cfg.train_problems :]
+        train_text = "".join(p.text for p in problems[: cfg.train_problems])
         held_text = "".join(p.text for p in test)
         vocab = CharVocab(train_text + held_text)
-        return {
-            "vocab": vocab,
-            "train": vocab.encode(train_text),
-            "held": vocab.encode(held_text),
-            "test": test,
-        }
-    train_text, held_text = text_splits(cfg.text)  # type: ignore[arg-type]
-    vocab = CharVocab(train_text)
+    else:
+        train_text, held_text = text_splits(cfg.text)  # type: ignore[arg-type]
+        vocab = CharVocab(train_text)
     return {
         "vocab": vocab,
         "train": vocab.encode(train_text),
         "held": vocab.encode(held_text),
-        "test": [],
+        "test": test,
     }
 
 
@@ -121,18 +118,24 @@ def _lr(cfg: LMConfig, step: int) -> float:
 
 
 @torch.no_grad()
-def bits_per_character(model: GPT, ids: torch.Tensor) -> float:
-    """Mean next-character cross-entropy (bits) over consecutive windows of ``ids``."""
-    total, count, c = 0.0, 0, model.context
-    for start in range(0, len(ids) - 1, c):
-        x = ids[start : start + c]
-        y = ids[start + 1 : start + c + 1]
-        x = x[: len(y)]
-        if len(y) == 0:
-            break
-        total += float(F.cross_entropy(model(x[None])[0], y, reduction="sum"))
-        count += len(y)
-    return total / max(count, 1) / math.log(2)
+def bits_per_character(model: GPT, ids: torch.Tensor, batch: int = 64) -> float:
+    """Mean next-character cross-entropy (bits) over consecutive windows of ``ids`` (full
+    windows ``batch`` at a time, then the remainder)."""
+    c = model.context
+    n = (len(ids) - 1) // c
+    x, y = ids[: n * c].view(n, c), ids[1 : n * c + 1].view(n, c)
+    total = sum(
+        float(
+            F.cross_entropy(
+                model(x[i : i + batch]).flatten(0, 1), y[i : i + batch].flatten(), reduction="sum"
+            )
+        )
+        for i in range(0, n, batch)
+    )
+    tail_x, tail_y = ids[n * c : -1], ids[n * c + 1 :]
+    if len(tail_y):
+        total += float(F.cross_entropy(model(tail_x[None])[0], tail_y, reduction="sum"))
+    return total / max(len(ids) - 1, 1) / math.log(2)
 
 
 @torch.no_grad()
