@@ -19,3 +19,40 @@ def tiny_run_args(tmp_path, *extra: str) -> list[str]:
         *TINY_MODEL,
         *extra,
     ]
+
+
+def _ddp_pretrain_worker(rank: int, rendezvous: str, cfg_dict: dict, run_dir: str) -> None:
+    import os
+
+    import torch
+
+    from manifold_ssl.config import config_from_dict
+    from manifold_ssl.training import pretrain
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2
+    )
+    pretrain(config_from_dict(cfg_dict), progress=False, run_dir=run_dir)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def one_and_two_process_losses(cfg, tmp_path) -> tuple[dict[int, float], dict[int, float]]:
+    """The loss curves (step -> loss) of ``cfg`` pretrained in one process and under DDP on two
+    gloo processes."""
+    import torch.multiprocessing as mp
+
+    from manifold_ssl.config import config_to_dict
+    from manifold_ssl.training import pretrain
+    from manifold_ssl.training.metrics import read_metrics
+
+    def losses(run_dir):
+        records = read_metrics(run_dir / "metrics.jsonl")
+        return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+    single = pretrain(cfg, progress=False, run_dir=tmp_path / "single")
+    args = (str(tmp_path / "rendezvous"), config_to_dict(cfg), str(tmp_path / "ddp"))
+    mp.spawn(_ddp_pretrain_worker, args=args, nprocs=2)
+    return losses(single.run_dir), losses(tmp_path / "ddp")

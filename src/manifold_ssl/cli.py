@@ -104,12 +104,18 @@ def _print_results(results: dict[str, dict[str, object]]) -> None:
     def pct(v: object) -> str:
         return f"{100 * v:7.2f}%" if isinstance(v, float) else f"{'-':>8}"
 
+    from .evaluation.report import zero_shot_line
+
     print(f"\n{'encoder':>12} | {'kNN val':>8} {'kNN test':>8} | {'lin val':>8} {'lin test':>8}")
     for name, r in results.items():
+        if name == "zero_shot":
+            continue
         print(
             f"{name:>12} | {pct(r.get('knn_val_accuracy'))} {pct(r.get('knn_test_accuracy'))} | "
             f"{pct(r.get('linear_val_accuracy'))} {pct(r.get('linear_test_accuracy'))}"
         )
+    if "zero_shot" in results:
+        print(zero_shot_line(results["zero_shot"]))
 
 
 def _print_run(
@@ -236,6 +242,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .data.splits import as_tensors, splits_of
     from .data.views import MultiViewAugment, dataset_preset
     from .experiments.analyze import analyze_features, analyze_model, write_analysis_report
+    from .methods import SSLMethod
     from .training.checkpoint import load_checkpoint
     from .training.loop import build_method_for, view_size
 
@@ -291,7 +298,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             projection_dim=args.projection_dim,
         )
-        result["gradient_coherence"] = _coherence_of(method, splits, specs, cfg, args.seed)
+        if isinstance(method, SSLMethod):  # the objective of image views (not image-caption)
+            result["gradient_coherence"] = _coherence_of(method, splits, specs, cfg, args.seed)
     figures = write_analysis_report(result, out, title)
     print(f"geometry report: {out / 'analysis.md'}")
     for f in [out / "analysis.json", *figures]:
@@ -403,6 +411,8 @@ def _cmd_lm(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .experiments.sweep import list_sweeps
+
     parser = argparse.ArgumentParser(
         prog="manifold-ssl",
         description="Multi-view self-supervised learning on the geometry of neural manifolds.",
@@ -527,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a grid of trials (packaged name or YAML spec), resumably; or 'sweep status DIR'",
         description="Each trial is a run directory DIR/trials/<config hash>. Running a sweep "
         "again skips finished trials and resumes interrupted ones. Packaged: "
-        "digits_double_descent.",
+        f"{', '.join(list_sweeps())}.",
     )
     sw.add_argument("spec", help="sweep name or YAML path, or 'status'")
     sw.add_argument("dir", nargs="?", help="with 'status': the sweep directory")

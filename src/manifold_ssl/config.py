@@ -103,6 +103,13 @@ def _backbone_name(v: str) -> str | None:
     return backbone_problem(v)
 
 
+def _method_name(v: str) -> str | None:
+    from .methods import METHODS, MULTIMODAL
+
+    names = sorted({*METHODS, *MULTIMODAL})
+    return None if v in names else f"one of {names}{_suggest(v, names)}"
+
+
 def device_name(v: str) -> str | None:
     ok = v in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", v) is not None
     return None if ok else "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
@@ -163,7 +170,9 @@ class ViewsConfig:
     preset: str = key(
         "digits", "augmentation preset", registered("manifold_ssl.data.views", "PRESETS")
     )
-    num_views: int = key(4, "K views per image", at_least(2))
+    num_views: int = key(
+        4, "K views per image (multimodal methods: 1, the caption is the other)", at_least(1)
+    )
 
 
 @dataclass
@@ -191,11 +200,35 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = key("mmcr", "method", registered("manifold_ssl.methods", "METHODS"))
+    name: str = key(
+        "mmcr", "method (multimodal_mmcr and clip train on image-caption pairs)", _method_name
+    )
     momentum: float = key(
         0.0, "base EMA coefficient of the target network (0: none)", between(0, 1, hi_open=True)
     )
     loss: dict[str, Any] = key(help="hyperparameters of the objective", factory=dict)
+
+
+@dataclass
+class TextConfig:
+    """The text side of multimodal methods (``method.name: multimodal_mmcr | clip``)."""
+
+    captions: str = key(
+        "auto",
+        "generated (class + attributes measured from the image) | files (<key>.txt beside each "
+        "image) | auto (files for imagefolder/webdataset, else generated)",
+        one_of("auto", "generated", "files"),
+    )
+    width: int = key(64, "text transformer width (OpenCLIP's TextTransformer)", at_least(1))
+    layers: int = key(2, "text transformer layers", at_least(1))
+    heads: int = key(4, "attention heads (dividing width)", at_least(1))
+    context_length: int = key(24, "tokens per caption (longer ones are truncated)", at_least(3))
+    zero_shot_templates: list[str] = key(
+        help="zero-shot prompts, each with {label} (empty: the held-out templates of "
+        "manifold_ssl.data.captions)",
+        check=list_of(lambda v: None if "{label}" in v else "a template containing {label}"),
+        factory=list,
+    )
 
 
 @dataclass
@@ -319,6 +352,7 @@ class Config:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -394,6 +428,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ValueError(f"config key {key!r} expects true or false, got {value!r}")
         return value
     if tp is str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # --model.projector=128 reads as an integer
         if not isinstance(value, str):
             raise ValueError(f"config key {key!r} expects a string, got {value!r}")
         return value
@@ -495,6 +531,27 @@ def validate(cfg: Config) -> None:
             expected = check(value) if check is not None else None
             if expected:
                 raise ValueError(f"{section.name}.{f.name} must be {expected}, got {value!r}")
+    from .methods import MULTIMODAL
+
+    multimodal = cfg.method.name in MULTIMODAL
+    if multimodal and cfg.views.num_views != 1:
+        raise ValueError(
+            f"method {cfg.method.name} pairs one image view with its caption: set "
+            f"views.num_views to 1, got {cfg.views.num_views}"
+        )
+    if multimodal and cfg.probes.every_steps:
+        raise ValueError(
+            "probes.every_steps: the training probes measure the objective on image views; "
+            f"they do not support the image-caption method {cfg.method.name} (set it to 0)"
+        )
+    if not multimodal and cfg.views.num_views < 2:
+        raise ValueError(
+            f"method {cfg.method.name} needs views.num_views >= 2, got {cfg.views.num_views}"
+        )
+    if cfg.text.width % cfg.text.heads:
+        raise ValueError(
+            f"text.width {cfg.text.width} must be divisible by text.heads {cfg.text.heads}"
+        )
     if cfg.optim.warmup_steps and cfg.optim.warmup_epochs:
         raise ValueError(
             "give one of optim.warmup_steps and optim.warmup_epochs, not both "

@@ -48,7 +48,7 @@ from .geometry.capacity import manifold_capacity
 from .geometry.manifold_stats import packing_statistics
 from .geometry.spectral import effective_rank, percent_error
 from .losses.wang_isola import alignment_loss, uniformity_loss
-from .methods import SSLMethod
+from .methods import MultimodalMethod, SSLMethod
 
 __all__ = ["TrainingProbe", "alignment_uniformity"]
 
@@ -100,7 +100,9 @@ class TrainingProbe:
         trained = time.perf_counter() - self.start - self.spent
         return self.spent + self.last_cost <= self.cfg.probes.max_cost * trained
 
-    def __call__(self, method: SSLMethod, step: int) -> dict[str, float]:
+    def __call__(self, method: SSLMethod | MultimodalMethod, step: int) -> dict[str, float]:
+        if not isinstance(method, SSLMethod):  # the config refuses probes of these
+            raise TypeError(f"the training probes measure image views, not {method.name}")
         with local_only(), torch.no_grad():  # rank 0 alone: its losses must gather nothing
             return self._probe(method, step)
 

@@ -13,26 +13,61 @@ import torch
 from torch import nn
 
 from .config import Config
-from .data.splits import DataSplits
+from .data.splits import DataSplits, zero_shot_prompts
 from .evaluation.features import extract_features
 from .evaluation.knn import knn_accuracy
 from .evaluation.protocol import evaluate_with_baselines
 from .evaluation.report import write_report
-from .methods import SSLMethod
+from .evaluation.zeroshot import class_text_embeddings, zero_shot_accuracy
+from .methods import MultimodalMethod
+from .models.text import build_tokenizer
 from .runinfo import read_metrics, write_json
-from .training.loop import Monitor, PretrainResult, build_method_for, view_size
+from .training.loop import Method, Monitor, PretrainResult, build_method_for, view_size
 from .training.loop import pretrain as train
 
-__all__ = ["evaluate_run", "final_percent_error", "knn_monitor", "pretrain"]
+__all__ = ["evaluate_run", "final_percent_error", "knn_monitor", "pretrain", "zero_shot"]
+
+
+def zero_shot(
+    cfg: Config,
+    method: MultimodalMethod,
+    splits: DataSplits,
+    device: torch.device | str,
+    names: tuple[str, ...] = ("val", "test"),
+) -> dict[str, float]:
+    """Zero-shot top-1 (and top-5 with more than 5 classes) of ``method`` on the splits
+    ``names``, prompting with the class words in the held-out templates
+    (:func:`~manifold_ssl.data.splits.zero_shot_prompts`)."""
+    classes, templates = zero_shot_prompts(cfg, splits)
+    tokenize = build_tokenizer(cfg.text.context_length)
+    was_training = method.training
+    method.eval()
+    try:
+        weights = class_text_embeddings(method.text, tokenize, classes, templates, device)
+    finally:
+        method.train(was_training)
+    tower = nn.Sequential(method.backbone, method.projector)
+    top = (1, 5) if len(classes) > 5 else (1,)
+    out: dict[str, float] = {}
+    for name in names:
+        split = getattr(splits, name)
+        acc = zero_shot_accuracy(
+            tower, weights, split, *splits.normalisation, device, cfg.data.workers, top
+        )
+        out[f"zero_shot_{name}_accuracy"] = acc[1]
+        if 5 in acc:
+            out[f"zero_shot_{name}_top5"] = acc[5]
+    return out
 
 
 def knn_monitor(cfg: Config) -> Monitor:
-    """The training loop's monitor: kNN accuracy of the backbone on the validation split."""
+    """The training loop's monitor: kNN accuracy of the backbone on the validation split, and
+    the zero-shot accuracy there of a multimodal method."""
 
-    def monitor(backbone: nn.Module, splits: DataSplits, device: torch.device) -> dict[str, float]:
+    def monitor(method: Method, splits: DataSplits, device: torch.device) -> dict[str, float]:
         mean, std = splits.normalisation
         feats = [
-            extract_features(backbone, s, mean, std, device=device, workers=cfg.data.workers)
+            extract_features(method.backbone, s, mean, std, device=device, workers=cfg.data.workers)
             for s in (splits.train, splits.val)
         ]
         acc = knn_accuracy(
@@ -44,7 +79,10 @@ def knn_monitor(cfg: Config) -> Monitor:
             cfg.eval.knn_k,
             cfg.eval.knn_temperature,
         )
-        return {"knn_val_accuracy": acc}
+        values = {"knn_val_accuracy": acc}
+        if isinstance(method, MultimodalMethod):
+            values.update(zero_shot(cfg, method, splits, device, ("val",)))
+        return values
 
     return monitor
 
@@ -68,7 +106,7 @@ def pretrain(
 
 def evaluate_run(
     cfg: Config,
-    method: SSLMethod,
+    method: Method,
     splits: DataSplits,
     run_dir: Path,
     device: str,
@@ -76,13 +114,22 @@ def evaluate_run(
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """kNN + linear probe of ``method``'s backbone next to the baselines, the fine-tunings of
-    ``cfg.eval.semi_supervised``; writes ``eval.json`` and ``report.md`` into ``run_dir``."""
+    ``cfg.eval.semi_supervised``, zero-shot classification of a multimodal method; writes
+    ``eval.json`` and ``report.md`` into ``run_dir``."""
     # the same initialisation the pretrained encoder had
     size = view_size(cfg, splits)
     random_encoder = build_method_for(cfg, splits.channels, image_size=size).backbone
     results = evaluate_with_baselines(
         cfg, method.backbone, splits, device, random_encoder, progress=progress
     )
+    if isinstance(method, MultimodalMethod):
+        if progress:
+            print("zero-shot classification with held-out prompt templates")
+        results["zero_shot"] = {
+            **zero_shot(cfg, method, splits, device),
+            "chance": 1 / splits.num_classes,
+            "templates": zero_shot_prompts(cfg, splits)[1],
+        }
     if cfg.eval.augmented_probe:
         from .evaluation.augmented import augmented_linear_probe
 

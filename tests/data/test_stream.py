@@ -3,15 +3,13 @@ against the tensor path and torchvision; training, resume and DDP on images of v
 
 from __future__ import annotations
 
-import os
 import tarfile
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torchvision.transforms.v2.functional as TF
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, one_and_two_process_losses
 
 from manifold_ssl.config import apply_overrides, load_recipe
 from manifold_ssl.data import load_splits
@@ -236,27 +234,9 @@ def test_evaluation_reads_streamed_splits(folder, tmp_path):
     assert streamed.shape == (12, 16) and torch.allclose(streamed, loaded, atol=1e-5)
 
 
-def _ddp_worker(rank: int, rendezvous: str, cfg_dict: dict, run_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2
-    )
-    from manifold_ssl.config import config_from_dict
-
-    pretrain(config_from_dict(cfg_dict), progress=False, run_dir=run_dir)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-
-
 def test_two_process_ddp_streams_the_single_process_global_batch(folder, tmp_path):
-    from manifold_ssl.config import config_to_dict
-
     cfg = _cfg(tmp_path, folder, "--train.max_steps=6", "--data.workers=1", "--model.sync_bn=true")
-    single = pretrain(cfg, progress=False, run_dir=tmp_path / "single")
-    rendezvous = str(tmp_path / "rendezvous")
-    mp.spawn(_ddp_worker, args=(rendezvous, config_to_dict(cfg), str(tmp_path / "ddp")), nprocs=2)
-    a, b = _losses(single.run_dir), _losses(tmp_path / "ddp")
+    a, b = one_and_two_process_losses(cfg, tmp_path)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4), step

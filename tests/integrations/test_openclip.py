@@ -85,7 +85,7 @@ def _ddp_worker(rank: int, rendezvous: str, name: str, out: str, config: str) ->
         opt.zero_grad()
         total.backward()
         opt.step()
-        values.append(float(total))
+        values.append(float(total.detach()))
     if rank == 0:
         torch.save(values, out)
     torch.distributed.destroy_process_group()
@@ -110,7 +110,7 @@ def test_two_process_ddp_equals_the_global_batch(tiny_config, tmp_path, name):
         opt.zero_grad()
         total.backward()
         opt.step()
-        single.append(float(total))
+        single.append(float(total.detach()))
     assert torch.load(out) == pytest.approx(single, rel=1e-4)
 
 

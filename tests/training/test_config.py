@@ -15,7 +15,7 @@ from manifold_ssl.config import (
 
 def test_every_packaged_recipe_loads_and_names_known_components():
     from manifold_ssl.data.views import PRESETS
-    from manifold_ssl.methods import METHODS
+    from manifold_ssl.methods import METHODS, MULTIMODAL
     from manifold_ssl.models import BACKBONES
 
     names = list_recipes()
@@ -30,7 +30,7 @@ def test_every_packaged_recipe_loads_and_names_known_components():
     } <= set(names)
     for name in names:
         cfg = load_recipe(name)
-        assert cfg.method.name in METHODS and cfg.model.backbone in BACKBONES
+        assert cfg.method.name in {*METHODS, *MULTIMODAL} and cfg.model.backbone in BACKBONES
         assert cfg.views.preset in PRESETS
 
 

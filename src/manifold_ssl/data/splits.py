@@ -11,6 +11,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .captions import (
+    ZERO_SHOT_TEMPLATES,
+    Captions,
+    GeneratedCaptions,
+    ImageAttributes,
+    class_words,
+    read_captions,
+)
 from .datasets import ImageTensors, load_dataset
 from .files import ImageFiles, index_images, index_shards
 from .stream import resolve_workers
@@ -22,9 +30,11 @@ __all__ = [
     "DataSplits",
     "Split",
     "as_tensors",
+    "captions_of",
     "load_splits",
     "splits_of",
     "stratified_split",
+    "zero_shot_prompts",
 ]
 
 Split = ImageTensors | ImageFiles
@@ -186,6 +196,37 @@ def load_splits(
         opts = {"size": image_size, "crop_fraction": crop_fraction}
         extra = load_dataset(name, "unlabeled", root, path, **opts, workers=workers)  # type: ignore[arg-type]
     return DataSplits(full.subset(keep), full.subset(held), test, extra)
+
+
+def captions_of(cfg: Config, splits: DataSplits) -> Captions:
+    """The captions of the pretraining images (``text.captions``; see
+    :mod:`manifold_ssl.data.captions`), in the order of ``splits.pretraining()``."""
+    d = cfg.data
+    mode = cfg.text.captions
+    if mode == "auto":
+        mode = "files" if d.name in FILE_SETS else "generated"
+    if d.unlabeled:
+        raise ValueError("multimodal pretraining does not read data.unlabeled (no captions)")
+    if mode == "files":
+        # the training split's files, in the order both loaders keep them
+        files = _index(d.name, "train", d.root, d.path, d.classes_file)
+        keep, _ = stratified_split(files.labels, d.val_fraction, d.split_seed)
+        return read_captions(files.subset(keep))
+    train = splits.train
+    if not isinstance(train, ImageTensors):
+        raise ValueError(
+            "text.captions=generated measures the images in memory: use data.loader=memory "
+            "(or text.captions=files with <key>.txt captions)"
+        )
+    return GeneratedCaptions(train, ImageAttributes.fit(train.images, train.labels))
+
+
+def zero_shot_prompts(cfg: Config, splits: DataSplits) -> tuple[list[str], list[str]]:
+    """The class words and the prompt templates of zero-shot evaluation (``{label}`` in each):
+    ``text.zero_shot_templates``, else the held-out templates of the images' kind."""
+    kind = "grey" if splits.channels == 1 else "colour"
+    templates = cfg.text.zero_shot_templates or list(ZERO_SHOT_TEMPLATES[kind])
+    return class_words(splits.train.classes), templates
 
 
 def splits_of(cfg: Config) -> DataSplits:

@@ -40,6 +40,7 @@ from .files import ImageFiles, resolve_workers
 from .views import AugmentSpec, MultiViewAugment, ViewParams, crop_boxes
 
 __all__ = [
+    "Batch",
     "Layout",
     "StreamBatches",
     "TensorBatches",
@@ -50,6 +51,11 @@ __all__ = [
 ]
 
 
+#: A training batch: the views (b, K, C, s, s), or views and caption tokens (b, L)
+#: (:class:`~manifold_ssl.data.pairs.CaptionBatches`).
+Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
 class TrainBatches(Protocol):
     """What the training loop asks of its data."""
 
@@ -58,7 +64,7 @@ class TrainBatches(Protocol):
     last_index: torch.Tensor  # this rank's images (indices into the split) of the last batch
 
     def start_epoch(self, epoch: int, step_in_epoch: int) -> None: ...
-    def next_views(self) -> torch.Tensor: ...
+    def next_views(self) -> Batch: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 

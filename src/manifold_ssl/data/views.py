@@ -99,6 +99,9 @@ PRESETS: dict[str, tuple[AugmentSpec, ...]] = {
     ),
     # CLAMP App. B, Table 4: T1 / T2 differ in solarisation
     "clamp_imagenet": (_CLAMP_IMAGENET, replace(_CLAMP_IMAGENET, solarize_p=0.2)),
+    # OpenCLIP's training transform (image_transform, is_train): RandomResizedCrop with scale
+    # (0.9, 1.0), then normalisation only (no flip: a caption may say "left-leaning")
+    "clip": (AugmentSpec(crop_scale=(0.9, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0),),
     # 8x8 grey digits: mild crops, no flips (digits are not mirror-symmetric), intensity jitter
     "digits": (
         AugmentSpec(

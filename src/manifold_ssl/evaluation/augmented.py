@@ -73,7 +73,9 @@ def augmented_linear_probe(
                 e.augmented_lr * 0.5 * (1 + math.cos(math.pi * epoch / e.augmented_epochs))
             )
         for k in range(steps):
-            views = source.next_views()[:, 0]
+            all_views = source.next_views()
+            assert isinstance(all_views, torch.Tensor)  # image views only
+            views = all_views[:, 0]
             y = labels[source.last_index].to(device)
             with torch.no_grad():
                 x = model(views.contiguous(memory_format=torch.channels_last)).float()

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..runinfo import read_metrics
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "zero_shot_line"]
 
 
 def _plot_curves(run_dir: Path) -> list[Path]:
@@ -43,6 +43,17 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.2f}" if isinstance(value, float) else "-"
 
 
+def zero_shot_line(r: dict[str, Any]) -> str:
+    """One line for the zero-shot results of :func:`manifold_ssl.run.zero_shot`."""
+    top5 = r.get("zero_shot_test_top5")
+    extra = f"top-5 test {_pct(top5)}%; " if top5 is not None else ""
+    return (
+        f"zero-shot top-1: val {_pct(r.get('zero_shot_val_accuracy'))}%, test "
+        f"{_pct(r.get('zero_shot_test_accuracy'))}% ({extra}chance {_pct(r.get('chance'))}%; "
+        f"{len(r.get('templates', []))} held-out prompt templates)"
+    )
+
+
 def write_report(run_dir: Path, results: dict[str, dict[str, Any]], extra: dict[str, Any]) -> Path:
     figures = _plot_curves(run_dir)
     lines = [f"# Run report: {run_dir.name}", ""]
@@ -54,6 +65,8 @@ def write_report(run_dir: Path, results: dict[str, dict[str, Any]], extra: dict[
         "| --- | --- | --- | --- | --- |",
     ]
     for name, r in results.items():
+        if name == "zero_shot":
+            continue
         lines.append(
             f"| {name} | {_pct(r.get('knn_val_accuracy'))} | {_pct(r.get('knn_test_accuracy'))} | "
             f"{_pct(r.get('linear_val_accuracy'))} | {_pct(r.get('linear_test_accuracy'))} |"
@@ -63,6 +76,9 @@ def write_report(run_dir: Path, results: dict[str, dict[str, Any]], extra: dict[
         "Test accuracies are computed once, with the weight decay chosen on validation.",
         "",
     ]
+    if "zero_shot" in results:
+        zs = results["zero_shot"]
+        lines += [f"- {zero_shot_line(zs)}: " + "; ".join(f"`{t}`" for t in zs["templates"]), ""]
     lines += [f"![curves]({f.name})" for f in figures]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -9,6 +9,11 @@
   95% bootstrap interval (resampling the logged points), R², and a saturating E∞ + a·C^(−b) as a
   check (``fig4_scaling.png``, ``scaling.json``, ``scaling.md`` comparing on- and off-diagonal
   exponents and initial errors).
+- Fig. 5 and Fig. 7 (multimodal sweeps, trials evaluated): zero-shot top-1 against the batch
+  N, a line per method, N = D marked; and the two diagnostics of Fig. 7 against N, the
+  complement of the mean squared centroid norm ``1 − ‖μ‖²`` and the percent error
+  (``fig5_zero_shot.png``, ``fig7_diagnostics.png``, ``zero_shot.json``: mean and standard
+  deviation over seeds).
 
 For a run, :func:`plot_run` draws its probes (:mod:`manifold_ssl.probes`) and CLAMP's packing
 dynamics (Zhang et al. Sec. 5, Fig. 3).
@@ -27,7 +32,14 @@ import numpy as np
 
 from ..runinfo import read_metrics, write_json
 
-__all__ = ["double_descent_tables", "fit_power_law", "plot_run", "plot_sweep", "scaling_fits"]
+__all__ = [
+    "double_descent_tables",
+    "fit_power_law",
+    "plot_run",
+    "plot_sweep",
+    "scaling_fits",
+    "zero_shot_tables",
+]
 
 FIT_START = 0.1  # fraction of a run's FLOPs excluded from the fit (warm-up transient)
 
@@ -62,6 +74,64 @@ def double_descent_tables(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 peaks["columns"] += int(ps[int(np.argmax(np.array(vals, dtype=float)))] == d)
         out[str(k)] = {"P": ps, "D": ds, "percent_error": table, "peaks_on_diagonal": peaks}
     return out
+
+
+_ZERO_SHOT_KEYS = ("zero_shot_test_accuracy", "centroid_norm_complement", "percent_error")
+
+
+def zero_shot_tables(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method (and D): for every batch N, the mean and standard deviation over seeds of
+    zero-shot test top-1, ``1 − ‖μ‖²`` and percent error, and the number of seeds."""
+    cells: dict[tuple[str, int], dict[int, list[dict[str, Any]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for r in rows:
+        if r.get("status") == "done" and r.get("zero_shot_test_accuracy") is not None:
+            cells[(r["method"], r["D"])][r["P"]].append(r)
+    out: dict[str, Any] = {}
+    for (method, d), by_p in sorted(cells.items()):
+        ps = sorted(by_p)
+        entry: dict[str, Any] = {"method": method, "D": d, "N": ps, "seeds": []}
+        for key in _ZERO_SHOT_KEYS:
+            vals = [[r[key] for r in by_p[p] if r.get(key) is not None] for p in ps]
+            entry[key] = [float(np.mean(v)) if v else None for v in vals]
+            entry[f"{key}_std"] = [float(np.std(v)) if v else None for v in vals]
+        entry["seeds"] = [len(by_p[p]) for p in ps]
+        out[f"{method} D={d}"] = entry
+    return out
+
+
+def _plot_zero_shot(tables: dict[str, Any], out: Path, plt: Any) -> list[Path]:
+    """Fig. 5 (zero-shot top-1 against N) and Fig. 7 (its diagnostics against N)."""
+    panels = [
+        ("zero_shot_test_accuracy", "zero-shot top-1, test (%)", "fig5_zero_shot.png"),
+        ("centroid_norm_complement", "1 − ‖μ‖² (training batches, %)", "fig7_diagnostics.png"),
+        ("percent_error", "percent error (training batches, %)", "fig7_diagnostics.png"),
+    ]
+    fig5, ax5 = plt.subplots(figsize=(5.2, 3.8))
+    fig7, ax7 = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, (key, label, _) in zip([ax5, *ax7], panels, strict=True):
+        for name, t in tables.items():
+            mean = np.array([np.nan if v is None else 100 * v for v in t[key]])
+            std = np.array([np.nan if v is None else 100 * v for v in t[f"{key}_std"]])
+            ax.errorbar(t["N"], mean, yerr=std, fmt="o-", ms=3, capsize=2, label=name)
+        for d in sorted({t["D"] for t in tables.values()}):
+            ax.axvline(d, color="grey", ls="--", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size N (dashed: N = D)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax5.legend(fontsize=8)
+    ax5.set_title("zero-shot classification against batch size")
+    ax7[0].legend(fontsize=8)
+    fig7.suptitle("Fig. 7 diagnostics of the image-caption centroids")
+    written = []
+    for fig, name in ((fig5, "fig5_zero_shot.png"), (fig7, "fig7_diagnostics.png")):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(out / name)
+    return written
 
 
 def fit_power_law(
@@ -180,6 +250,10 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
     rows = json.loads((sweep_dir / "summary.json").read_text())
     out = sweep_dir / "figures"
     out.mkdir(exist_ok=True)
+    zero_shot = zero_shot_tables(rows)
+    if zero_shot:  # a multimodal sweep: Figs. 5 and 7
+        write_json(out / "zero_shot.json", zero_shot)
+        return [out / "zero_shot.json", *_plot_zero_shot(zero_shot, out, plt)]
     tables = double_descent_tables(rows)
     if not tables:
         raise ValueError(f"{sweep_dir}: no finished trial with a percent error to plot")

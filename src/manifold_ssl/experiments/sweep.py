@@ -10,7 +10,9 @@ A sweep spec (YAML, or the name of a packaged one in ``configs/sweeps/``)::
 
 Grid keys are dotted config keys or the aliases of Schaeffer et al.: ``P`` the global batch
 (``train.batch_size``), ``K`` the views per image (``views.num_views``) and ``D`` the embedding
-dimension (the last width of ``model.projector``, the hidden widths kept).
+dimension (the last width of ``model.projector``, the hidden widths kept). The grid key
+``recipe`` compares recipes, each with its own settings (multimodal MMCR at lr 1e-4 against
+CLIP at 1e-3): a trial's config is its recipe, then ``overrides``, then its grid values.
 
 Each trial's directory is ``DIR/trials/<hash>``, the hash of its resolved config (the output
 paths and the thread count excluded), so the same point of the same sweep always lands in the
@@ -88,13 +90,13 @@ def load_spec(name_or_path: str, grid_args: Sequence[str] = ()) -> SweepSpec:
     grid axes (``seed=0,1,2`` sets the seeds)."""
     path, raw = read_packaged_yaml(name_or_path, SWEEP_DIR, "sweep", list_sweeps())
     unknown = set(raw) - {"recipe", "overrides", "grid", "seeds", "evaluate"}
-    if unknown or "recipe" not in raw:
+    if unknown or ("recipe" not in raw and "recipe" not in (raw.get("grid") or {})):
         raise ValueError(
-            f"sweep spec {path}: needs 'recipe' and may have overrides, grid, seeds, evaluate; "
-            f"got unknown keys {sorted(unknown)}"
+            f"sweep spec {path}: needs 'recipe' (or a grid axis 'recipe') and may have "
+            f"overrides, grid, seeds, evaluate; got unknown keys {sorted(unknown)}"
         )
     spec = SweepSpec(
-        raw["recipe"],
+        str(raw.get("recipe") or raw["grid"]["recipe"][0]),
         dict(raw.get("overrides") or {}),
         {k: list(v) for k, v in (raw.get("grid") or {}).items()},
         list(raw.get("seeds", [0])),
@@ -139,14 +141,22 @@ def trial_key(cfg: Config) -> str:
 
 def expand(spec: SweepSpec) -> list[Trial]:
     """Every trial of the spec, in grid order (the last axis fastest, seeds innermost)."""
-    recipe = load_recipe(spec.recipe)
-    base = config_from_dict(_nested(spec.overrides, recipe), recipe)
+    bases: dict[str, Config] = {}
+
+    def base_of(name: str) -> Config:
+        if name not in bases:
+            recipe = load_recipe(name)
+            bases[name] = config_from_dict(_nested(spec.overrides, recipe), recipe)
+        return bases[name]
+
     axes = list(spec.grid)
     trials = []
     for values in itertools.product(*(spec.grid[a] for a in axes)):
         point = dict(zip(axes, values, strict=True))
+        base = base_of(str(point.get("recipe", spec.recipe)))
+        values_of = {k: v for k, v in point.items() if k != "recipe"}
         for seed in spec.seeds:
-            cfg = config_from_dict(_nested({**point, "train.seed": seed}, base), base)
+            cfg = config_from_dict(_nested({**values_of, "train.seed": seed}, base), base)
             trials.append(Trial({**point, "seed": seed}, cfg, trial_key(cfg)))
     return trials
 
@@ -324,9 +334,10 @@ def _tail_mean(records: list[dict[str, Any]], key: str, fraction: float = 0.1) -
 
 
 def summarise(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """``summary.csv`` and ``summary.json``: a row per trial with its grid point, P, D, K,
-    steps, FLOPs and final metrics (``percent_error``, ``effective_rank`` and ``loss`` averaged
-    over the last 10% of logged steps; kNN and linear test accuracy where evaluated)."""
+    """``summary.csv`` and ``summary.json``: a row per trial with its grid point, method, P,
+    D, K, steps, FLOPs and final metrics (``percent_error``, ``centroid_norm_complement``,
+    ``effective_rank`` and ``loss`` averaged over the last 10% of logged steps; kNN, linear and
+    zero-shot test accuracy where evaluated)."""
     out = Path(out)
     rows = []
     for point_file in sorted((out / "trials").glob("*.json")):
@@ -344,18 +355,22 @@ def summarise(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
             "trial": trial_dir.name,
             "status": _status(trial_dir),
             **point,
+            "method": cfg.method.name,
             "P": cfg.train.batch_size,
             "D": int(cfg.model.projector.split("-")[-1]) if cfg.model.projector else None,
             "K": cfg.views.num_views,
             "steps": records[-1]["step"] if records else 0,
             "flops": records[-1].get("flops") if records else None,
         }
-        for key in ("percent_error", "effective_rank", "loss"):
+        for key in ("percent_error", "centroid_norm_complement", "effective_rank", "loss"):
             row[key] = _tail_mean(records, key)
         if (trial_dir / "eval.json").exists():
-            pretrained = json.loads((trial_dir / "eval.json").read_text())["results"]["pretrained"]
+            results = json.loads((trial_dir / "eval.json").read_text())["results"]
+            pretrained = results["pretrained"]
             row["knn_test_accuracy"] = pretrained.get("knn_test_accuracy")
             row["linear_test_accuracy"] = pretrained.get("linear_test_accuracy")
+            if "zero_shot" in results:
+                row["zero_shot_test_accuracy"] = results["zero_shot"]["zero_shot_test_accuracy"]
         rows.append(row)
     write_json(out / "summary.json", rows)
     columns = list(dict.fromkeys(k for row in rows for k in row))

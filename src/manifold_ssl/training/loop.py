@@ -44,20 +44,24 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..config import Config, config_from_dict, config_to_dict, save_config
-from ..data.splits import DataSplits, splits_of
+from ..data.pairs import CaptionBatches
+from ..data.splits import DataSplits, captions_of, splits_of
 from ..data.stream import Layout, TrainBatches, make_batches
 from ..data.views import MultiViewAugment, dataset_preset, preset
 from ..geometry.spectral import effective_rank, percent_error
-from ..methods import SSLMethod, build_method
+from ..methods import MULTIMODAL, MultimodalMethod, SSLMethod, build_method
 from ..models.backbones import build_backbone
 from ..models.sync_bn import convert_sync_batchnorm
+from ..models.text import build_text_tower, build_tokenizer
 from ..runinfo import make_run_dir, run_lock, run_metadata, write_json
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistContext, resolve_device, setup_distributed, teardown_distributed
 from .metrics import MetricsLog
 from .optim import build_optimizer, lr_at_step
 
-__all__ = ["PretrainResult", "build_method_for", "pretrain", "view_size"]
+__all__ = ["Method", "PretrainResult", "build_method_for", "pretrain", "view_size"]
+
+Method = SSLMethod | MultimodalMethod
 
 
 @dataclass
@@ -65,7 +69,7 @@ class PretrainResult:
     run_dir: Path
     status: str  # "finished" | "interrupted" | "budget" | "max_steps"
     step: int
-    method: SSLMethod
+    method: Method
     splits: DataSplits
     ctx: DistContext  # this process's rank; the process group is gone when it returns
 
@@ -79,7 +83,7 @@ def view_size(cfg: Config, splits: DataSplits) -> int:
 
 def build_method_for(
     cfg: Config, in_channels: int, seed: int | None = None, image_size: int | None = None
-) -> SSLMethod:
+) -> Method:
     """``cfg``'s method, initialised from ``seed`` (default ``train.seed``) in a forked RNG:
     the same weights on every call, and the caller's global RNG state left as it was.
     ``image_size``: the views' side (:func:`view_size`), which ViT backbones are built for."""
@@ -93,6 +97,19 @@ def build_method_for(
             image_size=image_size or cfg.data.image_size,
             kwargs=cfg.model.kwargs,
         )
+        if cfg.method.name in MULTIMODAL:
+            t = cfg.text
+            dim = int(cfg.model.projector.split("-")[-1]) if cfg.model.projector else None
+            text = build_text_tower(
+                dim or backbone.out_dim,  # type: ignore[arg-type]
+                t.width,
+                t.layers,
+                t.heads,
+                t.context_length,
+            )
+            return MultimodalMethod(
+                cfg.method.name, backbone, cfg.model.projector, text, cfg.method.loss
+            )
         return build_method(
             cfg.method.name,
             backbone,
@@ -126,18 +143,27 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def _channels_last(views: torch.Tensor) -> torch.Tensor:
+    return views.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
 def _batch_metrics(z: torch.Tensor) -> dict[str, float]:
-    """Percent error of the batch centroids (Schaeffer Eq. 4) and the erank of view 0 (RankMe)."""
+    """Percent error of the batch centroids (Schaeffer Eq. 4), the complement of their mean
+    squared norm ``1 − mean_b ‖μ_b‖²`` (0 at perfect reconstruction: Schaeffer Fig. 7) and
+    the erank of view 0 (RankMe)."""
     zn = F.normalize(z.float(), dim=-1)
+    centroids = zn.mean(dim=1)
     return {
-        "percent_error": float(percent_error(zn.mean(dim=1))),
+        "percent_error": float(percent_error(centroids)),
+        "centroid_norm_complement": float(1 - centroids.pow(2).sum(-1).mean()),
         "effective_rank": float(effective_rank(zn[:, 0])),
     }
 
 
-#: ``monitor(backbone, splits, device) -> {name: value}``: logged every ``train.knn_every``
-#: epochs (``manifold_ssl.run.pretrain`` passes the kNN accuracy on the validation split).
-Monitor = Callable[[nn.Module, DataSplits, torch.device], dict[str, float]]
+#: ``monitor(method, splits, device) -> {name: value}``: logged every ``train.knn_every``
+#: epochs (``manifold_ssl.run.pretrain`` passes the kNN accuracy on the validation split, and
+#: the zero-shot accuracy of multimodal methods).
+Monitor = Callable[[Method, DataSplits, torch.device], dict[str, float]]
 
 
 class Probe(Protocol):
@@ -145,7 +171,7 @@ class Probe(Protocol):
 
     def due(self, step: int) -> bool: ...
     def resume_at(self, step: int) -> None: ...
-    def __call__(self, method: SSLMethod, step: int) -> dict[str, float]: ...
+    def __call__(self, method: Method, step: int) -> dict[str, float]: ...
 
 
 #: ``probes(splits, device, run_dir)``: the run's probe, made once the data are loaded.
@@ -261,16 +287,19 @@ class _Trainer:
     def train_step(self) -> dict[str, Any]:
         """One optimiser step on the global batch's slice of this process; its log record."""
         t0, b = time.perf_counter(), self.batch
-        views = self.data.next_views()  # (b / world, K, C, s, s)
+        batch = self.data.next_views()  # views (b / world, K, C, s, s) [, tokens]
         if self.memory_format is not None:  # channels-last per view: (b, K, s, s, C) in memory
-            views = views.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+            if isinstance(batch, tuple):
+                batch = (_channels_last(batch[0]), batch[1])
+            else:
+                batch = _channels_last(batch)
         for group in self.opt.param_groups:
             group["lr"] = lr_at_step(self.cfg, self.step, self.steps_per_epoch)
         # FLOPs of forward + backward, counted on the first step of each process
         counter = FlopCounterMode(display=False) if self.step_flops is None else None
         with counter or contextlib.nullcontext():
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-                loss, terms, z = self.model(views)
+                loss, terms, z = self.model(batch)
             if not torch.isfinite(loss):  # before the step: the weights stay usable
                 raise FloatingPointError(
                     f"loss is {loss.item()} at step {self.step + 1}; the last checkpoint is kept"
@@ -312,7 +341,7 @@ class _Trainer:
         last = self.epoch == cfg.train.epochs
         every = cfg.train.knn_every
         if monitor and every and (self.epoch % every == 0 or last) and self.ctx.is_main:
-            values = monitor(self.method.backbone, self.splits, self.device)
+            values = monitor(self.method, self.splits, self.device)
             self.log.log({**self.position(), **values})
             bar.write(
                 f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
@@ -336,15 +365,20 @@ def _train_batches(
     """The pretraining images as batches of K views (memory or streamed)."""
     specs = dataset_preset(cfg.views.preset, *splits.normalisation, size=cfg.data.image_size)
     d = cfg.data
-    return make_batches(
+    layout = Layout(cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, device)
+    images = make_batches(
         splits.pretraining(),
         MultiViewAugment(specs, cfg.views.num_views),
-        Layout(cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, device),
+        layout,
         view_size(cfg, splits),
         d.workers,
         d.prefetch,
         d.views_on,
     )
+    if cfg.method.name not in MULTIMODAL:
+        return images
+    tokenize = build_tokenizer(cfg.text.context_length)
+    return CaptionBatches(images, captions_of(cfg, splits), tokenize, layout)
 
 
 def _pretrain(
