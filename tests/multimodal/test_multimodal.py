@@ -22,6 +22,7 @@ from manifold_ssl.data.captions import (
     GeneratedCaptions,
     ImageAttributes,
     class_words,
+    fill,
     read_captions,
 )
 from manifold_ssl.data.datasets import ImageTensors
@@ -140,6 +141,9 @@ def test_generated_captions_name_class_and_attributes_in_every_template():
         "a thick, right-leaning handwritten one",
     ]
     assert class_words(["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"])[3] == "three"
+    assert fill("an image of a {label}.", label="eight") == "an image of an eight."
+    assert fill("an image of a {label}.", label="one") == "an image of a one."
+    assert fill("A {colour} {label}", colour="orange", label="cat") == "An orange cat"
     # zero-shot prompts are held out: none is a training template
     for kind in ("grey", "colour"):
         assert not set(ZERO_SHOT_TEMPLATES[kind]) & set(CAPTION_TEMPLATES[kind])

@@ -27,6 +27,7 @@ vocabulary, so absolute zero-shot numbers say nothing about DataComp or ImageNet
 from __future__ import annotations
 
 import os
+import re
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ __all__ = [
     "GeneratedCaptions",
     "ImageAttributes",
     "class_words",
+    "fill",
     "read_captions",
 ]
 
@@ -93,6 +95,17 @@ _HUES = (
     (1.0, "red"),
 )
 _SATURATED, _COLOURFUL_SHARE = 0.25, 0.1
+
+
+# "a" before a vowel sound: a vowel letter, except where it sounds as a consonant ("one",
+# "unicorn", "user", "european")
+_ARTICLE = re.compile(r"\b([Aa]) (?=[aeiou])(?!one\b|uni|use|usu|eu)", re.IGNORECASE)
+
+
+def fill(template: str, **words: str) -> str:
+    """``template`` with its ``{name}`` fields filled, "a" before a vowel sound made "an"
+    ("a {colour} {label}" → "an orange airplane", but "a one")."""
+    return _ARTICLE.sub(r"\1n ", template.format(**words))
 
 
 def class_words(classes: Sequence[str]) -> list[str]:
@@ -216,7 +229,7 @@ class GeneratedCaptions:
         for i, c in zip(index, choice, strict=True):
             words = {name: values[i] for name, values in self.attributes.items()}
             label = self.words[self.labels[i]] if self.labels[i] >= 0 else "thing"
-            out.append(self.templates[c % len(self.templates)].format(label=label, **words))
+            out.append(fill(self.templates[c % len(self.templates)], label=label, **words))
         return out
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.captions import fill
 from ..data.splits import Split
 from .features import extract_features
 
@@ -32,7 +33,7 @@ def class_text_embeddings(
     ``{label}``) of the unit text embeddings of the prompts of each class."""
     out = []
     for name in classes:
-        tokens = tokenize([t.format(label=name) for t in templates]).to(device)
+        tokens = tokenize([fill(t, label=name) for t in templates]).to(device)
         emb = F.normalize(encode_text(tokens).float(), dim=-1).mean(dim=0)
         out.append(F.normalize(emb, dim=-1))
     return torch.stack(out).cpu()
