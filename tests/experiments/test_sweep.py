@@ -20,6 +20,7 @@ from manifold_ssl.experiments.sweep import (
     expand,
     load_spec,
     run_sweep,
+    run_trial,
     slurm_executor,
     summarise,
     sweep_status,
@@ -70,6 +71,21 @@ def test_expand_resolves_aliases_and_names_trials_by_their_config(tmp_path):
     assert len(expand(load_spec("digits_double_descent"))) == 72
     stl = expand(load_spec("stl10_double_descent"))  # the paper's grid, on STL-10 + unlabeled
     assert len(stl) == 75 and all(t.cfg.data.unlabeled and t.cfg.data.name == "stl10" for t in stl)
+
+
+def test_a_trial_another_process_runs_is_not_deleted(tmp_path):
+    """A second launch of a sweep meets a trial whose first process has not checkpointed yet:
+    it must refuse, not delete the directory under the running trial."""
+    from manifold_ssl.config import config_to_dict
+    from manifold_ssl.runinfo import run_lock
+
+    trial = expand(load_spec(str(_spec(tmp_path))))[0]
+    path = tmp_path / "trials" / trial.key
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text("written by the running trial\n")
+    with run_lock(path), pytest.raises(ValueError, match="in use by process"):
+        run_trial(config_to_dict(trial.cfg), str(path), False, 0)
+    assert (path / "config.yaml").read_text() == "written by the running trial\n"
 
 
 def test_a_killed_sweep_reruns_only_its_missing_trials(tmp_path):

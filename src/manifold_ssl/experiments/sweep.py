@@ -45,7 +45,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..config import Config, config_from_dict, config_to_dict, load_recipe, read_packaged_yaml
-from ..runinfo import read_metrics, run_metadata, write_json
+from ..runinfo import read_metrics, run_lock, run_metadata, write_json
 
 __all__ = [
     "SWEEP_DIR",
@@ -192,8 +192,9 @@ def run_trial(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads:
     if _status(path) == "partial":
         result = pretrain(cfg, resume=path, progress=False)
     else:
-        if path.exists():  # created, but no step was checkpointed: start over
-            shutil.rmtree(path)
+        if path.exists():  # created, but no step was checkpointed: start over, unless
+            with run_lock(path):  # another process (a second launch of the sweep) runs it
+                shutil.rmtree(path)
         result = pretrain(cfg, progress=False, run_dir=path)
     if result.status not in ("finished", "max_steps"):
         return "partial"
