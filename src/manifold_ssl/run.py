@@ -43,7 +43,7 @@ def zero_shot(
     was_training = method.training
     method.eval()
     try:
-        weights = class_text_embeddings(method.text, tokenize, classes, templates, device)
+        weights = class_text_embeddings(method.encode_text, tokenize, classes, templates, device)
     finally:
         method.train(was_training)
     tower = nn.Sequential(method.backbone, method.projector)

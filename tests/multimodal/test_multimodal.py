@@ -231,6 +231,9 @@ def test_every_parameter_gets_a_gradient_and_the_loss_is_the_objective(tmp_path,
     for pname, p in method.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
     assert z.shape == (6, 2, 16) and not z.requires_grad
+    with torch.no_grad():  # the embeddings zero-shot evaluation uses are the trained ones
+        assert torch.allclose(method.encode_image(views[:, 0]), F.normalize(z[:, 0], dim=-1))
+        assert torch.allclose(method.encode_text(tokens), F.normalize(z[:, 1], dim=-1))
     with torch.no_grad():
         image, text = z[:, 0], z[:, 1]
         if name == "clip":

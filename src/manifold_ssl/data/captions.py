@@ -47,6 +47,7 @@ __all__ = [
     "FileCaptions",
     "GeneratedCaptions",
     "ImageAttributes",
+    "caption_choices",
     "class_words",
     "fill",
     "read_captions",
@@ -287,7 +288,8 @@ def read_captions(files: ImageFiles) -> FileCaptions:
                 handle = tar.extractfile(member)
                 assert handle is not None
                 lines[i] = _caption_lines(handle.read(), f"{key} in {name}")
-    return FileCaptions([line for line in lines if line is not None])
+    assert all(line is not None for line in lines)  # every row was read or raised
+    return FileCaptions(lines)  # type: ignore[arg-type]
 
 
 def caption_choices(n: int, gen: torch.Generator) -> np.ndarray:
