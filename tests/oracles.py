@@ -106,18 +106,24 @@ def _mce_official(
 
 
 def matrix_ssl_official(
-    p1: torch.Tensor,
-    p2: torch.Tensor,
     z1: torch.Tensor,
     z2: torch.Tensor,
+    p1: torch.Tensor,
+    p2: torch.Tensor,
     lamda: float = 0.5,
     mu: float = 0.5,
     order: int = 4,
     gamma: float = 1.0,
 ) -> torch.Tensor:
-    """yifanzhang-pro/Matrix-SSL @ 422f289, ``main_pretrain.py``: ``mce_loss_func`` and the
-    training step's ``mce_loss`` (p: online predictions, z: teacher projections)."""
+    """yifanzhang-pro/Matrix-SSL @ 422f289 (same at b8164df), ``main_pretrain.py:368–385``:
+    ``mce_loss_func`` and the training step's ``mce_loss``, in the official names and roles of
+    ``mec/builder.py``'s ``MEC.forward``, which returns ``z1, z2, p1.detach(), p2.detach()``:
+    ``z = predictor(encoder(x))`` the **online** output, ``p = teacher(x)`` the **EMA
+    teacher**'s projection. The step calls ``mce_loss_func(p2, z1)`` and
+    ``mce_loss_func(p1, z2)``: the teacher is the function's ``p`` (outside the log in the
+    alignment term), the online output its ``z`` (inside)."""
     kw = {"lamda": lamda, "mu": mu, "order": order}
+    p1, p2 = p1.detach(), p2.detach()  # the builder's teacher runs under no_grad
     return (
         _mce_official(p2, z1, correlation=True, **kw)
         + _mce_official(p1, z2, correlation=True, **kw)

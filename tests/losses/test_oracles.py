@@ -111,12 +111,53 @@ def test_clamp_matches_the_published_loss_at_its_margins(gen):
 # --------------------------------------------------------------------------- Matrix-SSL
 @pytest.mark.parametrize("b, d", [(32, 8), (16, 16)])
 def test_matrix_ssl_matches_the_official_training_loss(b, d, gen):
-    p1, p2, t1, t2 = (torch.randn(b, d, generator=gen, dtype=f64) for _ in range(4))
+    # o: online predictions (the official z), t: EMA-teacher projections (the official p)
+    o1, o2, t1, t2 = (torch.randn(b, d, generator=gen, dtype=f64) for _ in range(4))
 
-    def ours(p1, p2, t1, t2):  # as SSLMethod combines the two pairings for Matrix-SSL
-        return (matrix_ssl_loss(p1, t2) + matrix_ssl_loss(p2, t1)) / 2
+    def ours(o1, o2, t1, t2):  # as SSLMethod combines the pairings: the teacher first
+        t1, t2 = t1.detach(), t2.detach()
+        return (matrix_ssl_loss(t2, o1) + matrix_ssl_loss(t1, o2)) / 2
 
-    assert_same_value_and_gradient(ours, oracles.matrix_ssl_official, p1, p2, t1, t2)
+    assert_same_value_and_gradient(ours, oracles.matrix_ssl_official, o1, o2, t1, t2)
+    # the roles matter: with the online branch first the alignment cross-entropy is another
+    # function of the online predictions, and its gradient points elsewhere
+    grads = []
+    for order in ((lambda o, t: (t, o)), (lambda o, t: (o, t))):
+        o = o1.detach().clone().requires_grad_(True)
+        matrix_ssl_loss(*order(o, t2), gamma=1.0, lam=0.0).backward()
+        grads.append(o.grad.flatten())
+    assert F.cosine_similarity(*grads, dim=0) < 0.9
+
+
+def _perturbed_matrix_ssl(gen: torch.Generator):
+    """A float64 Matrix-SSL method whose EMA teacher differs from the online network."""
+    torch.manual_seed(0)
+    method = build_method(
+        "matrix_ssl", build_backbone("convnet", 1, width=4), "16-8", predictor="16-8", momentum=0.9
+    ).double()
+    with torch.no_grad():
+        for p in method.target.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=f64))
+    return method, torch.randn(12, 2, 1, 8, 8, generator=gen, dtype=f64)
+
+
+def test_matrix_ssl_step_equals_the_official_step_in_the_builders_roles(gen):
+    # MEC.forward: z = predictor(encoder(x)) per view (online), p = teacher(x) (no_grad);
+    # main_pretrain.py's mce_loss on (z1, z2, p1, p2). Same modules, same views, float64.
+    method, views = _perturbed_matrix_ssl(gen)
+    params = [p for p in method.parameters() if p.requires_grad]
+    ours, _, _ = method(views)
+    g_ours = torch.autograd.grad(ours, params, allow_unused=True)
+    z1, z2 = (method.predictor(method.online(views[:, i])) for i in range(2))
+    with torch.no_grad():
+        p1, p2 = (method.target(views[:, i]) for i in range(2))
+    theirs = oracles.matrix_ssl_official(z1, z2, p1, p2)
+    g_theirs = torch.autograd.grad(theirs, params, allow_unused=True)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    flat = [torch.cat([g.flatten() for g in gs if g is not None]) for gs in (g_ours, g_theirs)]
+    assert [g is None for g in g_ours] == [g is None for g in g_theirs]
+    assert F.cosine_similarity(*flat, dim=0) >= 0.9999
+    torch.testing.assert_close(flat[0], flat[1], rtol=1e-9, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- baselines
@@ -182,11 +223,12 @@ def _predict_outputs(name: str, gen: torch.Generator):
 def test_predictive_methods_combine_pairings_as_their_authors(name, oracle, gen):
     method, views = _predict_outputs(name, gen)
     loss, terms, _ = method(views)
-    flat = views.flatten(0, 1)
-    z = method.online(flat)
-    p = method.predictor(z).view(12, 2, -1)
-    t = (method.target(flat) if method.target is not None else z).view(12, 2, -1)
-    expected = oracle(p[:, 0], p[:, 1], t[:, 0], t[:, 1])
+    # one forward pass per view, as the authors' code runs them (per-view BatchNorm)
+    z = [method.online(views[:, i]) for i in range(2)]
+    p = [method.predictor(zi) for zi in z]
+    t = [method.target(views[:, i]) for i in range(2)] if method.target is not None else z
+    # the oracles take (online1, online2, target1, target2), in their authors' names
+    expected = oracle(p[0], p[1], t[0], t[1])
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
     assert terms, f"{name} logs no loss terms"
     if name == "matrix_ssl":  # MEC's projector ends in an affine-free BatchNorm
@@ -207,11 +249,8 @@ def test_matrix_ssl_paper_form_puts_the_stop_gradient_branch_first(gen):
     ).double()
     views = torch.randn(12, 2, 1, 8, 8, generator=gen, dtype=f64)
     loss, _, _ = method(views)
-    flat = views.flatten(0, 1)
-    p = method.predictor(method.online(flat)).view(12, 2, -1)
-    t = method.target(flat).view(12, 2, -1)
+    p = [method.predictor(method.online(views[:, i])) for i in range(2)]
+    t = [method.target(views[:, i]) for i in range(2)]
     kw = {"form": "paper", "order": None}
-    expected = (
-        matrix_ssl_loss(t[:, 0], p[:, 1], **kw) + matrix_ssl_loss(t[:, 1], p[:, 0], **kw)
-    ) / 2
+    expected = (matrix_ssl_loss(t[0], p[1], **kw) + matrix_ssl_loss(t[1], p[0], **kw)) / 2
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)

@@ -39,7 +39,7 @@ METHODS: dict[str, MethodSpec] = {
     # Chen & He: −(D(p1, z2) + D(p2, z1)) / 2, BN without affine after the projector
     "simsiam": MethodSpec("simsiam", "predict", predictor=True, last_bn=True),
     # Matrix-SSL main_pretrain.py on MEC's builder: EMA teacher, affine-free BN after the
-    # projector, (L(p2, z1) + L(p1, z2)) / 2
+    # projector, (L(t2, o1) + L(t1, o2)) / 2 with the teacher's projections t first
     "matrix_ssl": MethodSpec("matrix_ssl", "predict", predictor=True, target="ema", last_bn=True),
 }
 
@@ -99,24 +99,30 @@ class SSLMethod(nn.Module):
             raise ValueError(
                 f"views must hold K >= 2 views per image, got shape {tuple(views.shape)}"
             )
-        flat = views.flatten(0, 1)  # (B·K, C, H, W)
-        z = self.online(flat).view(b, k, -1)  # (B, K, D)
         layout = self.spec.layout
         if layout == "views":
+            # all K views in one batch, as MMCR's, CLAMP's and SimCLR's code forward them
+            flat = views.flatten(0, 1)  # (B·K, C, H, W)
+            z = self.online(flat).view(b, k, -1)  # (B, K, D)
             # MMCR's momentum views (Yerxa App. B) when a target exists
             extra = [self.target(flat).view(b, k, -1)] if self.target is not None else []
             loss, terms = self.loss_fn(z, *extra, return_terms=True)
             return loss, terms, z.detach()
         if k != 2:
             raise ValueError(f"method {self.name} takes exactly 2 views, got {k}")
+        # one forward pass per view, as the two-view methods' code runs them (BatchNorm
+        # statistics are per view: Barlow Twins, VICReg, BYOL, SimSiam, MEC's builder)
+        z = torch.stack([self.online(views[:, 0]), self.online(views[:, 1])], dim=1)  # (B, 2, D)
         if layout == "pair":
             loss, terms = self.loss_fn(z[:, 0], z[:, 1], return_terms=True)
             return loss, terms, z.detach()
         assert self.predictor is not None
-        p = self.predictor(z.flatten(0, 1)).view(b, k, -1)  # online predictions
-        t = self.target(flat).view(b, k, -1) if self.target is not None else z  # targets
-        # the pairings (p1, t2) and (p2, t1); a loss whose stop-gradient branch comes first
-        # (Matrix-SSL's paper form) takes them as (t2, p1) and (t1, p2)
+        p = torch.stack([self.predictor(z[:, 0]), self.predictor(z[:, 1])], dim=1)  # online
+        t = z  # SimSiam: the online projections, detached by the loss
+        if self.target is not None:  # the EMA teacher's projections
+            t = torch.stack([self.target(views[:, 0]), self.target(views[:, 1])], dim=1)
+        # the pairings (p1, t2) and (p2, t1); a loss that takes the target first (Matrix-SSL:
+        # the official step's mce_loss_func(p2, z1) with p the teacher) gets (t2, p1), (t1, p2)
         first, second = (t, p) if getattr(self.loss_fn, "target_first", False) else (p, t)
         loss_a, terms_a = self.loss_fn(first[:, 0], second[:, 1], return_terms=True)
         loss_b, terms_b = self.loss_fn(first[:, 1], second[:, 0], return_terms=True)
