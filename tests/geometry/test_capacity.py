@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -124,15 +123,11 @@ def test_bad_inputs(X, message):
         manifold_capacity(clouds(P=4, N=8), kappa=-1.0)
 
 
-def test_fifty_manifolds_of_thirty_points_in_500_dims_run_in_seconds():
-    # benchmarks/capacity.py measures the 2 s target (0.92 s here); a test on a shared CI
-    # machine only guards against a regression by an order of magnitude
+def test_fifty_manifolds_of_thirty_points_in_500_dims_solve_exactly():
+    # the size benchmarks/capacity.py times (its 2 s target); speed is not asserted here
     X = clouds(P=50, m=30, N=500, radius=0.5, seed=9)
-    start = time.perf_counter()
     result = manifold_capacity(X, n_t=200)
-    elapsed = time.perf_counter() - start
     assert result.kkt_residual < 1e-8 and result.n_removed >= 1
-    assert elapsed < 6.0  # the target is 2 s on 2 idle cores; slack for a busy CI machine
 
 
 @pytest.mark.parametrize("kappa", [0.0, 0.3])

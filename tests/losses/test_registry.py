@@ -181,3 +181,26 @@ def test_invalid_hyperparameters_raise(name, kwargs):
     key = next(iter(kwargs))
     with pytest.raises(ValueError, match=key):
         LOSSES[name](**kwargs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_autocast_is_as_accurate_as_float32_on_the_rounded_inputs(name, gen):
+    # a bf16 training step: the embeddings are bf16 numbers, the loss runs under autocast.
+    # Every loss returns float32 and computes in at least float32 inside, so its error against
+    # float64 truth on those numbers is the float32 computation's plus the output's rounding.
+    rounded = [
+        x.to(torch.bfloat16) if x.is_floating_point() else x
+        for x in make_inputs(name, gen, B=32, K=2, D=16)
+    ]
+    loss_fn = LOSSES[name]()
+    truth = loss_fn(*[x.double() if x.is_floating_point() else x for x in rounded])
+    as32 = loss_fn(*[x.float() if x.is_floating_point() else x for x in rounded])
+    error32 = abs(as32.double() - truth).item()
+    eps32 = torch.finfo(torch.float32).eps
+    for leaves in ("float32", "bfloat16"):  # float32 parameters under autocast; bf16 outputs
+        xs = [x.to(getattr(torch, leaves)) if x.is_floating_point() else x for x in rounded]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            value = loss_fn(*xs)
+        assert value.dtype == torch.float32, (name, leaves, value.dtype)
+        error = abs(value.double() - truth).item()
+        assert error <= 2 * error32 + 4 * eps32 * (abs(truth.item()) + 1), (name, leaves, error)

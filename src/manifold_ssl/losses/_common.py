@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from .._validation import check_finite_via, check_same_shape, check_tensor
+from ..geometry._precision import full_precision
 
 Terms = dict[str, torch.Tensor]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def check_views(
@@ -98,6 +103,31 @@ def result_dtype(x: torch.Tensor) -> torch.dtype:
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """Promote half/bfloat16 (autocast outputs) to float32; leave float32/64 alone."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def float32_inside(loss: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``loss`` in at least float32: autocast off inside, bf16/fp16 tensor arguments
+    promoted to float32, so that it returns float32 for them (float64 for float64).
+
+    Under autocast a loss's matmuls, softmaxes and sums would run in bf16 (2–3 digits): an
+    NT-Xent's log-sum-exp in bf16 is 30–50× less accurate than in float32 on the same bf16
+    embeddings. The spectral losses go further and work in float64
+    (:mod:`manifold_ssl.geometry._precision`).
+    """
+
+    @functools.wraps(loss)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        if first is None:
+            return loss(*args, **kwargs)
+        promoted = [at_least_float32(a) if isinstance(a, torch.Tensor) else a for a in args]
+        named = {
+            k: at_least_float32(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()
+        }
+        with full_precision(first):
+            return loss(*promoted, **named)  # type: ignore[arg-type]
+
+    return wrapper
 
 
 def zero_gradient(*params: object) -> torch.Tensor | float:

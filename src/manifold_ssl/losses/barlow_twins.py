@@ -7,7 +7,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .._validation import check_positive
-from ._common import Terms, at_least_float32, check_pair
+from ._common import Terms, check_pair, float32_inside
 from ._registry import register_loss
 
 __all__ = ["BarlowTwinsLoss", "barlow_twins_loss"]
@@ -23,6 +23,7 @@ def _standardise(x: torch.Tensor, n: int) -> torch.Tensor:
     return centred / torch.sqrt(var + _BN_EPS)
 
 
+@float32_inside
 def barlow_twins_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -44,7 +45,6 @@ def barlow_twins_loss(
     """
     z1, z2 = check_pair(z1, z2, min_batch=2)
     lambd = check_positive(lambd, "lambd", allow_zero=True)
-    z1, z2 = at_least_float32(z1), at_least_float32(z2)
     n = dist_utils.global_count(z1.shape[0], z1.device)
     c = dist_utils.all_reduce_sum(_standardise(z1, n).T @ _standardise(z2, n)) / n  # (D, D)
     diag = torch.diagonal(c)

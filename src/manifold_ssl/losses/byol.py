@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as dist_utils
-from ._common import Terms, check_pair
+from ._common import Terms, check_pair, float32_inside
 from ._registry import register_loss
 
 __all__ = ["BYOLLoss", "SimSiamLoss", "byol_loss", "simsiam_loss"]
@@ -32,6 +32,7 @@ def _result(
     return loss, {"cosine": dist_utils.global_mean(cos.detach().sum(), cos.shape[0])}
 
 
+@float32_inside
 def byol_loss(
     p: torch.Tensor, z: torch.Tensor, *, stop_gradient: bool = True, return_terms: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
@@ -45,6 +46,7 @@ def byol_loss(
     return _result(2 - 2 * cos, cos, return_terms)
 
 
+@float32_inside
 def simsiam_loss(
     p: torch.Tensor, z: torch.Tensor, *, stop_gradient: bool = True, return_terms: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, Terms]:

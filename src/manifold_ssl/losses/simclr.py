@@ -12,12 +12,13 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .._validation import check_positive
-from ._common import Terms, check_pair, check_views, unit, zero_gradient
+from ._common import Terms, check_pair, check_views, float32_inside, unit, zero_gradient
 from ._registry import register_loss
 
 __all__ = ["CLIPLoss", "SimCLRLoss", "clip_loss", "simclr_loss"]
 
 
+@float32_inside
 def simclr_loss(
     z: torch.Tensor, temperature: float = 0.5, *, return_terms: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
@@ -77,6 +78,7 @@ class SimCLRLoss(nn.Module):
         return f"temperature={self.temperature}"
 
 
+@float32_inside
 def clip_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,

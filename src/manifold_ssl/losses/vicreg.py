@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .._validation import check_positive
-from ._common import Terms, at_least_float32, check_pair
+from ._common import Terms, check_pair, float32_inside
 from ._registry import register_loss
 
 __all__ = ["VICRegLoss", "vicreg_loss"]
@@ -24,6 +24,7 @@ def _variance_covariance(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return F.relu(1 - std).mean(), off / d
 
 
+@float32_inside
 def vicreg_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -56,7 +57,7 @@ def vicreg_loss(
             (cov_coeff, "cov_coeff"),
         )
     ]
-    x, y = dist_utils.gather(at_least_float32(z1)), dist_utils.gather(at_least_float32(z2))
+    x, y = dist_utils.gather(z1), dist_utils.gather(z2)
     invariance = F.mse_loss(x, y)
     std_x, cov_x = _variance_covariance(x)
     std_y, cov_y = _variance_covariance(y)

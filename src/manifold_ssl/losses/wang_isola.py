@@ -7,12 +7,13 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .._validation import check_positive, check_tensor
-from ._common import check_pair, unit
+from ._common import check_pair, float32_inside, unit
 from ._registry import register_loss
 
 __all__ = ["AlignmentLoss", "UniformityLoss", "alignment_loss", "uniformity_loss"]
 
 
+@float32_inside
 def alignment_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
     """``L_align = E ‖f(x) − f(y)‖^α`` over positive pairs, rows of ``x``, ``y`` (B, D).
 
@@ -27,6 +28,7 @@ def alignment_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torc
     return dist_utils.global_mean(per_pair.sum(), x.shape[0])
 
 
+@float32_inside
 def uniformity_loss(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     """``L_uniform = log E_{i≠j} exp(−t ‖f(x_i) − f(x_j)‖²)`` over rows of ``x`` (B, D), B >= 2.
 
