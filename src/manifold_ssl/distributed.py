@@ -94,6 +94,16 @@ class _AllGather(torch.autograd.Function):
         return grad[ctx.start : ctx.stop], None
 
 
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """A new tensor holding ``x`` summed over ranks; ``x`` itself on one process. Not
+    differentiated: for the inside of an autograd function that does its own backward."""
+    if not is_distributed():
+        return x
+    out = x.detach().contiguous().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum ``x`` over ranks; identity on one process. Differentiable (backward sums too)."""
     if not is_distributed():

@@ -360,9 +360,21 @@ def test_fused_normalisation_matches_f_normalize_including_zero_rows(gen):
     ((ref * weights).sum() + (ref.mean(1) ** 2).sum()).backward()
     torch.testing.assert_close(zn, ref.detach())
     torch.testing.assert_close(a.grad, b.grad)
+    # float32 views: float64 centroids of the same numbers, the gradient to float32 precision
+    z32 = z.float().requires_grad_(True)
+    _, c32 = unit_views_and_centroids(z32, views=False)
+    assert c32.dtype == f64
+    torch.testing.assert_close(c32, F.normalize(z.float().double(), dim=-1).mean(1))
+    (c32**2).sum().backward()
+    z64 = z.float().double().requires_grad_(True)
+    (F.normalize(z64, dim=-1).mean(1) ** 2).sum().backward()
+    torch.testing.assert_close(z32.grad.double(), z64.grad, rtol=1e-6, atol=1e-7)
 
 
-def test_mmcr_reports_overflowing_norms_separately_from_nan():
-    huge = torch.full((4, 2, 3), 1e30)  # finite in float32, but its squared norm overflows
+def test_mmcr_reports_overflowing_norms_separately_from_nan(gen):
+    # float32 input is normalised in float64, where 1e30's squared norm is finite: scale-free
+    z = torch.randn(4, 2, 3, generator=gen)
+    torch.testing.assert_close(mmcr_loss(z * 1e30), mmcr_loss(z))
+    huge = torch.full((4, 2, 3), 1e200, dtype=f64)  # finite, but its squared norm overflows
     with pytest.raises(ValueError, match="too large"):
         mmcr_loss(huge)

@@ -2,26 +2,40 @@
 
 The nuclear norm is the centre of MMCR, so it gets a custom autograd function:
 
-* forward: the eigenvalues of the Gram matrix of the *smaller* side (``X Xᵀ`` or ``Xᵀ X``,
-  size ``min(m, n)``), ``‖X‖* = Σ √λ``, formed and decomposed in float64 whatever the input
-  precision (see :mod:`manifold_ssl.geometry._precision` for why a float32 Gram loses the
-  weakest directions' gradient). Eigenvalues below ``λ_max·n·ε`` count as zero, with ``ε``
-  float64's epsilon, or that of the precision a distributed Gram was summed in. This is
-  cheaper than an SVD and far cheaper than a full SVD with singular vectors.
-* backward: ``∂‖X‖*/∂X = U Vᵀ`` restricted to the singular values above a tolerance, written as
-  ``X V Σ⁻¹ Vᵀ`` (or ``U Σ⁻¹ Uᵀ X``). It has no ``1/(σᵢ² − σⱼ²)`` terms, so it is exact at
-  repeated singular values, and at zero singular values it returns the minimum-norm element of
-  the subdifferential (the ``W = 0`` member of ``U Vᵀ + W``). The autograd gradient of a plain
-  ``eigh`` is infinite or NaN in both cases.
+* forward, level 1: the eigensystem ``(λ, V)`` of the Gram matrix of the *smaller* side
+  (``AᵀA`` with ``A = X`` or ``Xᵀ``, size ``k = min(m, n)``), formed and decomposed in float64
+  whatever the input precision (see :mod:`manifold_ssl.geometry._precision` for why a float32
+  Gram loses the weakest directions' gradient). An eigensolver's error is ``~k·ε·λ_max`` for
+  every eigenvalue, so a Gram resolves singular values only down to ``√(k·ε)·σ_max``
+  (1.7e-7·σ_max at k = 128), where an SVD of ``X`` resolves ``~k·ε·σ_max``. Level 1 keeps the
+  eigenpairs with ``λ > 10⁻⁸·λ_max`` (``σ > 10⁻⁴·σ_max``), whose gradient directions it
+  resolves to ~10⁻⁷ (a random square 512×512 matrix, singular values down to ~10⁻⁶·σ_max,
+  stays in level 1: its gradient is within 9e-8 of an SVD's).
+* forward, level 2: the rest of the spectrum from the Gram of ``Y = A V_S``, ``V_S`` level 1's
+  remaining eigenvectors. ``Y`` is formed from ``A``, so its Gram's errors are relative to the
+  small singular values themselves (``ε·σ_max·σᵢ``), not to ``σ_max²``; its eigensystem
+  ``(μ, W)`` resolves them down to ``~10⁻⁴·√(k·ε)·σ_max`` (1.7e-11·σ_max at k = 128), and
+  eigenvalues below that, or below the SVD's own floor ``(max(m, n)·ε·σ_max)²``, count as zero.
+  This matters near collapse: rows within 10⁻³…10⁻⁴ of one direction at B = D have singular
+  values down to ~10⁻⁹·σ_max, and a one-level Gram lost 4–26% of their gradient (now within
+  1e-7). Both levels have fixed shapes; on an accelerator nothing is read back to the host,
+  and on the CPU level 2 is skipped when level 1 kept every eigenvalue (reading a CPU tensor
+  costs nothing), so a well-conditioned matrix pays for one level.
+* backward: ``∂‖X‖*/∂X = U Vᵀ`` on the kept directions, written as ``A M`` with
+  ``M = V_L Λ_L^{-1/2} V_Lᵀ + (V_S W) μ^{-1/2} (V_S W)ᵀ`` (transposed back for wide ``X``). It has
+  no ``1/(σᵢ² − σⱼ²)`` terms, so it is exact at repeated singular values, and at zero singular
+  values it returns the minimum-norm element of the subdifferential (the ``W = 0`` member of
+  ``U Vᵀ + W``). The autograd gradient of a plain ``eigh`` is infinite or NaN in both cases.
 
 Why by hand: ``torch.linalg.svdvals`` computes full singular vectors whenever a gradient is
-needed (it is an SVD in disguise), and ``torch.linalg.eigh``'s backward divides by eigenvalue
-gaps. Benchmarked in ``benchmarks/losses.py``.
+needed (it is an SVD in disguise), an SVD with vectors costs 2–5× the two Gram levels here
+(``benchmarks/losses.py``), and ``torch.linalg.eigh``'s backward divides by eigenvalue gaps.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,6 +48,7 @@ __all__ = [
     "nuclear_norm",
     "nuclear_norm_bound",
     "nuclear_norm_from_gram",
+    "nuclear_norm_of_rows",
     "participation_ratio",
     "percent_error",
     "singular_values",
@@ -78,27 +93,96 @@ class _SqrtTrace(torch.autograd.Function):
         return 0.5 * _inverse_on_range(eigvecs, sqrt_vals) * grad[..., None, None], None
 
 
-class _NuclearNorm(torch.autograd.Function):
-    """``‖X‖*`` of ``X`` (..., m, n) from the Gram of its smaller side, backward ``U Vᵀ``.
+#: Level 1 keeps the Gram's eigenpairs above this fraction of the largest eigenvalue.
+_LEVEL_SPLIT = 1e-8
 
-    Fused rather than ``_SqrtTrace`` of ``XᵀX``: the backward is one product ``X V Σ⁻¹ Vᵀ``
-    (or ``U Σ⁻¹ Uᵀ X``) instead of autograd's two through the Gram's matmul.
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _two_level_spectrum(
+    a: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor], rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ σᵢ(A), M)`` for float64 ``A`` (..., r, k) whose Gram ``reduce(AᵀA)`` is k×k, with
+    ``M = (AᵀA)^{-1/2}`` on the kept directions (zero elsewhere); ``rows`` is A's total row
+    count (over ranks when ``reduce`` sums over them). See the module docstring."""
+    eps = float(torch.finfo(torch.float64).eps)
+    k = a.shape[-1]
+    lam, v = torch.linalg.eigh(reduce(a.transpose(-1, -2) @ a))  # level 1
+    top = lam.amax(dim=-1, keepdim=True).clamp_min(0)
+    large = lam > top * _LEVEL_SPLIT
+    s1 = torch.where(large, lam.clamp_min(0).sqrt(), torch.zeros_like(lam))
+    inv1 = torch.where(large, 1.0 / s1.where(large, torch.ones_like(s1)), 0.0)
+    m = (v * inv1.unsqueeze(-2)) @ v.transpose(-1, -2)
+    # level 2 on the eigenvectors level 1 left (eigh sorts ascending: the first columns). On
+    # an accelerator all k columns, large ones zeroed: fixed shapes, nothing read back. On the
+    # CPU, where reading a tensor costs nothing, only as many columns as some matrix of the
+    # batch left (none for a well-conditioned matrix).
+    n_small = k if a.device.type != "cpu" else int((~large).sum(dim=-1).max())
+    if n_small == 0:
+        return s1.sum(dim=-1), m
+    v_small = v[..., :n_small] * (~large[..., :n_small]).unsqueeze(-2).to(v.dtype)
+    y = a @ v_small
+    mu, w = torch.linalg.eigh(reduce(y.transpose(-1, -2) @ y))  # level 2, in its own scale
+    floor = torch.maximum(mu.amax(dim=-1, keepdim=True) * k * eps, top * (max(rows, k) * eps) ** 2)
+    keep = mu > floor
+    u2 = v_small @ w
+    s2 = torch.where(keep, mu.clamp_min(0).sqrt(), torch.zeros_like(mu))
+    inv2 = torch.where(keep, 1.0 / s2.where(keep, torch.ones_like(s2)), 0.0)
+    m = m + (u2 * inv2.unsqueeze(-2)) @ u2.transpose(-1, -2)
+    return s1.sum(dim=-1) + s2.sum(dim=-1), m
+
+
+class _NuclearNorm(torch.autograd.Function):
+    """``‖X‖*`` of float64 ``X`` (..., m, n) from the two-level spectrum of its smaller side's
+    Gram, backward ``U Vᵀ = A M``.
+
+    ``reduce`` (default: none) sums a k×k matrix over ranks when X's rows are split over them
+    (then X is tall-oriented, ``A = X``, and ``rows`` is the global row count); the backward
+    then sums the incoming gradient over ranks, as :func:`~manifold_ssl.distributed.all_reduce_sum`
+    does, so that every rank returns the global loss and DDP's averaging gives one process's
+    gradient.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, eps: float) -> torch.Tensor:
-        wide = x.shape[-2] <= x.shape[-1]
-        gram = x @ x.transpose(-1, -2) if wide else x.transpose(-1, -2) @ x
-        eigvecs, sqrt_vals = _sqrt_spectrum(gram, eps)
-        ctx.save_for_backward(x, eigvecs, sqrt_vals)
-        ctx.wide = wide
-        return sqrt_vals.sum(dim=-1)
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None,
+        rows: int | None,
+    ) -> torch.Tensor:
+        wide = reduce is None and x.shape[-2] < x.shape[-1]
+        a = x.transpose(-1, -2) if wide else x
+        value, m = _two_level_spectrum(a, reduce or _identity, rows or a.shape[-2])
+        ctx.save_for_backward(a, m)
+        ctx.wide, ctx.reduce = wide, reduce
+        return value
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        x, eigvecs, sqrt_vals = ctx.saved_tensors
-        inverse = _inverse_on_range(eigvecs, sqrt_vals) * grad[..., None, None]
-        return (inverse @ x if ctx.wide else x @ inverse), None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        a, m = ctx.saved_tensors
+        if ctx.reduce is not None:
+            grad = ctx.reduce(grad)
+        scale = grad[..., None, None]
+        if ctx.wide:  # X = Aᵀ: ∂/∂X = (A M)ᵀ = M X, formed contiguous
+            return (m * scale) @ a.transpose(-1, -2), None, None
+        return (a @ m) * scale, None, None
+
+
+def nuclear_norm_of_rows(
+    x: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor], rows: int
+) -> torch.Tensor:
+    """``‖X‖*`` of the matrix whose row blocks ``x`` (r, n) are held by different processes.
+
+    ``reduce`` sums an (n, n) tensor over them (not differentiated), ``rows`` is the total row
+    count; n×n numbers travel, whatever the number of rows. Float64, with the two-level spectrum
+    and the ``U Vᵀ`` backward of :func:`nuclear_norm` (module docstring); the backward sums the
+    incoming gradient with ``reduce``.
+    """
+    with full_precision(x):
+        out: torch.Tensor = _NuclearNorm.apply(to_float64(x), reduce, rows)
+    return out
 
 
 def nuclear_norm_from_gram(gram: torch.Tensor, rank_eps: float | None = None) -> torch.Tensor:
@@ -117,26 +201,19 @@ def nuclear_norm_from_gram(gram: torch.Tensor, rank_eps: float | None = None) ->
     return out
 
 
-def gram_of_smaller_side(x: torch.Tensor) -> torch.Tensor:
-    """``X Xᵀ`` if m <= n else ``Xᵀ X`` for ``X`` (..., m, n), in ``x``'s dtype."""
-    if x.shape[-2] <= x.shape[-1]:
-        return x @ x.transpose(-1, -2)
-    return x.transpose(-1, -2) @ x
-
-
 def nuclear_norm(x: torch.Tensor) -> torch.Tensor:
     """Nuclear norm ``‖X‖* = Σᵢ σᵢ(X)`` of ``x`` (..., m, n), batched over leading dims.
 
     Returns a tensor of shape ``x.shape[:-2]``, float64 for float64 ``x`` and float32 otherwise
     (also for bf16/fp16, whose rounding would undo the accuracy); the Gram matrix and its
-    spectrum are computed in float64 even for float32/bf16 input and under autocast.
-    Differentiable with the (sub)gradient ``U Vᵀ``, finite at repeated and zero singular values
-    (module docstring).
+    spectrum are computed in float64 even for float32/bf16 input and under autocast, in two
+    levels that resolve singular values down to ~10⁻¹¹·σ_max. Differentiable with the
+    (sub)gradient ``U Vᵀ``, finite at repeated and zero singular values (module docstring).
     """
     if x.ndim < 2:
         raise ValueError(f"x must have shape (..., m, n), got {tuple(x.shape)}")
     with full_precision(x):
-        out: torch.Tensor = _NuclearNorm.apply(to_float64(x), float(torch.finfo(torch.float64).eps))
+        out: torch.Tensor = _NuclearNorm.apply(to_float64(x), None, None)
     return out.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 

@@ -45,52 +45,55 @@ def unit(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1, eps=1e-12)
 
 
-class _UnitMean(torch.autograd.Function):
-    """``(ẑ, ẑ.mean(dim=1), ‖z‖)`` for views ``z`` (B, K, D), ``ẑ = z / max(‖z‖, 1e-12)``.
+class _UnitCentroids(torch.autograd.Function):
+    """``(mean_k ẑ_k, ‖z‖)`` for views ``z`` (B, K, D), ``ẑ = z / max(‖z‖, 1e-12)``: the
+    centroids in float64, the backward in the input's precision (at least float32).
 
-    One fused function instead of ``F.normalize`` and ``mean``: autograd's generic backward of
-    ``normalize`` makes about twice as many passes over the (B, K, D) views, and those passes
-    cost more than MMCR's whole spectrum (measured in ``benchmarks/losses.py``).
+    Forward in float64 whatever the input: near collapse the views differ from their common
+    direction by 10⁻⁴ and less, and float32's rounding of each unit vector (~10⁻⁷ of its
+    length) would be a 10⁻³ error in the small singular directions that carry MMCR's gradient.
+    The centroids are one batched product ``(1/‖z‖)ᵀ z`` per image, so no (B, K, D) float64
+    tensor but the converted input is formed. The backward
+    ``∂c/∂z_k = (I − ẑ_kẑ_kᵀ)/(K‖z_k‖)`` is a projection of the incoming gradient, whose error
+    is relative to that gradient, so it runs in the input's precision. One fused function
+    instead of ``F.normalize`` and ``mean``: autograd's generic backward of ``normalize`` makes
+    about twice as many passes over the views (``benchmarks/losses.py``).
     """
 
     @staticmethod
-    def forward(ctx: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        norms = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # (B, K, 1)
+    def forward(ctx: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z64 = z.to(torch.float64)
+        norms = torch.linalg.vector_norm(z64, dim=-1, keepdim=True)  # (B, K, 1)
         inv = 1.0 / norms.clamp_min(1e-12)
-        zn = z * inv
-        ctx.save_for_backward(zn, inv, norms)
+        centroids = (inv.transpose(1, 2) @ z64).squeeze(1) / z.shape[1]  # (B, D)
+        ctx.save_for_backward(z, inv, norms)
         ctx.mark_non_differentiable(norms)
-        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
-        return zn, zn.mean(dim=1), norms
+        return centroids, norms
 
     @staticmethod
-    def backward(
-        ctx: Any, g_zn: torch.Tensor | None, g_c: torch.Tensor | None, _: torch.Tensor | None
-    ) -> torch.Tensor:
-        zn, inv, norms = ctx.saved_tensors
-        # ∂ẑ/∂z = (I − ẑẑᵀ)/‖z‖ applied to the upstream gradient g = g_zn + g_c/K (broadcast
-        # over the K views): out = inv·g − inv·(g·ẑ)·ẑ. Written with bmm for the centroid part,
-        # whose broadcast would otherwise take TensorIterator's slow outer-product path.
-        # Below the clamp ẑ = z/1e-12 and the projection is dropped, as F.normalize's gradient.
-        gc = None if g_c is None else (g_c / zn.shape[1]).unsqueeze(1)  # (B, 1, D)
-        radial = torch.zeros_like(inv)  # (B, K, 1): g·ẑ
-        if g_zn is not None:
-            radial = (g_zn * zn).sum(dim=-1, keepdim=True)
-        if gc is not None:
-            radial = radial + zn @ gc.transpose(-1, -2)
-        out = zn * (-(radial * (norms > 1e-12)) * inv)  # (B, K, D)
-        if g_zn is not None:
-            out.addcmul_(g_zn, inv)
-        if gc is not None:
-            out.baddbmm_(inv, gc)  # + inv ⊗ g_c/K
+    def backward(ctx: Any, g_c: torch.Tensor, _: torch.Tensor | None) -> torch.Tensor:
+        z, inv, norms = ctx.saved_tensors
+        work = torch.float64 if z.dtype == torch.float64 else torch.float32
+        zw, invw = z.to(work), inv.to(work)
+        gc = (g_c.to(work) / z.shape[1]).unsqueeze(1)  # (B, 1, D)
+        # out = (g − (g·ẑ)ẑ)/‖z‖ with g = g_c/K broadcast over the views, written with z itself
+        # (ẑ = z·inv): out = inv ⊗ g − (inv³·(z·g))·z. Below the clamp ẑ = z/1e-12 and the
+        # projection is dropped, as F.normalize's gradient.
+        radial = (zw @ gc.transpose(-1, -2)) * (invw * invw * invw) * (norms > 1e-12)
+        out = zw * -radial
+        out.baddbmm_(invw, gc)  # + inv ⊗ g (bmm: no broadcast outer-product path)
         return out
 
 
-def unit_views_and_centroids(z: torch.Tensor, name: str = "z") -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit-normalised views ``ẑ`` (B, K, D) and their centroids (B, D), with a finiteness
-    check of ``z`` folded into the row norms (see :func:`check_finite_via`)."""
-    zn, centroids, norms = _UnitMean.apply(z)
+def unit_views_and_centroids(
+    z: torch.Tensor, name: str = "z", views: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Unit-normalised views ``ẑ`` (B, K, D) (None unless ``views``) and their float64
+    centroids (B, D), with a finiteness check of ``z`` folded into the row norms (see
+    :func:`check_finite_via`). The views are float64 too (``F.normalize``'s autograd)."""
+    centroids, norms = _UnitCentroids.apply(z)
     check_finite_via(norms, z, name)
+    zn = unit(z.to(torch.float64)) if views else None
     return zn, centroids
 
 

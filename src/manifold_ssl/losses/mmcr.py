@@ -14,12 +14,7 @@ from torch import nn
 from .. import distributed as dist_utils
 from .._validation import check_choice, check_positive
 from ..geometry._precision import full_precision, to_float64
-from ..geometry.spectral import (
-    gram_of_smaller_side,
-    nuclear_norm,
-    nuclear_norm_bound,
-    nuclear_norm_from_gram,
-)
+from ..geometry.spectral import nuclear_norm, nuclear_norm_bound, nuclear_norm_of_rows
 from ._common import (
     Terms,
     at_least_float32,
@@ -39,19 +34,18 @@ _LOCAL_VIEWS = ("online", "all")
 def _global_centroid_nuclear_norm(c: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``‖C‖*`` of the global centroid matrix and the global number of centroids.
 
-    One process: the spectrum of the smaller Gram of ``c`` (B, D). Distributed, with
-    ``B_global`` centroids: if ``D <= B_global`` the D×D Gram ``CᵀC = Σ_ranks C_rᵀ C_r`` is summed
-    over ranks (D² numbers travel, whatever the batch); otherwise the centroids themselves are
-    gathered (``B_global·D < D²`` numbers) and the smaller Gram ``C Cᵀ`` is used.
+    One process: :func:`~manifold_ssl.geometry.nuclear_norm` of ``c`` (B, D). Distributed, with
+    ``B_global`` centroids: if ``D <= B_global`` the D×D Grams of the two-level spectrum are
+    summed over ranks (D² numbers travel, whatever the batch, and the result is the one
+    process's: both levels are Grams of row blocks); otherwise the centroids themselves are
+    gathered (``B_global·D < D²`` numbers).
     """
     n_global = dist_utils.global_count(c.shape[0], c.device)
     if not dist_utils.is_distributed():
         return nuclear_norm(c), n_global
-    cs = to_float64(c)  # the Gram of float32 centroids, formed exactly (see geometry._precision)
     if c.shape[1] <= n_global:
-        gram = dist_utils.all_reduce_sum(cs.transpose(0, 1) @ cs)  # (D, D)
-        return nuclear_norm_from_gram(gram), n_global
-    return nuclear_norm_from_gram(gram_of_smaller_side(dist_utils.gather(cs))), n_global
+        return nuclear_norm_of_rows(c, dist_utils.sum_over_ranks, n_global), n_global
+    return nuclear_norm(dist_utils.gather(to_float64(c))), n_global
 
 
 def mmcr_loss(
@@ -82,8 +76,11 @@ def mmcr_loss(
         return_terms: also return a dict of named terms for logging.
 
     Returns:
-        The scalar loss, float64 for float64 ``z`` and float32 otherwise (Gram matrices and
-        spectra in float64 with autocast off: see :mod:`manifold_ssl.geometry._precision`),
+        The scalar loss, float64 for float64 ``z`` and float32 otherwise (normalisation,
+        centroids, Gram matrices and spectra in float64 with autocast off: near collapse the
+        views differ from their common direction by 10⁻⁴ and less, where float32's rounding
+        of the unit vectors, ~10⁻⁷, would be a 10⁻³ error in the directions that carry the
+        gradient; see :mod:`manifold_ssl.geometry._precision`),
         and with ``return_terms`` a dict with ``centroid_nuclear_norm``, ``percent_error``
         (Schaeffer Eq. 4, as a fraction) and, when λ > 0, ``local_nuclear_norm``.
 
@@ -110,12 +107,14 @@ def mmcr_loss(
         z = torch.cat([z, z_momentum.detach().to(z.dtype)], dim=1)
 
     with full_precision(z):
-        # (B, K, D) views on the unit sphere and their (B, D) centroids; checks finiteness
-        zn, centroids = unit_views_and_centroids(at_least_float32(z))
+        # (B, K, D) views on the unit sphere (λ > 0) and their (B, D) float64 centroids; bf16
+        # views in float32 first, so that both paths' gradients add up before one rounding
+        zn, centroids = unit_views_and_centroids(at_least_float32(z), views=lmbda > 0)
         nuc, n_global = _global_centroid_nuclear_norm(centroids)
         loss = -nuc
         terms: Terms = {"centroid_nuclear_norm": nuc.detach()}
         if lmbda > 0:
+            assert zn is not None
             views = zn[:, :n_online] if local_views == "online" else zn  # (B, K or K+K', D)
             local = nuclear_norm(views)  # (B,) nuclear norms of the view matrices
             local_mean = dist_utils.global_mean(local.sum(), z.shape[0])
