@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from manifold_ssl.geometry import matrix_entropy, matrix_kl, nuclear_norm
-from manifold_ssl.losses import matrix_ssl_loss, mec_loss, mmcr_loss, tcr_loss
+from manifold_ssl.losses import (
+    clamp_loss,
+    matrix_ssl_loss,
+    mec_loss,
+    mmcr_loss,
+    simclr_loss,
+    tcr_loss,
+)
 
 f64 = torch.float64
 TOL = 1e-4
@@ -148,3 +155,73 @@ def test_bf16_autocast_within_1e4_of_float64_on_the_rounded_embeddings(name, gen
         # bf16's rounding (half an ulp, 2⁻⁸ relative) on top of the float32-level error
         atol = TOL * float(g64.abs().max())
         torch.testing.assert_close(x.grad.double(), g64, rtol=2**-8, atol=atol)
+
+
+# --------------------------------------------------------------------------- near collapse
+def _near_collapse(b: int, k: int, d: int, spread: float, gen: torch.Generator) -> torch.Tensor:
+    """(b, k, d) views all within ``spread`` (relative) of one direction."""
+    u = torch.randn(d, generator=gen, dtype=f64)
+    return u + spread * u.norm() / d**0.5 * torch.randn(b, k, d, generator=gen, dtype=f64)
+
+
+def _clamp_clusters(m: int, gen: torch.Generator) -> torch.Tensor:
+    """CLAMP's hard case: 8 clusters of 16 sub-manifolds whose centroids are ~10⁻³ apart, some
+    pairs inside the official form's 10⁻³ margin and some outside."""
+    centres = torch.nn.functional.normalize(torch.randn(8, 64, generator=gen, dtype=f64), dim=1)
+    images = centres.repeat_interleave(16, 0) + 1e-3 * torch.randn(
+        128, 64, generator=gen, dtype=f64
+    )
+    return images[:, None] + 3e-4 * torch.randn(128, m, 64, generator=gen, dtype=f64)
+
+
+NEAR_COLLAPSE: dict[str, tuple[Callable[..., torch.Tensor], Callable[[torch.Generator], list]]] = {
+    # B = D: singular values down to ~1e-9 of the largest (a one-level Gram lost 4–26%)
+    "mmcr_square_1e-3": (lambda z: mmcr_loss(z), lambda g: [_near_collapse(128, 2, 128, 1e-3, g)]),
+    "mmcr_square_1e-4": (lambda z: mmcr_loss(z), lambda g: [_near_collapse(128, 2, 128, 1e-4, g)]),
+    "mmcr_tall_1e-4": (lambda z: mmcr_loss(z), lambda g: [_near_collapse(256, 4, 64, 1e-4, g)]),
+    "mmcr_lambda_1e-4": (
+        lambda z: mmcr_loss(z, lmbda=0.1),
+        lambda g: [_near_collapse(64, 8, 64, 1e-4, g)],
+    ),
+    "clamp_m16": (lambda z: clamp_loss(z), lambda g: [_clamp_clusters(16, g)]),
+    "clamp_m2": (lambda z: clamp_loss(z), lambda g: [_clamp_clusters(2, g)]),
+}
+
+
+@pytest.mark.parametrize("precision", ["float32", "bf16_autocast"])
+@pytest.mark.parametrize("name", sorted(NEAR_COLLAPSE))
+def test_near_collapse_within_1e4_of_float64(name, precision, gen):
+    fn, make = NEAR_COLLAPSE[name]
+    inputs = make(gen)
+    if precision == "float32":
+        numbers = [x.float() for x in inputs]
+    else:
+        numbers = [x.to(torch.bfloat16).float() for x in inputs]
+    value64, grads64 = _truth(fn, [x.double() for x in numbers])  # truth on the same numbers
+    xs = [x.clone().requires_grad_(True) for x in numbers]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "float32"):
+        value = fn(*xs)
+    value.backward()
+    assert value.dtype == torch.float32 and _rel(value.detach(), value64) < TOL
+    _check_grads(name, xs, grads64)
+    if name.startswith("clamp"):  # the same pairs overlap, inside the 1e-3 margin or not
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "float32"):
+            _, terms = clamp_loss(numbers[0], return_terms=True)
+        _, terms64 = clamp_loss(numbers[0].double(), return_terms=True)
+        assert terms["n_overlapping_pairs"] == terms64["n_overlapping_pairs"]
+
+
+def test_simclr_under_bf16_autocast_is_within_lightlys_error(gen):
+    # lightly's NT-Xent runs its log-sum-exp in bf16 under autocast; ours runs in float32
+    import oracles
+
+    for _ in range(5):
+        z = torch.randn(64, 2, 32, generator=gen).to(torch.bfloat16).float()
+        truth = simclr_loss(z.double(), 0.5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours = simclr_loss(z, 0.5)
+            theirs = oracles.ntxent_lightly(z[:, 0], z[:, 1], 0.5)
+        assert ours.dtype == torch.float32
+        ours_error, their_error = abs(ours.double() - truth), abs(theirs.double() - truth)
+        assert ours_error <= their_error + 4 * torch.finfo(torch.float32).eps * abs(truth)
+        assert ours_error < 1e-5 * abs(truth)
