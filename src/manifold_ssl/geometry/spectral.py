@@ -190,7 +190,9 @@ def nuclear_norm_from_gram(gram: torch.Tensor, rank_eps: float | None = None) ->
 
     Eigenvalues below ``λ_max · n · rank_eps`` count as zero (value and gradient); ``rank_eps``
     is the machine epsilon of the precision ``G`` was accumulated in (default: its dtype's).
-    Used by the distributed MMCR path, where ``G`` is summed over ranks. The eigensystem is
+    One level only: given ``G`` alone there is no ``X`` to refine with, so singular values
+    below ``√(n·rank_eps)·σ_max`` are lost; with the rows of ``X`` at hand use
+    :func:`nuclear_norm` or, over ranks, :func:`nuclear_norm_of_rows`. The eigensystem is
     computed in float64; the result is float64.
     """
     eps = float(torch.finfo(gram.dtype).eps) if rank_eps is None else rank_eps
