@@ -46,6 +46,7 @@ def test_analyze_of_the_default_digits_run_works_with_default_options(tmp_path):
     assert main(["analyze", str(run), *small]) == 0
     result = json.loads((run / "analysis" / "analysis.json").read_text())
     assert 30 <= result["settings"]["per_class"] < 50
+    assert result["settings"]["classes"] == list(range(10))  # every digit class
     gc = result["gradient_coherence"]  # Yerxa Fig. 3, with its shuffled-label control
     assert {
         f"{g}/{s}" for g in ("all", "first", "last", "shuffled") for s in ("within", "across")
@@ -113,3 +114,37 @@ def test_every_figure_names_its_axes_and_the_t_sne_its_classes(tmp_path, monkeyp
             else:
                 assert xlabel and ylabel, (name, title)
     assert "pool" in saved["spectrum.png"][0][2]  # the layer the spectrum is of
+
+
+def test_default_class_manifolds_keep_every_class_of_an_imbalanced_split(tmp_path):
+    # issue 18.1: the default size was the second *largest* class, so only the largest classes
+    # formed manifolds (2 of 10 digit classes; here 2 of 5)
+    from manifold_ssl.evaluation.features import default_per_class
+
+    rng = np.random.default_rng(0)
+    sizes = (100, 60, 45, 40, 30)
+    y = np.repeat(np.arange(5), sizes)
+    x = rng.standard_normal((5, 16))[y] * 3 + rng.standard_normal((len(y), 16))
+    np.save(tmp_path / "f.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    assert (
+        main(
+            [
+                "analyze",
+                str(tmp_path / "f.npy"),
+                "--labels",
+                str(tmp_path / "y.npy"),
+                "--n-t",
+                "30",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    settings = json.loads((tmp_path / "f-analysis" / "analysis.json").read_text())["settings"]
+    assert settings["per_class"] == 30 and settings["classes"] == [0, 1, 2, 3, 4]
+    import torch
+
+    assert default_per_class(torch.tensor([0] * 37 + [1] * 36 + [2] * 80)) == 36
+    assert default_per_class(torch.tensor([0] * 9 + [1] * 1 + [2] * 80)) == 9  # a singleton
+    assert default_per_class(torch.tensor([0] * 90 + [1] * 80)) == 50

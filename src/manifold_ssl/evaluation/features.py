@@ -141,10 +141,13 @@ def class_manifolds(
 
 
 def default_per_class(labels: torch.Tensor, cap: int = 50) -> int:
-    """Examples per class manifold: ``cap`` (Yerxa App. E.1: 50), or fewer when the second
-    smallest class has fewer, so that the default works on small test splits (digits: ~36)."""
-    counts = sorted(int((labels == c).sum()) for c in torch.unique(labels))
-    return max(2, min(cap, counts[-2] if len(counts) >= 2 else cap))
+    """Examples per class manifold: ``cap`` (Yerxa App. E.1: 50), or the size of the smallest
+    class when it is smaller, so that every class enters the analysis (digits' test split has
+    36–37 images per class; an imbalanced split is limited by its rarest class). Classes with a
+    single example cannot form a manifold and do not limit the size."""
+    counts = torch.unique(labels, return_counts=True)[1]
+    usable = sorted(int(n) for n in counts if n >= 2)
+    return min(cap, usable[0]) if usable else 2
 
 
 def augmentation_manifolds(

@@ -77,13 +77,15 @@ def analyze_features(
     if x.ndim == 3:
         manifolds, man_labels = x, None
         flat = x.flatten(0, 1)
+        classes = None
     elif x.ndim == 2:
         if labels is None:
             raise ValueError("features of shape (N, F) need --labels (a .npy of N class ids)")
         y = torch.as_tensor(np.asarray(labels)).flatten()
         per_class = per_class or default_per_class(y)
         # one manifold per class: every pair of manifolds is a pair of different classes
-        manifolds, man_labels = class_manifolds(x, y, per_class, seed)[0], None
+        manifolds, kept = class_manifolds(x, y, per_class, seed)
+        man_labels, classes = None, kept.tolist()
         flat = x
         out["class_effective_ranks"] = class_effective_ranks(x, y)
     else:
@@ -103,6 +105,7 @@ def analyze_features(
         "input_shape": list(x.shape),
         "manifolds": "class manifolds (one per class)" if x.ndim == 2 else "given (P, m, F)",
         "per_class": per_class if x.ndim == 2 else None,
+        "classes": classes,
         "n_t": n_t,
         "seed": seed,
         "projection_dim": projection_dim,
@@ -176,7 +179,7 @@ def analyze_model(
     feats_aug = layer_features(backbone, x_aug, layers)
     out: dict[str, Any] = {"layers": layers, "manifolds": {}}
     for layer in tqdm(layers, desc="layers", disable=not progress):
-        cls_x, _cls_y = class_manifolds(feats_cls[layer], labels[chosen], per_class, seed)
+        cls_x, kept = class_manifolds(feats_cls[layer], labels[chosen], per_class, seed)
         aug_x = feats_aug[layer].reshape(len(ex), n_augment, -1)
         out["manifolds"][layer] = {
             "class": _capacity_row(cls_x, n_t, seed, projection_dim),
@@ -200,6 +203,7 @@ def analyze_model(
     out["settings"] = {
         "images": int(images.shape[0]),
         "per_class": per_class,
+        "classes": kept.tolist(),
         "n_exemplars": n_exemplars,
         "n_augment": n_augment,
         "n_t": n_t,
