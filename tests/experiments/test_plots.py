@@ -58,6 +58,8 @@ def test_power_law_fit_recovers_a_known_exponent():
     assert fit["r2"] > 0.99
     sat = fit_power_law(c, 0.2 + 0.5 * (c / 1e9) ** -0.5, bootstrap=10)["saturating"]
     assert sat["e_inf"] == pytest.approx(0.2, abs=1e-3) and sat["b"] == pytest.approx(0.5, abs=1e-2)
+    assert sat["e_inf_identified"]
+    assert not fit["saturating"]["e_inf_identified"]  # a pure power law has no floor
 
 
 def test_plot_sweep_writes_figures_and_their_data(tmp_path):
@@ -109,3 +111,67 @@ def test_training_and_evaluation_do_not_import_each_other():
     root = Path(manifold_ssl.__file__).parent
     assert "evaluation" not in _imports(root / "training")
     assert "training" not in _imports(root / "evaluation")
+
+
+def _curves(tmp_path: Path, rows: list[dict]) -> None:
+    for r in rows:
+        trial = tmp_path / "trials" / r["trial"]
+        trial.mkdir(parents=True)
+        lines = [
+            {
+                "step": s,
+                "loss": 0.0,
+                "flops": s * 1e9,
+                "percent_error": r["percent_error"] * s**-0.2,
+            }
+            for s in range(1, 31)
+        ]
+        (trial / "metrics.jsonl").write_text("".join(f"{json.dumps(x)}\n" for x in lines))
+
+
+def test_every_other_grid_axis_gets_its_own_figures_never_a_mean(tmp_path):
+    # issue 18.2: a grid over optim.lr (or recipe) was averaged into one line per D
+    rows = []
+    for lr, scale in ((0.001, 1.0), (0.1, 0.5)):
+        for r in _rows():
+            rows.append(
+                {
+                    **r,
+                    "trial": f"{r['trial']}-{lr}",
+                    "optim.lr": lr,
+                    "method": "mmcr",
+                    "percent_error": scale * r["percent_error"],
+                }
+            )
+    _curves(tmp_path, rows)
+    write_json(tmp_path / "summary.json", rows)
+    spec = {"recipe": "digits_mmcr", "grid": {"optim.lr": [0.001, 0.1], "P": [16], "D": [16]}}
+    write_json(tmp_path / "sweep.json", {"spec": spec})
+    plot_sweep(tmp_path)
+    figures = tmp_path / "figures"
+    groups = json.loads((figures / "groups.json").read_text())
+    assert groups == {"optim.lr=0.001": "optim.lr=0.001", "optim.lr=0.1": "optim.lr=0.1"}
+    for name, scale in (("optim.lr=0.001", 1.0), ("optim.lr=0.1", 0.5)):
+        t = json.loads((figures / name / "double_descent.json").read_text())
+        assert t["2"]["percent_error"][1][1] == pytest.approx(0.5 * scale)  # not the mean
+        assert (figures / name / "fig3_double_descent.png").exists()
+        assert "no floor" in (figures / name / "scaling.md").read_text()
+    assert not (figures / "double_descent.json").exists()
+
+
+def test_a_recipe_axis_splits_the_percent_error_figures_by_method(tmp_path):
+    rows = [
+        {**r, "trial": f"{r['trial']}-{name}", "recipe": name, "method": name.split("_")[1]}
+        for name in ("digits_mmcr", "digits_clamp")
+        for r in _rows()
+    ]
+    _curves(tmp_path, rows)
+    write_json(tmp_path / "summary.json", rows)
+    write_json(
+        tmp_path / "sweep.json", {"spec": {"grid": {"recipe": ["digits_mmcr", "digits_clamp"]}}}
+    )
+    files = plot_sweep(tmp_path)
+    assert {f.parent.name for f in files if f.suffix == ".png"} == {
+        "recipe=digits_clamp",
+        "recipe=digits_mmcr",
+    }

@@ -182,3 +182,20 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     # running it again retries only the failed trial (and records it again)
     again = {r["P"]: r for r in run_sweep(spec, out, progress=False)}
     assert again[4096]["status"] == "failed" and again[16] == rows[16]
+
+
+def test_a_changed_spec_run_into_the_same_directory_summarises_only_its_own_trials(tmp_path):
+    # issue 18.2/18.3: the old trials mixed into summary.csv and the figures; steps and FLOPs
+    # came from the last *logged* step (log_every 2 and 3 steps: step 2, not 3)
+    out = tmp_path / "sweep"
+    first = load_spec(str(_spec(tmp_path, steps=2, grid={"P": [16], "D": [8]})))
+    assert [r["steps"] for r in run_sweep(first, out, progress=False)] == [2]
+    second = load_spec(str(_spec(tmp_path, steps=3, grid={"P": [16], "D": [8]})))
+    second.overrides["train.log_every"] = 2
+    (row,) = run_sweep(second, out, progress=False)
+    records = read_metrics(out / "trials" / row["trial"] / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert row["steps"] == 3 and row["flops"] == 3 * records[0]["flops"]
+    assert len((out / "summary.csv").read_text().splitlines()) == 2
+    assert sweep_status(out) == {"done": 1, "partial": 0, "failed": 0, "pending": 0}
+    assert len(list((out / "trials").glob("*.json"))) == 2  # the earlier trial is kept

@@ -80,14 +80,23 @@ _ZERO_SHOT_KEYS = ("zero_shot_test_accuracy", "centroid_norm_complement", "perce
 
 
 def zero_shot_tables(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per method (and D): for every batch N, the mean and standard deviation over seeds of
+    """Per method (and D; per recipe when a ``recipe`` axis gives one method twice): for every
+    batch N, the mean and standard deviation over seeds of
     zero-shot test top-1, ``1 − ‖μ‖²`` and percent error, and the number of seeds."""
     cells: dict[tuple[str, int], dict[int, list[dict[str, Any]]]] = defaultdict(
         lambda: defaultdict(list)
     )
-    for r in rows:
-        if r.get("status") == "done" and r.get("zero_shot_test_accuracy") is not None:
-            cells[(r["method"], r["D"])][r["P"]].append(r)
+    done = [
+        r
+        for r in rows
+        if r.get("status") == "done" and r.get("zero_shot_test_accuracy") is not None
+    ]
+    recipes = defaultdict(set)  # a method under two recipes gets a line per recipe
+    for r in done:
+        recipes[r["method"]].add(r.get("recipe"))
+    for r in done:
+        name = r["method"] if len(recipes[r["method"]]) == 1 else f"{r['method']} {r['recipe']}"
+        cells[(name, r["D"])][r["P"]].append(r)
     out: dict[str, Any] = {}
     for (method, d), by_p in sorted(cells.items()):
         ps = sorted(by_p)
@@ -101,7 +110,7 @@ def zero_shot_tables(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _plot_zero_shot(tables: dict[str, Any], out: Path, plt: Any) -> list[Path]:
+def _plot_zero_shot(tables: dict[str, Any], out: Path, plt: Any, label: str) -> list[Path]:
     """Fig. 5 (zero-shot top-1 against N) and Fig. 7 (its diagnostics against N)."""
     panels = [
         ("zero_shot_test_accuracy", "zero-shot top-1, test (%)", "fig5_zero_shot.png"),
@@ -122,9 +131,10 @@ def _plot_zero_shot(tables: dict[str, Any], out: Path, plt: Any) -> list[Path]:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     ax5.legend(fontsize=8)
-    ax5.set_title("zero-shot classification against batch size")
+    context = f" ({label})" if label else ""
+    ax5.set_title("zero-shot classification against batch size" + context, fontsize=9)
     ax7[0].legend(fontsize=8)
-    fig7.suptitle("Fig. 7 diagnostics of the image-caption centroids")
+    _suptitle(fig7, "Fig. 7 diagnostics of the image-caption centroids" + context, 10)
     written = []
     for fig, name in ((fig5, "fig5_zero_shot.png"), (fig7, "fig7_diagnostics.png")):
         fig.tight_layout()
@@ -138,7 +148,9 @@ def fit_power_law(
     flops: np.ndarray, error: np.ndarray, bootstrap: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """E = a·C^(−b) by least squares on (log C, log E); b's 95% bootstrap interval; R² in log
-    space; and a saturating E∞ + a·C^(−b) (SciPy ``curve_fit``) as a check."""
+    space; and a saturating E∞ + a·C^(−b) (SciPy ``curve_fit``) as a check, with
+    ``e_inf_identified`` false where the data show no floor (E∞ within two standard errors of
+    its bound 0, which scaling.md prints as "no floor" rather than 0.0%)."""
     from scipy.optimize import curve_fit
 
     x, y = np.log(flops), np.log(error)
@@ -166,7 +178,7 @@ def fit_power_law(
         def saturating(c: np.ndarray, e_inf: float, a: float, b: float) -> np.ndarray:
             return e_inf + a * (c / c0) ** (-b)
 
-        params, _ = curve_fit(
+        params, cov = curve_fit(
             saturating,
             flops,
             error,
@@ -178,6 +190,12 @@ def fit_power_law(
             "e_inf": float(params[0]),
             "a": float(params[1]),
             "b": float(params[2]),
+            # a floor the data show: E∞ above twice its standard error (and not negligible
+            # against the errors); a fit pinned at its bound 0 shows none
+            "e_inf_identified": bool(
+                params[0] > max(2 * np.sqrt(max(cov[0, 0], 0.0)), 1e-3 * error.min())
+                and params[0] < 1 - 1e-9
+            ),
         }
     except (RuntimeError, ValueError) as err:  # no convergence: say so rather than guess
         out["saturating"] = {"error": str(err)}
@@ -231,16 +249,70 @@ def _scaling_table(fits: list[dict[str, Any]]) -> str:
     lines += ["", "| P | D | K | b | 95% | R² | E∞ (saturating) |", "|---|---|---|---|---|---|---|"]
     for f in fits:
         sat = f["saturating"].get("e_inf")
+        if sat is None:
+            e_inf = "-"
+        elif not f["saturating"].get("e_inf_identified", True):
+            e_inf = "no floor"
+        else:
+            e_inf = f"{100 * sat:.1f}%"
         lines.append(
             f"| {f['P']} | {f['D']} | {f['K']} | {f['exponent']:.3f} | "
             f"[{f['exponent_95'][0]:.3f}, {f['exponent_95'][1]:.3f}] | {f['r2']:.3f} | "
-            f"{'-' if sat is None else f'{100 * sat:.1f}%'} |"
+            f"{e_inf} |"
         )
     return "\n".join(lines) + "\n"
 
 
+#: Grid axes each figure draws (P, D, K) or lays out itself (seeds are averaged, with their
+#: spread); every other grid axis splits the figures into one set per value.
+DRAWN_AXES = ("P", "D", "K", "seed")
+
+
+def figure_groups(
+    sweep_dir: Path, rows: list[dict[str, Any]], drawn: tuple[str, ...] = ()
+) -> list[tuple[str, list[Any]]]:
+    """The rows split by every grid axis the figures do not draw (``optim.lr``, ``recipe`` …):
+    ``[(label, rows)]``, one group with label ``""`` when no such axis has two values. The axes
+    come from ``sweep.json`` (absent: every key of the trials' grid points); ``drawn``: more
+    axes the figures draw themselves."""
+    spec_file = sweep_dir / "sweep.json"
+    if spec_file.exists():
+        axes = list(json.loads(spec_file.read_text())["spec"]["grid"])
+    else:
+        axes = sorted(
+            {
+                k
+                for f in (sweep_dir / "trials").glob("*.json")
+                for k in json.loads(f.read_text())["point"]
+            }
+        )
+    split = [
+        a for a in axes if a not in DRAWN_AXES + drawn and len({repr(r.get(a)) for r in rows}) > 1
+    ]
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[", ".join(f"{a}={r.get(a)}" for a in split)].append(r)
+    return sorted(groups.items())
+
+
+def _group_dir(out: Path, label: str) -> Path:
+    """``figures/`` for the only group, else ``figures/<axis=value_...>`` (path-safe)."""
+    if not label:
+        return out
+    safe = "".join(c if c.isalnum() or c in "._=-" else "_" for c in label.replace(", ", "_"))
+    return out / safe
+
+
+def _suptitle(fig: Any, text: str, width_in: float) -> None:
+    """A suptitle wrapped to the figure's width (one narrow panel clipped long titles)."""
+    import textwrap
+
+    fig.suptitle(textwrap.fill(text, max(30, int(width_in * 11))), fontsize=10)
+
+
 def plot_sweep(sweep_dir: str | Path) -> list[Path]:
-    """Write the figures and their data into ``sweep_dir/figures``; returns the files."""
+    """Write the figures and their data into ``sweep_dir/figures`` (one sub-directory per value
+    of each grid axis the figures do not draw: :func:`figure_groups`); returns the files."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -250,18 +322,41 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
     rows = json.loads((sweep_dir / "summary.json").read_text())
     out = sweep_dir / "figures"
     out.mkdir(exist_ok=True)
+    written: list[Path] = []
+    # zero-shot figures draw the methods (a recipe axis) as lines; Fig. 3/4 one method each
+    drawn = ("recipe",) if zero_shot_tables(rows) else ()
+    groups = figure_groups(sweep_dir, rows, drawn)
+    for label, group in groups:
+        target = _group_dir(out, label)
+        target.mkdir(exist_ok=True)
+        written += _plot_group(sweep_dir, group, target, label, plt)
+    if not written:
+        raise ValueError(f"{sweep_dir}: no finished trial with a percent error to plot")
+    if len(groups) > 1:
+        write_json(out / "groups.json", {lb: _group_dir(out, lb).name for lb, _ in groups})
+        written.append(out / "groups.json")
+    return written
+
+
+def _plot_group(
+    sweep_dir: Path, rows: list[dict[str, Any]], out: Path, label: str, plt: Any
+) -> list[Path]:
+    """The figures of one group of trials (``label``: its values of the other grid axes)."""
     zero_shot = zero_shot_tables(rows)
     if zero_shot:  # a multimodal sweep: Figs. 5 and 7
         write_json(out / "zero_shot.json", zero_shot)
-        return [out / "zero_shot.json", *_plot_zero_shot(zero_shot, out, plt)]
+        return [out / "zero_shot.json", *_plot_zero_shot(zero_shot, out, plt, label)]
     tables = double_descent_tables(rows)
     if not tables:
-        raise ValueError(f"{sweep_dir}: no finished trial with a percent error to plot")
+        return []
     write_json(out / "double_descent.json", tables)
     written = [out / "double_descent.json"]
+    methods = ", ".join(sorted({str(r.get("method", "")) for r in _finished(rows)} - {""}))
+    context = f" ({label})" if label else ""
 
     ks = sorted(tables, key=int)
-    fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.6), squeeze=False)
+    width = 4.5 * len(ks)
+    fig, axes = plt.subplots(1, len(ks), figsize=(width, 3.9), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
         t = tables[k]
         colours = plt.cm.viridis(np.linspace(0, 0.9, len(t["D"])))
@@ -282,13 +377,18 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
         ax.set_ylabel("pretraining percent error (%)")
         ax.set_title(f"K = {k} views (★: P = D)")
     axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle("MMCR pretraining percent error against P, one line per embedding dimension D")
+    _suptitle(
+        fig,
+        f"{methods} pretraining percent error against P, one line per embedding dimension D"
+        + context,
+        width,
+    )
     fig.tight_layout()
     fig.savefig(out / "fig3_double_descent.png", dpi=120)
     plt.close(fig)
     written.append(out / "fig3_double_descent.png")
 
-    fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(ks), figsize=(width, 4.1), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
         t = tables[k]
         grid = np.array(
@@ -301,6 +401,7 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
         ax.set_ylabel("number of manifolds P")
         ax.set_title(f"K = {k}: percent error (%)")
         fig.colorbar(im, ax=ax)
+    _suptitle(fig, f"{methods} pretraining percent error" + context, width)
     fig.tight_layout()
     fig.savefig(out / "fig3_heatmap.png", dpi=120)
     plt.close(fig)
@@ -313,11 +414,11 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
         )
         (out / "scaling.md").write_text(_scaling_table(fits))
         written += [out / "scaling.json", out / "scaling.md"]
-        written.append(_plot_scaling(fits, out / "fig4_scaling.png", plt))
+        written.append(_plot_scaling(fits, out / "fig4_scaling.png", plt, methods + context))
     return written
 
 
-def _plot_scaling(fits: list[dict[str, Any]], path: Path, plt: Any) -> Path:
+def _plot_scaling(fits: list[dict[str, Any]], path: Path, plt: Any, title: str) -> Path:
     ps = sorted({f["P"] for f in fits})
     ds = sorted({f["D"] for f in fits})
     fig, axes = plt.subplots(
@@ -332,10 +433,11 @@ def _plot_scaling(fits: list[dict[str, Any]], path: Path, plt: Any) -> Path:
     for f in fits:
         ax = axes[ps.index(f["P"])][ds.index(f["D"])]
         c = np.array(f["curve"])
-        ax.loglog(c[:, 0], c[:, 1], color=colours[f["K"]], lw=1, label=f"K = {f['K']}")
+        ax.loglog(c[:, 0], 100 * c[:, 1], color=colours[f["K"]], lw=1, label=f"K = {f['K']}")
         lo, hi = f["flops_range"]
         xs = np.geomspace(lo, hi, 20)
-        ax.loglog(xs, f["prefactor"] * xs ** (-f["exponent"]), "--", color=colours[f["K"]], lw=0.8)
+        fit = 100 * f["prefactor"] * xs ** (-f["exponent"])
+        ax.loglog(xs, fit, "--", color=colours[f["K"]], lw=0.8)
         ax.set_title(f"P={f['P']} D={f['D']}" + (" (P = D)" if f["diagonal"] else ""), fontsize=7)
         if f["diagonal"]:
             for side in ax.spines.values():
@@ -343,9 +445,13 @@ def _plot_scaling(fits: list[dict[str, Any]], path: Path, plt: Any) -> Path:
     for ax in axes[-1]:
         ax.set_xlabel("training FLOPs", fontsize=7)
     for row in axes:
-        row[0].set_ylabel("percent error", fontsize=7)
+        row[0].set_ylabel("percent error (%)", fontsize=7)
     axes[0][-1].legend(fontsize=6)
-    fig.suptitle("Percent error against compute; dashed: power-law fits (red frame: P = D)")
+    _suptitle(
+        fig,
+        f"{title}: percent error against compute; dashed: power-law fits (red frame: P = D)",
+        2.2 * len(ds),
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -230,6 +230,13 @@ def run_sweep(
         print(
             f"sweep {out}: {len(trials)} trials, {len(trials) - len(todo)} done, {len(todo)} to run"
         )
+        keys = {t.key for t in trials}
+        stale = [p for p in (out / "trials").glob("*.json") if p.stem not in keys]
+        if stale:
+            print(
+                f"{len(stale)} trial(s) in {out / 'trials'} belong to an earlier spec: kept, and "
+                "left out of this sweep's summary and figures"
+            )
     if launcher == "slurm":
         _submit_slurm(todo, out, slurm or {})
     elif launcher == "local":
@@ -338,10 +345,15 @@ def summarise(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """``summary.csv`` and ``summary.json``: a row per trial with its grid point, method, P,
     D, K, steps, FLOPs and final metrics (``percent_error``, ``centroid_norm_complement``,
     ``effective_rank`` and ``loss`` averaged over the last 10% of logged steps; kNN, linear and
-    zero-shot test accuracy where evaluated)."""
+    zero-shot test accuracy where evaluated). Only the trials of the spec last run into ``out``
+    (its ``sweep.json``) are summarised: trials of an earlier spec in the same directory stay
+    on disk but never mix into this sweep's rows."""
     out = Path(out)
     rows = []
+    current = _current_keys(out)
     for point_file in sorted((out / "trials").glob("*.json")):
+        if current is not None and point_file.stem not in current:
+            continue  # a trial of an earlier spec run into the same directory
         trial_dir = point_file.with_suffix("")
         config_file = trial_dir / "config.yaml"
         point = json.loads(point_file.read_text())["point"]
@@ -383,6 +395,14 @@ def summarise(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def _current_keys(out: Path) -> set[str] | None:
+    """The trial keys of the spec last run into ``out`` (``sweep.json``); None without one."""
+    if not (out / "sweep.json").exists():
+        return None
+    spec = SweepSpec(**json.loads((out / "sweep.json").read_text())["spec"])
+    return {t.key for t in expand(spec)}
+
+
 def sweep_status(out: str | os.PathLike[str]) -> dict[str, int]:
     """How many trials of the sweep in ``out`` are done, partial (checkpointed), failed or
     pending."""
@@ -390,6 +410,8 @@ def sweep_status(out: str | os.PathLike[str]) -> dict[str, int]:
     if not (out / "sweep.json").exists():
         raise ValueError(f"{out} is not a sweep directory (no sweep.json)")
     counts = {"done": 0, "partial": 0, "failed": 0, "pending": 0}
+    current = _current_keys(out)
     for point_file in (out / "trials").glob("*.json"):
-        counts[_status(point_file.with_suffix(""))] += 1
+        if current is None or point_file.stem in current:
+            counts[_status(point_file.with_suffix(""))] += 1
     return counts

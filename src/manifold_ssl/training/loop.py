@@ -325,10 +325,12 @@ class _Trainer:
     def position(self) -> dict[str, int]:
         return {"step": self.step, "epoch": self.epoch, "flops": self.step * (self.step_flops or 0)}
 
-    def log_step(self, record: dict[str, Any], bar: tqdm) -> None:
+    def log_step(self, record: dict[str, Any], bar: tqdm, last: bool) -> None:
+        """Log every ``train.log_every`` steps, the first step and the run's ``last`` step (so
+        that a run's final step and FLOPs are in its metrics whatever stopped it)."""
         z = record.pop("z")
         every = self.cfg.train.log_every
-        if self.ctx.is_main and (self.step % every == 0 or self.step == 1):
+        if self.ctx.is_main and (self.step % every == 0 or self.step == 1 or last):
             self.log.log({**record, **_batch_metrics(z)})
             bar.set_postfix(loss=f"{record['loss']:.4g}")
 
@@ -422,13 +424,14 @@ def _pretrain(
             t.data.start_epoch(t.epoch, t.step_in_epoch)
             t.method.train()
             while t.step_in_epoch < t.steps_per_epoch:
-                t.log_step(t.train_step(), bar)
+                record = t.train_step()
                 bar.update(1)
+                reason = _stop_reason(cfg, stop, t.step, start_time, ctx.world_size, t.device)
+                t.log_step(record, bar, last=bool(reason) or t.step == t.total_steps)
                 maybe_probe()
                 every = cfg.train.checkpoint_every_steps
                 if every and t.step % every == 0:
                     t.checkpoint()
-                reason = _stop_reason(cfg, stop, t.step, start_time, ctx.world_size, t.device)
                 if reason:
                     status = reason
                     break
