@@ -55,12 +55,29 @@ def test_pretrain_writes_a_complete_run_and_evaluate_reads_it(tmp_path, capsys):
     assert "random_init" in out and str(run) in out and "final percent error" in out
 
     assert main(["evaluate", str(run)]) == 0
+    # issue 18.8: an evaluation with other settings is written beside the run's own, with them
+    before = json.loads((run / "eval.json").read_text())
+    assert before["settings"]["overrides"] == []
+    assert main(["evaluate", str(run), "--eval.finetune_epochs=2", "--quiet"]) == 0
+    assert json.loads((run / "eval.json").read_text()) == before
+    other = json.loads((run / "eval-finetune_epochs=2.json").read_text())
+    assert other["settings"]["overrides"] == ["eval.finetune_epochs=2"]
+    assert other["settings"]["eval"]["finetune_epochs"] == 2
+    assert "finetune_epochs=2" in (run / "report-finetune_epochs=2.md").read_text()
+    assert "pretrained" in (run / "report.md").read_text()
+    # an eval.json of other settings (written before settings were recorded) is kept aside
+    before.pop("settings")
+    (run / "eval.json").write_text(json.dumps(before))
+    assert main(["evaluate", str(run), "--quiet"]) == 0
+    assert json.loads((run / "eval.1.json").read_text()) == before
+    assert main(["evaluate", str(run), "--optim.lr=1"]) == 2
+    assert "eval, text.class_names, text.zero_shot_templates only" in capsys.readouterr().err
     # a config edited after the fact no longer matches the checkpoint
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     cfg["optim"]["lr"] = 0.123
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["evaluate", str(run)]) == 2
-    assert "another config" in capsys.readouterr().err
+    assert "other values of ['optim.lr']" in capsys.readouterr().err
 
 
 def test_pretrain_rejects_unknown_keys_and_bad_resume(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -119,13 +120,16 @@ def _print_results(results: dict[str, dict[str, object]]) -> None:
 
 
 def _print_run(
-    results: dict[str, dict[str, object]], extra: dict[str, object], run_dir: Path
+    results: dict[str, dict[str, object]],
+    extra: dict[str, object],
+    run_dir: Path,
+    report: str = "report.md",
 ) -> None:
     _print_results(results)
     for key, value in extra.items():
         print(f"{key}: {value}")
     print(
-        f"\nrun directory: {run_dir}\n  report: {run_dir / 'report.md'}\n  curves: "
+        f"\nrun directory: {run_dir}\n  report: {run_dir / report}\n  curves: "
         f"{run_dir / 'curves.png'}\n  metrics: {run_dir / 'metrics.jsonl'}\n  checkpoint: "
         f"{run_dir / 'checkpoints' / 'last.pt'}"
     )
@@ -139,27 +143,28 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if args.resume:
         import yaml
 
-        from .training.loop import FREE_KEYS
+        from .config import RESUME_FREE_KEYS, is_free
 
-        free = [f"{section}.{k}" for section, k in FREE_KEYS]
-        if args.recipe or any(
-            not o.removeprefix("--").startswith(tuple(f"{k}=" for k in free))
-            for o in args.overrides
-        ):
+        if args.recipe or not all(is_free(o, RESUME_FREE_KEYS) for o in args.overrides):
             raise ValueError(
                 "--resume continues a run with its own config: give no recipe, and no overrides "
-                f"but {', '.join(free)}"
+                f"but {', '.join(RESUME_FREE_KEYS)}"
             )
         config_file = Path(args.resume) / "config.yaml"
         if not config_file.exists():
             raise FileNotFoundError(f"{args.resume} is not a run directory (no config.yaml)")
         saved = yaml.safe_load(config_file.read_text())
-        for section, key in FREE_KEYS:  # a stop condition holds for the invocation that gave it
+        for dotted in RESUME_FREE_KEYS:  # a stop condition holds for the invocation that gave it
+            section, _, key = dotted.partition(".")
             if section == "train":
                 saved["train"].pop(key, None)
         cfg = apply_overrides(config_from_dict(saved), args.overrides)
     else:
         cfg = apply_overrides(load_recipe(args.recipe or "digits_mmcr"), args.overrides)
+    if not args.no_eval:  # evaluation after training prompts a multimodal method
+        from .data.splits import check_zero_shot_words
+
+        check_zero_shot_words(cfg)
     result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
     ctx = result.ctx
     if result.status != "finished" and ctx.is_main:
@@ -193,60 +198,84 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import yaml
-
-    from .config import apply_overrides, config_from_dict
-    from .data.splits import splits_of
-    from .run import evaluate_run, final_percent_error
-    from .training.checkpoint import load_checkpoint
+    from .config import EVAL_FREE_KEYS, RESUME_FREE_KEYS, apply_overrides, is_free
+    from .data.splits import check_same_data, splits_of
+    from .run import evaluate_run, final_percent_error, result_stem
+    from .runinfo import run_lock
     from .training.distributed import DistContext, resolve_device
     from .training.loop import build_method_for, view_size
 
     run_dir = Path(args.run_dir)
+    cfg, state = _run_checkpoint(run_dir, args.checkpoint)
+    not_free = [o for o in args.overrides if not is_free(o, EVAL_FREE_KEYS)]
+    if not_free:
+        free = [k for k in EVAL_FREE_KEYS if k not in RESUME_FREE_KEYS]
+        raise ValueError(
+            f"evaluate takes overrides of {', '.join(free)} only (the run's training settings "
+            f"are fixed by its checkpoint), got {' '.join(not_free)}"
+        )
+    overrides = [o.removeprefix("--") for o in args.overrides]
+    cfg = apply_overrides(cfg, args.overrides)
+    device = str(resolve_device(args.device or cfg.train.device, DistContext()))
+    with run_lock(run_dir):  # not while the run trains: its checkpoint is still moving
+        splits = splits_of(cfg)
+        check_same_data(state.get("data"), splits, "evaluate")
+        method = build_method_for(cfg, splits.channels, image_size=view_size(cfg, splits))
+        method.load_state_dict(state["model"])
+        method.to(device)
+        extra: dict[str, object] = {
+            "method": cfg.method.name,
+            "dataset": cfg.data.name,
+            "steps": state["step"],
+            "checkpoint": args.checkpoint,
+            "final percent error": final_percent_error(run_dir),
+        }
+        if overrides:
+            extra["evaluation overrides"] = " ".join(overrides)
+        results = evaluate_run(
+            cfg, method, splits, run_dir, device, extra, not args.quiet, overrides
+        )
+    _print_run(results, extra, run_dir, f"{result_stem('report', overrides)}.md")
+    return 0
+
+
+def _run_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Config, dict[str, Any]]:
+    """A run's config as its checkpoint ``checkpoint`` trained it, and the checkpoint; an error
+    when the checkpoint belongs to another config than the run's (beyond what a resume may
+    change: a run stopped by ``max_steps`` and resumed is the same run)."""
+    import yaml
+
+    from .config import RESUME_FREE_KEYS, config_from_dict, differing_keys
+    from .training.checkpoint import load_checkpoint
+
     if not (run_dir / "config.yaml").exists():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    state = load_checkpoint(run_dir / "checkpoints" / args.checkpoint)
-    if config_from_dict(state["config"]) != cfg:
+    state = load_checkpoint(run_dir / "checkpoints" / checkpoint)
+    trained = config_from_dict(state["config"])
+    changed = differing_keys(trained, cfg, RESUME_FREE_KEYS)
+    if changed:
         raise ValueError(
-            f"checkpoint {args.checkpoint} was written with another config than {run_dir}"
+            f"checkpoint {checkpoint} was written with other values of {changed} than "
+            f"{run_dir}/config.yaml"
         )
-    not_eval = [o for o in args.overrides if not o.startswith("--eval.")]
-    if not_eval:
-        raise ValueError(
-            f"evaluate takes only --eval.key=value overrides (the run's training settings are "
-            f"fixed by its checkpoint), got {' '.join(not_eval)}"
-        )
-    cfg = apply_overrides(cfg, args.overrides)
-    device = str(resolve_device(args.device or cfg.train.device, DistContext()))
-    splits = splits_of(cfg)
-    method = build_method_for(cfg, splits.channels, image_size=view_size(cfg, splits))
-    method.load_state_dict(state["model"])
-    method.to(device)
-    extra = {
-        "method": cfg.method.name,
-        "dataset": cfg.data.name,
-        "steps": state["step"],
-        "checkpoint": args.checkpoint,
-        "final percent error": final_percent_error(run_dir),
-    }
-    results = evaluate_run(cfg, method, splits, run_dir, device, extra, not args.quiet)
-    _print_run(results, extra, run_dir)
-    return 0
+    return trained, state
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .config import config_from_dict, load_recipe
-    from .data.splits import as_tensors, splits_of
+    from .data.splits import as_tensors, check_same_data, splits_of
     from .data.views import MultiViewAugment, dataset_preset
     from .experiments.analyze import analyze_features, analyze_model, write_analysis_report
     from .methods import SSLMethod
+    from .runinfo import run_lock
     from .training.checkpoint import load_checkpoint
     from .training.loop import build_method_for, view_size
 
     path = Path(args.path) if args.path else None
+    lock = contextlib.ExitStack()
     if path is not None and path.suffix == ".npy":
         if not path.exists():
             raise FileNotFoundError(f"features file {path} does not exist")
@@ -261,8 +290,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             cfg, state, title = load_recipe(args.untrained), None, f"untrained {args.untrained}"
             out = Path(args.out or f"analysis-untrained-{Path(args.untrained).stem}")
         elif path is not None and path.is_dir():
-            state = load_checkpoint(path / "checkpoints" / "last.pt")
-            cfg, title = config_from_dict(state["config"]), path.name
+            # not while the run trains (its checkpoint still moving): held until the report
+            lock.enter_context(run_lock(path))
+            cfg, state = _run_checkpoint(path, "last.pt")
+            title = path.name
             out = Path(args.out or path / "analysis")
         elif path is not None and path.suffix == ".pt":
             state = load_checkpoint(path)
@@ -274,6 +305,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 "or --untrained RECIPE"
             )
         splits = splits_of(cfg)
+        check_same_data(state.get("data") if state else None, splits, "analyze")
         test = as_tensors(splits.test)
         import torch
 
@@ -301,6 +333,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         if isinstance(method, SSLMethod):  # the objective of image views (not image-caption)
             result["gradient_coherence"] = _coherence_of(method, splits, specs, cfg, args.seed)
     figures = write_analysis_report(result, out, title)
+    lock.close()
     print(f"geometry report: {out / 'analysis.md'}")
     for f in [out / "analysis.json", *figures]:
         print(f"  {f}")
@@ -387,7 +420,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_backbone
 
-    out = export_backbone(args.run, args.format, args.out)
+    out = export_backbone(args.run, args.format, args.out, args.overwrite)
     spec = json.loads(out.with_name(out.name + ".json").read_text())
     print(f"{args.format} weights of {spec['backbone']}: {out}\n  {out}.json\nload them with:")
     print("  " + spec["load"].replace("\n", "\n  "))
@@ -576,7 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("run", help="a run directory or a checkpoint .pt")
     ex.add_argument("--format", choices=["torchvision", "timm", "state_dict"], required=True)
-    ex.add_argument("--out", required=True, help="the .pt file to write")
+    ex.add_argument(
+        "--out", required=True, help="the .pt file to write (a directory: RUN-FORMAT.pt in it)"
+    )
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     ex.set_defaults(func=_cmd_export)
 
     sub.add_parser(

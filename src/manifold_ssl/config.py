@@ -229,6 +229,11 @@ class TextConfig:
         check=list_of(lambda v: None if "{label}" in v else "a template containing {label}"),
         factory=list,
     )
+    class_names: list[str] = key(
+        help="zero-shot class words in label order (empty: the dataset's class names; needed "
+        "where those are ids, such as WebDataset .cls numbers, and the captions are files)",
+        factory=list,
+    )
 
 
 @dataclass
@@ -510,6 +515,41 @@ def read_packaged_yaml(
     if not isinstance(values, dict):
         raise ValueError(f"{what} {path} must be a mapping")
     return path, values
+
+
+#: Keys a resumed run may change: where it stops and how it reads its data, not what it
+#: computes (a section name frees the whole section).
+RESUME_FREE_KEYS = (
+    "train.max_steps",
+    "train.time_budget_s",
+    "data.workers",
+    "data.prefetch",
+    "data.views_on",
+)
+#: Keys an evaluation of a run may change beside those: the protocol, the zero-shot words and
+#: where it runs. The rest is fixed by the checkpoint.
+EVAL_FREE_KEYS = (*RESUME_FREE_KEYS, "eval", "text.class_names", "text.zero_shot_templates")
+
+
+def differing_keys(a: Config, b: Config, free: typing.Sequence[str] = ()) -> list[str]:
+    """The dotted keys whose values differ between ``a`` and ``b``, those in ``free`` (dotted
+    keys or whole sections) left out: the one rule for what a resume or an evaluation of a run
+    may change (:data:`RESUME_FREE_KEYS`, :data:`EVAL_FREE_KEYS`)."""
+    da, db = config_to_dict(a), config_to_dict(b)
+    return [
+        f"{section}.{name}"
+        for section in da
+        for name in da[section]
+        if da[section][name] != db[section].get(name)
+        and section not in free
+        and f"{section}.{name}" not in free
+    ]
+
+
+def is_free(override: str, free: typing.Sequence[str]) -> bool:
+    """Whether a ``--section.key=value`` override sets a key of ``free``."""
+    dotted = override.removeprefix("--").partition("=")[0]
+    return dotted in free or dotted.partition(".")[0] in free
 
 
 def load_recipe(name_or_path: str | None) -> Config:

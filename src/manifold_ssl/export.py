@@ -18,6 +18,7 @@ it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from .config import Config, config_from_dict
-from .runinfo import atomic_write_text
+from .runinfo import atomic_write_text, run_lock
 from .training.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["FORMATS", "export_backbone", "export_state"]
@@ -62,9 +63,16 @@ def _own_resnet_to_library(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
-def export_state(cfg: Config, model_state: dict[str, torch.Tensor], fmt: str) -> dict[str, Any]:
+def export_state(
+    cfg: Config,
+    model_state: dict[str, torch.Tensor],
+    fmt: str,
+    built: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """``(state_dict, spec)`` of the backbone in ``model_state`` (an ``SSLMethod`` state dict)
-    in format ``fmt``; ``spec`` says how to build the model that loads it."""
+    in format ``fmt``; ``spec`` says how to build the model that loads it. ``built``: the
+    library backbone's own record of its constructor keywords (a checkpoint's ``backbone``,
+    holding a ViT's ``img_size``), else ``model.kwargs``."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
     state = _backbone_state(model_state)
@@ -83,7 +91,7 @@ def export_state(cfg: Config, model_state: dict[str, torch.Tensor], fmt: str) ->
         "backbone": name,
         "library": fmt if fmt != "state_dict" else library,
         "name": model_name,
-        "kwargs": dict(cfg.model.kwargs),
+        "kwargs": dict((built or {}).get("kwargs", cfg.model.kwargs)),
         "in_channels": int(conv.shape[1]) if conv is not None else None,
         "cifar_stem": bool(cfg.model.small_images and _is_resnet(library, model_name)),
     }
@@ -116,7 +124,10 @@ def _first_conv(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
 
 
 def _snippet(spec: dict[str, Any], file: str) -> str:
-    kw = ", ".join(f"{k}={v!r}" for k, v in spec["kwargs"].items())
+    kwargs = dict(spec["kwargs"])
+    if spec["library"] == "timm" and spec["in_channels"] not in (None, 3):
+        kwargs["in_chans"] = spec["in_channels"]
+    kw = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     if spec["library"] == "timm":
         make = f"timm.create_model({spec['name']!r}{', ' + kw if kw else ''})"
         head = "import timm"
@@ -124,7 +135,10 @@ def _snippet(spec: dict[str, Any], file: str) -> str:
         make = f"torchvision.models.get_model({spec['name']!r}{', ' + kw if kw else ''})"
         head = "import torchvision"
     else:
-        return f"state = torch.load({file!r}, weights_only=True)  # keys of manifold-ssl's {spec['backbone']}"
+        return (
+            f"import torch\nstate = torch.load({file!r}, weights_only=True)  "
+            f"# keys of manifold-ssl's {spec['backbone']}"
+        )
     stem = (
         "\nfrom manifold_ssl.models import cifar_stem\ncifar_stem(model)"
         if spec["cifar_stem"]
@@ -137,20 +151,35 @@ def _snippet(spec: dict[str, Any], file: str) -> str:
     )
 
 
-def export_backbone(source: str | Path, fmt: str, out: str | Path) -> Path:
+def export_backbone(source: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> Path:
     """Write the backbone of ``source`` (a run directory or a checkpoint file) to ``out`` in
-    format ``fmt``, and ``out.json`` beside it; returns ``out``."""
+    format ``fmt``, and ``out.json`` beside it; returns the file written. ``out`` an existing
+    directory: ``out/<run>-<fmt>.pt`` inside it. An existing file is replaced only with
+    ``overwrite``, and never anything but a regular file (a device, a link)."""
     src = Path(source)
     ckpt = src / "checkpoints" / "last.pt" if src.is_dir() else src
     if not ckpt.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt} (export takes a run directory or a .pt)")
-    state = load_checkpoint(ckpt)
+    out = _export_target(Path(out), src, fmt, overwrite)
+    # a run still training moves its checkpoint: read it under the run's lock
+    with run_lock(src) if src.is_dir() else contextlib.nullcontext():
+        state = load_checkpoint(ckpt)
     cfg = config_from_dict(state["config"])
-    result = export_state(cfg, state["model"], fmt)
-    out = Path(out)
+    result = export_state(cfg, state["model"], fmt, state.get("backbone"))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(result["state_dict"], out)
     spec = {**result["spec"], "source": str(ckpt), "step": state.get("step")}
     spec["load"] = _snippet(spec, str(out))
     atomic_write_text(out.with_name(out.name + ".json"), json.dumps(spec, indent=2) + "\n")
+    return out
+
+
+def _export_target(out: Path, src: Path, fmt: str, overwrite: bool) -> Path:
+    if out.is_dir():
+        out = out / f"{src.stem if src.is_file() else src.name}-{fmt}.pt"
+    for path in (out, out.with_name(out.name + ".json")):
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ValueError(f"--out {path} exists and is not a regular file; choose another path")
+        if path.exists() and not overwrite:
+            raise ValueError(f"--out {path} exists; choose another path or pass --overwrite")
     return out

@@ -6,14 +6,17 @@ from any of them holds the same files.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .config import Config
-from .data.splits import DataSplits, zero_shot_prompts
+from .config import Config, config_to_dict
+from .data.splits import DataSplits, check_zero_shot_words, zero_shot_prompts
 from .evaluation.features import extract_features
 from .evaluation.knn import knn_accuracy
 from .evaluation.protocol import evaluate_with_baselines
@@ -101,6 +104,8 @@ def pretrain(
         return TrainingProbe(cfg, splits, device, path)
 
     factory = probes if cfg.probes.every_steps else None
+    if cfg.train.knn_every:  # the monitor prompts a multimodal method with the class words
+        check_zero_shot_words(cfg)
     return train(cfg, resume, progress, run_dir, monitor=knn_monitor(cfg), probes=factory)
 
 
@@ -112,10 +117,13 @@ def evaluate_run(
     device: str,
     extra: dict[str, object],
     progress: bool = True,
+    overrides: Sequence[str] = (),
 ) -> dict[str, dict[str, Any]]:
     """kNN + linear probe of ``method``'s backbone next to the baselines, the fine-tunings of
     ``cfg.eval.semi_supervised``, zero-shot classification of a multimodal method; writes
-    ``eval.json`` and ``report.md`` into ``run_dir``."""
+    ``eval.json`` and ``report.md`` into ``run_dir``, with the evaluation settings that produced
+    them (``--eval.*`` ``overrides``: ``eval-<overrides>.json`` and ``report-<overrides>.md``,
+    beside the run's own)."""
     # the same initialisation the pretrained encoder had
     size = view_size(cfg, splits)
     random_encoder = build_method_for(cfg, splits.channels, image_size=size).backbone
@@ -150,9 +158,43 @@ def evaluate_run(
                 "linear_test_accuracy": ft["test_accuracy"],
                 "labelled_images": ft["labelled_images"],
             }
-    write_json(run_dir / "eval.json", {"results": results, **extra})
-    write_report(run_dir, results, extra)
+    stem = result_stem("eval", overrides)
+    settings = {"eval": config_to_dict(cfg)["eval"], "overrides": list(overrides)}
+    path = run_dir / f"{stem}.json"
+    keep_previous(path, settings)
+    write_json(path, {"results": results, **extra, "settings": settings})
+    write_report(run_dir, results, extra, f"{result_stem('report', overrides)}.md")
     return results
+
+
+def result_stem(name: str, overrides: Sequence[str]) -> str:
+    """``name`` for the run's own settings, ``name-<the overrides>`` for an evaluation with
+    ``--eval.*`` overrides, so that it never replaces the run's own results."""
+    if not overrides:
+        return name
+    parts = sorted(o.removeprefix("--").removeprefix("eval.") for o in overrides)
+    slug = "".join(c if c.isalnum() or c in "._=-" else "_" for c in "_".join(parts))
+    if len(slug) > 60:
+        slug = slug[:50] + "-" + hashlib.sha1(slug.encode()).hexdigest()[:8]
+    return f"{name}-{slug}"
+
+
+def keep_previous(path: Path, settings: dict[str, Any]) -> None:
+    """A result file about to be replaced by one of other ``settings`` (an older protocol, or
+    one written before settings were recorded) is moved aside to ``<stem>.<n>.json``, never
+    lost; one of the same settings is replaced."""
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text()).get("settings")
+    except (ValueError, AttributeError):
+        old = None
+    if old == settings:
+        return
+    n = 1
+    while path.with_name(f"{path.stem}.{n}{path.suffix}").exists():
+        n += 1
+    path.rename(path.with_name(f"{path.stem}.{n}{path.suffix}"))
 
 
 def final_percent_error(run_dir: Path) -> object:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import timm
 import torch
 import torchvision
 from helpers import tiny_run_args
@@ -89,26 +88,18 @@ def test_pretrain_then_export_round_trips_into_the_library(tmp_path, cifar_like,
     ours.load_state_dict({k[9:]: v for k, v in state["model"].items() if k.startswith("backbone.")})
     x = torch.randn(3, 3, 32, 32)
     expected = _features(ours, x)
-    library, _, model_name = name.partition(":")
+    library = name.partition(":")[0]
     formats = ["torchvision", "timm"] if "resnet" in name else [library]
     for fmt in formats:
         out = tmp_path / f"{fmt}.pt"
         assert main(["export", str(run), "--format", fmt, "--out", str(out)]) == 0
         spec = json.loads((tmp_path / f"{fmt}.pt.json").read_text())
         assert spec["library"] == fmt and spec["cifar_stem"] == ("resnet" in name)
-        if fmt == "timm":
-            model = (
-                timm.create_model(model_name, img_size=32, **kwargs)
-                if "vit" in name
-                else timm.create_model(model_name)
-            )
-        else:
-            model = torchvision.models.get_model(model_name)
-        if spec["cifar_stem"]:
-            cifar_stem(model)
-        missing, unexpected = model.load_state_dict(
-            torch.load(out, weights_only=True), strict=False
-        )
+        # issue 18.11: the ViT's img_size was missing from FILE.json; its snippet, run as it
+        # is, builds and loads the model
+        namespace: dict = {}
+        exec(spec["load"], namespace)
+        model, missing, unexpected = (namespace[k] for k in ("model", "missing", "unexpected"))
         classifier = {"fc.weight", "fc.bias"} if "resnet" in name else {"head.weight", "head.bias"}
         assert set(missing) == classifier and not unexpected
         model.reset_classifier(0) if fmt == "timm" else setattr(model, "fc", torch.nn.Identity())
@@ -149,3 +140,30 @@ def test_export_refuses_what_a_library_cannot_load(tmp_path):
     with pytest.raises(ValueError, match="--format must be one of"):
         export_state(cfg, method.state_dict(), "onnx")
     assert main(["export", str(tmp_path / "nowhere"), "--format", "timm", "--out", "x.pt"]) == 2
+
+
+def test_export_never_replaces_what_is_there_unasked(tmp_path, capsys):
+    # issue 18.12: --out replaced any path by rename (/dev/full as root), overwrote silently,
+    # and an existing directory failed with "[Errno 21] Is a directory"
+    args = tiny_run_args(tmp_path, "--train.max_steps=1", "--train.knn_every=0")
+    assert main(["pretrain", "--quiet", "--no-eval", *args]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    export = ["export", str(run), "--format", "state_dict", "--out"]
+    out = tmp_path / "w.pt"
+    assert main([*export, str(out)]) == 0
+    first = out.read_bytes()
+    spec = json.loads((tmp_path / "w.pt.json").read_text())
+    namespace: dict = {}
+    exec(spec["load"], namespace)  # the snippet imports what it uses
+    assert namespace["state"].keys() == torch.load(out, weights_only=True).keys()
+    assert main([*export, str(out)]) == 2
+    assert "exists; choose another path or pass --overwrite" in capsys.readouterr().err
+    assert main([*export, str(out), "--overwrite"]) == 0 and out.read_bytes() == first
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    assert main([*export, str(folder)]) == 0
+    assert (folder / f"{run.name}-state_dict.pt").is_file()
+    (tmp_path / "link.pt").symlink_to(tmp_path / "elsewhere.pt")
+    assert main([*export, str(tmp_path / "link.pt"), "--overwrite"]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere.pt").exists()

@@ -423,3 +423,46 @@ def test_recipe_axis_and_zero_shot_figures(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps(rows))
     written = {p.name for p in plot_sweep(tmp_path)}
     assert written == {"zero_shot.json", "fig5_zero_shot.png", "fig7_diagnostics.png"}
+
+
+def test_class_ids_with_caption_files_need_class_names_before_training(tmp_path, capsys):
+    # issue 18.4: WebDataset .cls ids prompted as words ("a photo of the 0.") gave chance level
+    from manifold_ssl.cli import main
+    from manifold_ssl.data.splits import zero_shot_words
+
+    folder = write_image_folder(tmp_path / "set", 3, {"train": 12, "test": 4}, (20, 32))
+    colours = ("red", "green", "blue")
+    for split in ("train", "test"):
+        for i in range(3):
+            (folder / split / f"class00{i}").rename(folder / split / str(i))
+    for jpg in folder.glob("*/*/*.jpg"):
+        jpg.with_suffix(".txt").write_text(f"a {colours[int(jpg.parent.name)]} square\n")
+    args = [
+        "pretrain",
+        "digits_clip",
+        "--quiet",
+        *TINY,
+        f"--data.root={tmp_path / 'data'}",
+        f"--train.out_dir={tmp_path / 'runs'}",
+        "--data.name=imagefolder",
+        f"--data.path={folder}",
+        "--data.loader=stream",
+        "--text.captions=files",
+        "--data.image_size=16",
+        "--data.workers=0",
+        "--train.batch_size=9",
+        "--train.epochs=1",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "set text.class_names" in err and "ids 0, 1, 2" in err
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+    assert main([*args, "--text.class_names=[red, green]"]) == 2
+    assert "text.class_names has 2 names, but the data set has 3 classes" in capsys.readouterr().err
+    assert main([*args, "--text.class_names=[red, green, blue]"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "eval.json").read_text())["results"]["zero_shot"]["chance"] > 0
+    cfg = apply_overrides(load_recipe("digits_clip"), ["--text.class_names=[red, green, blue]"])
+    assert zero_shot_words(cfg, ["0", "1", "2"]) == list(colours)
+    # generated captions are made from the same names, so ids prompt them (the digits)
+    assert zero_shot_words(load_recipe("digits_clip"), [str(i) for i in range(10)])[0] == "zero"

@@ -294,11 +294,15 @@ def test_evaluate_takes_eval_overrides_only(tmp_path, capsys):
     (run,) = (tmp_path / "runs").iterdir()
     argv = ["evaluate", "--quiet", str(run), "--eval.linear_weight_decays=[0.01]"]
     assert main([*argv, "--eval.baselines=false"]) == 0
-    results = json.loads((run / "eval.json").read_text())["results"]
+    written = json.loads(
+        (run / "eval-baselines=false_linear_weight_decays=_0.01_.json").read_text()
+    )
+    results = written["results"]
     assert set(results) == {"pretrained"}
     assert list(results["pretrained"]["linear_val_by_weight_decay"]) == ["0.01"]
+    assert not (run / "eval.json").exists()  # the run's own evaluation was never made
     assert main(["evaluate", str(run), "--optim.lr=1"]) == 2
-    assert "only --eval.key=value" in capsys.readouterr().err
+    assert "got --optim.lr=1" in capsys.readouterr().err
 
 
 def _ddp_cli_worker(rank: int, rendezvous: str, argv: list[str]) -> None:
@@ -325,3 +329,67 @@ def test_ddp_with_sync_bn_and_fine_tuning_evaluates_on_rank_0(tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     results = json.loads((run / "eval.json").read_text())["results"]
     assert "finetune_0.5" in results
+
+
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_resume_and_evaluate_refuse_a_data_set_that_changed(tmp_path, capsys, loader):
+    # issue 18.6: the stream loader trained on the new set, the memory loader crashed in
+    # grid_sampler and said "--resume continues from it"
+    from manifold_ssl.data.synthetic import write_image_folder
+
+    folder = write_image_folder(tmp_path / "images", 3, {"train": 10, "test": 4}, (24, 24))
+    args = tiny_run_args(
+        tmp_path,
+        "--data.name=imagefolder",
+        f"--data.path={folder}",
+        f"--data.loader={loader}",
+        "--data.image_size=16",
+        "--data.workers=0",
+        "--train.batch_size=8",
+        "--train.max_steps=2",
+        "--train.knn_every=0",
+    )
+    assert main(["pretrain", "--quiet", "--no-eval", *args]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    write_image_folder(tmp_path / "images", 3, {"train": 13, "test": 4}, (24, 24), seed=1)
+    capsys.readouterr()
+    assert main(["pretrain", "--quiet", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "data set changed" in err and "train: 24 images of 3 classes then, 33 of 3 now" in err
+    assert "--resume continues" not in err and len(err.strip().splitlines()) == 1
+    assert main(["evaluate", "--quiet", str(run)]) == 2
+    assert "data set changed" in capsys.readouterr().err
+
+
+def test_a_run_stopped_by_max_steps_and_resumed_can_be_evaluated(tmp_path):
+    # issue 18.7: resume may change train.max_steps, evaluate compared the whole config
+    args = tiny_run_args(tmp_path, "--train.epochs=1", "--train.knn_every=0")
+    assert main(["pretrain", "--quiet", "--no-eval", "--train.max_steps=3", *args]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (
+        main(["pretrain", "--quiet", "--no-eval", "--resume", str(run), "--train.max_steps=5"]) == 0
+    )
+    argv = ["evaluate", "--quiet", str(run), "--eval.baselines=false", "--eval.linear_probe=false"]
+    assert main(argv) == 0
+    assert (
+        json.loads((run / "eval-baselines=false_linear_probe=false.json").read_text())["steps"] == 5
+    )
+
+
+def test_evaluate_analyze_and_export_wait_for_a_run_that_trains(tmp_path, capsys):
+    # issue 18.13: they read a checkpoint still moving and wrote a report of it
+    from manifold_ssl.runinfo import run_lock
+
+    args = tiny_run_args(tmp_path, "--train.max_steps=1", "--train.knn_every=0")
+    assert main(["pretrain", "--quiet", "--no-eval", *args]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    with run_lock(run):
+        for argv in (
+            ["evaluate", "--quiet", str(run)],
+            ["analyze", "--quiet", str(run)],
+            ["export", str(run), "--format", "state_dict", "--out", str(tmp_path / "x.pt")],
+        ):
+            assert main(argv) == 2, argv
+            assert "is in use by process" in capsys.readouterr().err
+    assert not (run / "eval.json").exists() and not (run / "analysis").exists()
+    assert not (tmp_path / "x.pt").exists()

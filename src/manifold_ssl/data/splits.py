@@ -4,9 +4,11 @@ selection), test (final numbers only); in memory (:class:`ImageTensors`) or on d
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,10 +33,14 @@ __all__ = [
     "Split",
     "as_tensors",
     "captions_of",
+    "check_same_data",
+    "check_zero_shot_words",
+    "data_identity",
     "load_splits",
     "splits_of",
     "stratified_split",
     "zero_shot_prompts",
+    "zero_shot_words",
 ]
 
 Split = ImageTensors | ImageFiles
@@ -132,6 +138,51 @@ def as_tensors(split: Split, workers: int = 0) -> ImageTensors:
     return split if isinstance(split, ImageTensors) else split.load(workers)
 
 
+def _split_identity(split: Split) -> dict[str, Any]:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(split.labels.numpy().tobytes())
+    digest.update("\0".join(split.classes).encode())
+    if isinstance(split, ImageTensors):
+        digest.update(str(tuple(split.images.shape)).encode())
+        digest.update(split.images.contiguous().numpy().data)
+    else:  # names without their folders (the data may move), byte sizes, the view
+        for name in split.names:
+            digest.update(os.path.basename(os.fsdecode(name)).encode() + b"\0")
+        digest.update(np.ascontiguousarray(split.members[:, 2]).tobytes())
+        digest.update(f"{split.size} {split.crop_fraction}".encode())
+    return {"images": len(split), "classes": len(split.classes), "digest": digest.hexdigest()}
+
+
+def data_identity(splits: DataSplits) -> dict[str, Any]:
+    """What identifies a run's data: per split (train, unlabeled, test), the number of images
+    and classes and a digest of their contents (in memory: pixels and labels; files: names,
+    byte sizes and labels). Every checkpoint records it; resume and evaluation refuse other
+    data (:func:`check_same_data`)."""
+    parts = {"train": splits.train, "unlabeled": splits.unlabeled, "test": splits.test}
+    return {name: _split_identity(split) for name, split in parts.items() if split is not None}
+
+
+def check_same_data(recorded: dict[str, Any] | None, splits: DataSplits, what: str) -> None:
+    """Raise when ``splits`` are not the data a checkpoint recorded (None: an older checkpoint
+    without a record, accepted)."""
+    if recorded is None:
+        return
+    now = data_identity(splits)
+    changed = [
+        f"{name}: {old['images']} images of {old['classes']} classes then, "
+        + (f"{now[name]['images']} of {now[name]['classes']} now" if name in now else "none now")
+        + ("" if name not in now or now[name]["images"] != old["images"] else " (other contents)")
+        for name, old in recorded.items()
+        if now.get(name) != old
+    ]
+    changed += [f"{name}: none then" for name in now if name not in recorded]
+    if changed:
+        raise ValueError(
+            f"the data set changed since the checkpoint was written ({'; '.join(changed)}): "
+            f"{what} needs the run's own data (restore it, or start a new run)"
+        )
+
+
 FILE_SETS = ("imagefolder", "webdataset")
 
 
@@ -202,9 +253,7 @@ def captions_of(cfg: Config, splits: DataSplits) -> Captions:
     """The captions of the pretraining images (``text.captions``; see
     :mod:`manifold_ssl.data.captions`), in the order of ``splits.pretraining()``."""
     d = cfg.data
-    mode = cfg.text.captions
-    if mode == "auto":
-        mode = "files" if d.name in FILE_SETS else "generated"
+    mode = _caption_mode(cfg)
     if d.unlabeled:
         raise ValueError("multimodal pretraining does not read data.unlabeled (no captions)")
     if mode == "files":
@@ -223,10 +272,51 @@ def captions_of(cfg: Config, splits: DataSplits) -> Captions:
 
 def zero_shot_prompts(cfg: Config, splits: DataSplits) -> tuple[list[str], list[str]]:
     """The class words and the prompt templates of zero-shot evaluation (``{label}`` in each):
-    ``text.zero_shot_templates``, else the held-out templates of the images' kind."""
+    ``text.zero_shot_templates``, else the held-out templates of the images' kind; the words
+    as :func:`zero_shot_words` gives them."""
     kind = "grey" if splits.channels == 1 else "colour"
     templates = cfg.text.zero_shot_templates or list(ZERO_SHOT_TEMPLATES[kind])
-    return class_words(splits.train.classes), templates
+    return zero_shot_words(cfg, splits.train.classes), templates
+
+
+def zero_shot_words(cfg: Config, classes: list[str]) -> list[str]:
+    """The class words prompts use: ``text.class_names`` (in label order), else the class
+    names as words. Captions read from files are written in words, so class names that are
+    ids (WebDataset ``.cls`` numbers) cannot prompt them: that is an error naming
+    ``text.class_names``, not a chance-level accuracy. (Generated captions are made from the
+    same names, ids or not, so they prompt them.)"""
+    names = cfg.text.class_names
+    if names:
+        if len(names) != len(classes):
+            raise ValueError(
+                f"text.class_names has {len(names)} names, but the data set has "
+                f"{len(classes)} classes ({', '.join(classes[:10])})"
+            )
+        return list(names)
+    if _caption_mode(cfg) == "files" and all(c.lstrip("-").isdigit() for c in classes):
+        raise ValueError(
+            f"zero-shot prompts need class words, but the classes of {cfg.data.path} are the "
+            f"ids {', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''} and its captions "
+            "are files: set text.class_names to their names in label order (e.g. "
+            "--text.class_names='[airplane, automobile, ...]'), or pretrain with --no-eval "
+            "--train.knn_every=0"
+        )
+    return class_words(classes)
+
+
+def check_zero_shot_words(cfg: Config) -> None:
+    """:func:`zero_shot_words` before a run starts (from the files' index: no decoding), so
+    that a multimodal run without class words is refused before it trains, not after."""
+    from ..methods import MULTIMODAL
+
+    if cfg.method.name in MULTIMODAL and _caption_mode(cfg) == "files":
+        d = cfg.data
+        zero_shot_words(cfg, _index(d.name, "train", d.root, d.path, d.classes_file).classes)
+
+
+def _caption_mode(cfg: Config) -> str:
+    mode = cfg.text.captions
+    return ("files" if cfg.data.name in FILE_SETS else "generated") if mode == "auto" else mode
 
 
 def splits_of(cfg: Config) -> DataSplits:

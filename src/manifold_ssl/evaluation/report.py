@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..runinfo import read_metrics
+from ..runinfo import atomic_write_text, read_metrics
 
 __all__ = ["write_report", "zero_shot_line"]
 
@@ -54,7 +54,12 @@ def zero_shot_line(r: dict[str, Any]) -> str:
     )
 
 
-def write_report(run_dir: Path, results: dict[str, dict[str, Any]], extra: dict[str, Any]) -> Path:
+def write_report(
+    run_dir: Path,
+    results: dict[str, dict[str, Any]],
+    extra: dict[str, Any],
+    filename: str = "report.md",
+) -> Path:
     figures = _plot_curves(run_dir)
     lines = [f"# Run report: {run_dir.name}", ""]
     for key, value in extra.items():
@@ -80,6 +85,6 @@ def write_report(run_dir: Path, results: dict[str, dict[str, Any]], extra: dict[
         zs = results["zero_shot"]
         lines += [f"- {zero_shot_line(zs)}: " + "; ".join(f"`{t}`" for t in zs["templates"]), ""]
     lines += [f"![curves]({f.name})" for f in figures]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    path = run_dir / filename
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

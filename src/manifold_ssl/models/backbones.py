@@ -177,8 +177,8 @@ def build_backbone(
 
         if width is not None:
             raise ValueError(
-                f"model.width scales the backbones written here; {name} has its own widths "
-                "(set them through model.kwargs)"
+                f"model.width={width} scales the backbones written here; {name} has its own "
+                "widths (set them through model.kwargs): add --model.width=null"
             )
         return build_ecosystem(name, in_channels, small_images, image_size, kwargs)
     if name not in BACKBONES:

@@ -43,9 +43,16 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from ..config import Config, config_from_dict, config_to_dict, save_config
+from ..config import (
+    RESUME_FREE_KEYS,
+    Config,
+    config_from_dict,
+    config_to_dict,
+    differing_keys,
+    save_config,
+)
 from ..data.pairs import CaptionBatches
-from ..data.splits import DataSplits, captions_of, splits_of
+from ..data.splits import DataSplits, captions_of, check_same_data, data_identity, splits_of
 from ..data.stream import Layout, TrainBatches, make_batches
 from ..data.views import MultiViewAugment, dataset_preset, preset
 from ..geometry.spectral import effective_rank, percent_error
@@ -207,11 +214,12 @@ def pretrain(
                     f"checkpoint in {run_path} cannot resume training: it lacks {missing} "
                     "(a weights-only checkpoint can be evaluated or analysed, not resumed)"
                 )
-            saved = config_from_dict(state["config"])
-            if _trajectory_config(saved) != _trajectory_config(cfg):
+            changed = differing_keys(config_from_dict(state["config"]), cfg, RESUME_FREE_KEYS)
+            if changed:
                 raise ValueError(
-                    f"checkpoint in {run_path} was written with another config; resume "
-                    f"with the run's own config (manifold-ssl pretrain --resume {run_path})"
+                    f"checkpoint in {run_path} was written with other values of {changed}; "
+                    f"resume with the run's own config (manifold-ssl pretrain --resume "
+                    f"{run_path}), changing at most {', '.join(RESUME_FREE_KEYS)}"
                 )
         else:
             run_path = created = _new_run_dir(cfg, ctx, run_dir)
@@ -234,6 +242,7 @@ class _Trainer:
         self.cfg, self.ctx, self.run_path, self.log = cfg, ctx, run_path, log
         self.device = resolve_device(cfg.train.device, ctx)
         self.splits = _load_splits(cfg, ctx)
+        self.identity = data_identity(self.splits)  # recorded in every checkpoint
         self.batch = cfg.train.batch_size
         self.data = _train_batches(cfg, self.splits, ctx, self.device)
         size = view_size(cfg, self.splits)
@@ -261,6 +270,7 @@ class _Trainer:
         self.done = self.data.state_dict()
 
     def restore(self, state: dict[str, Any]) -> None:
+        check_same_data(state.get("data"), self.splits, "--resume")
         self.method.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.data.load_state_dict(state)
@@ -281,6 +291,9 @@ class _Trainer:
                 "step": self.step,
                 "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch,
+                "data": self.identity,
+                # how a torchvision/timm backbone was built (ViTs: img_size), for export
+                "backbone": getattr(self.method.backbone, "spec", None),
             }
             save_checkpoint(state, self.run_path / "checkpoints" / "last.pt")
 
@@ -463,23 +476,7 @@ def _checkpoint_on_error(save: Callable[[], None]) -> Iterator[None]:
         raise
 
 
-# where to stop and how to read the data, not what is computed: a resumed run may change them
-FREE_KEYS = (
-    ("train", "max_steps"),
-    ("train", "time_budget_s"),
-    ("data", "workers"),
-    ("data", "prefetch"),
-    ("data", "views_on"),
-)
 RESUME_KEYS = ("model", "optimizer", "step", "epoch", "step_in_epoch")  # + the data's state
-
-
-def _trajectory_config(cfg: Config) -> dict[str, Any]:
-    """The config without the keys a resumed run may change (:data:`FREE_KEYS`)."""
-    d = config_to_dict(cfg)
-    for section, key in FREE_KEYS:
-        d[section].pop(key)
-    return d
 
 
 _REASONS = ("interrupted", "max_steps", "budget")
