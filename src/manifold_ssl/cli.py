@@ -331,7 +331,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             projection_dim=args.projection_dim,
         )
         if isinstance(method, SSLMethod):  # the objective of image views (not image-caption)
+            from .evaluation.coherence import weight_layers
+
             result["gradient_coherence"] = _coherence_of(method, splits, specs, cfg, args.seed)
+            layers = weight_layers(method)
+            result["gradient_coherence_layers"] = {"first": layers[0], "last": layers[-1]}
     figures = write_analysis_report(result, out, title)
     lock.close()
     print(f"geometry report: {out / 'analysis.md'}")

@@ -167,3 +167,27 @@ def test_export_never_replaces_what_is_there_unasked(tmp_path, capsys):
     assert main([*export, str(tmp_path / "link.pt"), "--overwrite"]) == 2
     assert "not a regular file" in capsys.readouterr().err
     assert not (tmp_path / "elsewhere.pt").exists()
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ECOSYSTEM, ids=[n for n, _ in ECOSYSTEM])
+def test_library_backbones_are_analysed_layer_by_layer(name, kwargs):
+    # issue 18.5: a library backbone was one layer, "model"; a timm ViT's "first layer" for
+    # gradient coherence was the whole backbone (first == all)
+    from manifold_ssl.evaluation.coherence import coherence_with_control, weight_layers
+    from manifold_ssl.experiments.analyze import backbone_layers
+
+    torch.manual_seed(0)
+    backbone = build_backbone(name, 3, True, image_size=16, kwargs=kwargs)
+    layers = backbone_layers(backbone)
+    assert layers[-1] == "model" and len(layers) >= 3
+    if "resnet" in name:
+        assert layers == ["model.maxpool", *[f"model.layer{i}" for i in range(1, 5)], "model"]
+    else:
+        assert layers == ["model.patch_embed", "model.blocks.0", "model.blocks.1", "model"]
+    method = build_method("mmcr", backbone, "32-16")
+    first, last = weight_layers(method)[0], weight_layers(method)[-1]
+    assert first.startswith("backbone.model.") and last.startswith("projector")
+    views = torch.randn(32, 2, 3, 16, 16)
+    labels = torch.arange(2).repeat_interleave(16)
+    out = coherence_with_control(method, lambda v: method(v)[0], views, labels, per_batch=8)
+    assert out["first/within"] != pytest.approx(out["all/within"], abs=1e-4)

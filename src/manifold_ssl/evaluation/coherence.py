@@ -14,7 +14,7 @@ from itertools import combinations
 import torch
 from torch import nn
 
-__all__ = ["coherence_with_control", "gradient_coherence"]
+__all__ = ["coherence_with_control", "gradient_coherence", "weight_layers"]
 
 
 def gradient_coherence(
@@ -26,7 +26,8 @@ def gradient_coherence(
     """``{"all": {"within": w, "across": a}, "<layer>": {...}}``.
 
     ``batches`` is a sequence of (class label, batch); ``loss_of(batch)`` returns the scalar
-    objective of a batch through ``model``; ``layers`` are prefixes of parameter names.
+    objective of a batch through ``model``; ``layers`` are module names (their parameters and
+    those of their submodules).
     """
     if len(batches) < 2:
         raise ValueError("gradient_coherence needs at least two batches")
@@ -36,7 +37,7 @@ def gradient_coherence(
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = {"all": [i for i, _ in enumerate(named)]}
     for layer in layers:
-        idx = [i for i, (n, _) in enumerate(named) if n.startswith(layer)]
+        idx = [i for i, (n, _) in enumerate(named) if n.startswith(f"{layer}.")]
         if not idx:
             raise ValueError(f"no parameter name starts with {layer!r}")
         groups[layer] = idx
@@ -59,6 +60,21 @@ def gradient_coherence(
             (within if labels[a] == labels[b] else across).append(float(vecs[a] @ vecs[b]))
         out[name] = {"within": sum(within) / len(within), "across": sum(across) / len(across)}
     return out
+
+
+def weight_layers(model: nn.Module) -> list[str]:
+    """The modules whose own trainable ``weight`` is a matrix or kernel (convolutions, linear
+    maps, patch embeddings), in registration order: "the first and last layers" of Yerxa
+    Fig. 3. (The module owning the first parameter is not a layer: a ViT's first parameter is
+    its class token, owned by the whole model.)"""
+    return [
+        name
+        for name, m in model.named_modules()
+        if any(
+            n == "weight" and p.requires_grad and p.ndim >= 2
+            for n, p in m.named_parameters(recurse=False)
+        )
+    ]
 
 
 def coherence_with_control(
@@ -88,8 +104,8 @@ def coherence_with_control(
     order = [i for c in chosen for i in [i for i, y in enumerate(ys) if y == c][: 2 * per_batch]]
     batch_labels = [c for c in chosen for _ in range(2)]
     gen = torch.Generator().manual_seed(seed)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    layers = {names[0].rsplit(".", 1)[0]: "first", names[-1].rsplit(".", 1)[0]: "last"}
+    owners = weight_layers(model)
+    layers = {owners[0]: "first", owners[-1]: "last"}
 
     def batches(idx: list[int]) -> list[tuple[int, torch.Tensor]]:
         return [

@@ -25,13 +25,22 @@ from ..geometry.manifold_stats import manifold_similarities, split_by_class
 from ..geometry.spectra import class_effective_ranks, covariance_spectrum, powerlaw_decay, rankme
 from ..runinfo import write_json
 
-__all__ = ["analyze_features", "analyze_model", "backbone_layers", "write_analysis_report"]
+__all__ = [
+    "analyze_features",
+    "analyze_model",
+    "backbone_layers",
+    "library_layers",
+    "write_analysis_report",
+]
 
 
 def backbone_layers(backbone: torch.nn.Module) -> list[str]:
-    """The stage outputs worth analysing: the stem, each stage, and the pooled features."""
+    """The stage outputs worth analysing: the stem, each stage, and the pooled features (a
+    ``torchvision:``/``timm:`` backbone: :func:`library_layers` of its model)."""
     children = dict(backbone.named_children())
     names = list(children)
+    if names == ["model"]:  # EcosystemBackbone: the library's own model
+        return library_layers(children["model"], "model")
     stages = children.get("stages")
     if isinstance(stages, torch.nn.Sequential):  # ResNet
         return ["stem", *[f"stages.{i}" for i in range(len(stages))], "pool"]
@@ -40,6 +49,34 @@ def backbone_layers(backbone: torch.nn.Module) -> list[str]:
         relus = [f"features.{i}" for i, m in enumerate(features) if isinstance(m, torch.nn.ReLU)]
         return [*relus, "pool"]
     return [n for n in names if n]
+
+
+def library_layers(model: torch.nn.Module, prefix: str) -> list[str]:
+    """Stage outputs of a torchvision or timm model (under ``prefix``), ending with the model's
+    own output (its pooled features): ResNets' stem (``maxpool``) and ``layer1``–``layer4``;
+    transformers' and other staged models' embedding and every block (timm ``blocks`` /
+    ``stages``, torchvision ViT ``encoder.layers``); else every child with parameters."""
+    children = dict(model.named_children())
+    if "layer1" in children:  # torchvision and timm ResNets
+        stages = [f"layer{i}" for i in range(1, 10) if f"layer{i}" in children]
+        stem = ["maxpool"] if "maxpool" in children else []
+        return [f"{prefix}.{n}" for n in [*stem, *stages]] + [prefix]
+    encoder = children.get("encoder")
+    if encoder is not None and isinstance(getattr(encoder, "layers", None), torch.nn.Sequential):
+        seq, where = encoder.layers, "encoder.layers"  # torchvision ViT
+    else:
+        seq, where = None, ""
+        for name in ("blocks", "stages", "layers", "features"):
+            if isinstance(children.get(name), torch.nn.Sequential | torch.nn.ModuleList):
+                seq, where = children[name], name
+                break
+    if seq is not None and len(seq) > 1:
+        embed = next(iter(children))  # patch_embed, conv_proj, stem
+        blocks = [f"{prefix}.{where}.{n}" for n, _ in seq.named_children()]
+        head = [f"{prefix}.{embed}"] if not where.startswith(embed) else []
+        return [*head, *blocks, prefix]
+    with_params = [n for n, c in children.items() if any(True for _ in c.parameters())]
+    return [f"{prefix}.{n}" for n in with_params] + [prefix]
 
 
 def _capacity_row(
