@@ -392,7 +392,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         "cpus": args.cpus,
         "wait": args.wait,
     }
-    rows = run_sweep(spec, out, args.workers, args.launcher, slurm, progress=not args.quiet)
+    try:
+        rows = run_sweep(spec, out, args.workers, args.launcher, slurm, progress=not args.quiet)
+    except KeyboardInterrupt:  # the running trials have checkpointed (see _run_pool)
+        print(f"\nsweep interrupted; the same command resumes it ({out})", file=sys.stderr)
+        return 130
     if args.launcher == "local":
         done = sum(r["status"] == "done" for r in rows)
         print(f"{done}/{len(rows)} trials done; summary: {out / 'summary.csv'}")

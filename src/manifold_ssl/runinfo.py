@@ -82,6 +82,10 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+class RunInUse(ValueError):
+    """A run directory another process holds (:func:`run_lock`)."""
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on ``run_dir`` while a process writes to it: a second writer (two
@@ -100,7 +104,7 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             owner = handle.read().strip() or "another process"
-            raise ValueError(
+            raise RunInUse(
                 f"run directory {run_dir} is in use by {owner}; wait for it to finish or stop it"
             ) from None
         handle.seek(0)

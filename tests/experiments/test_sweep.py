@@ -16,6 +16,7 @@ import yaml
 from helpers import TINY_MODEL
 
 from manifold_ssl.experiments.sweep import (
+    _attempt,
     _Requeueable,
     expand,
     load_spec,
@@ -85,6 +86,10 @@ def test_a_trial_another_process_runs_is_not_deleted(tmp_path):
     (path / "config.yaml").write_text("written by the running trial\n")
     with run_lock(path), pytest.raises(ValueError, match="in use by process"):
         run_trial(config_to_dict(trial.cfg), str(path), False, 0)
+    # a second launch of the sweep skips it as busy: not a failure with an .error file
+    with run_lock(path):
+        assert _attempt(config_to_dict(trial.cfg), str(path), False, 0) == "busy"
+    assert not path.with_suffix(".error").exists()
     assert (path / "config.yaml").read_text() == "written by the running trial\n"
 
 
@@ -146,6 +151,12 @@ def test_slurm_job_construction(tmp_path, monkeypatch):
     import submitit
     from submitit.slurm.slurm import SlurmExecutor
 
+    import manifold_ssl.experiments.sweep as sweep_module
+
+    # issue 18.10: without Slurm, AutoExecutor ran every trial here at once as "submitted"
+    with pytest.raises(ValueError, match="sbatch is not on PATH"):
+        slurm_executor(tmp_path, {"partition": "gpu"})
+    monkeypatch.setattr(sweep_module.shutil, "which", lambda name: f"/usr/bin/{name}")
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))
     ex = slurm_executor(tmp_path, {"partition": "gpu", "time": 30, "gpus": 2, "cpus": 6})
     script = ex._executor._make_submission_file_text("python -m job", "uid")
@@ -199,3 +210,61 @@ def test_a_changed_spec_run_into_the_same_directory_summarises_only_its_own_tria
     assert len((out / "summary.csv").read_text().splitlines()) == 2
     assert sweep_status(out) == {"done": 1, "partial": 0, "failed": 0, "pending": 0}
     assert len(list((out / "trials").glob("*.json"))) == 2  # the earlier trial is kept
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return set()
+    return {int(c) for c in text.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _trial_processes(pid: int) -> set[int]:
+    return {
+        c
+        for c in _children(pid)
+        if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()
+    }
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_pool_stopped_by_a_signal_leaves_no_process_and_resumes(tmp_path, how):
+    # issue 18.9: Ctrl-C printed tracebacks and hung; a killed parent left its workers running
+    spec = _spec(tmp_path, steps=400)
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "manifold_ssl.cli", "sweep", str(spec), "--out", str(out)]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2", "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(out.glob("trials/*/checkpoints/last.pt"))) < 2:
+        time.sleep(0.2)
+    workers = _trial_processes(proc.pid)
+    assert len(workers) == 2, workers
+    proc.send_signal(getattr(signal, how))
+    _, stderr = proc.communicate(timeout=120)
+    deadline = time.time() + 60
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)  # no orphan
+    if how == "SIGINT":
+        assert proc.returncode == 130, stderr
+        assert "Traceback" not in stderr and "the same command resumes it" in stderr
+    counts = sweep_status(out)
+    assert counts["failed"] == 0 and counts["done"] < 4, counts
+    assert not list(out.glob("trials/*.error"))

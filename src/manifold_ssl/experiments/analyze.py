@@ -61,16 +61,17 @@ def library_layers(model: torch.nn.Module, prefix: str) -> list[str]:
         stages = [f"layer{i}" for i in range(1, 10) if f"layer{i}" in children]
         stem = ["maxpool"] if "maxpool" in children else []
         return [f"{prefix}.{n}" for n in [*stem, *stages]] + [prefix]
-    encoder = children.get("encoder")
-    if encoder is not None and isinstance(getattr(encoder, "layers", None), torch.nn.Sequential):
-        seq, where = encoder.layers, "encoder.layers"  # torchvision ViT
+    encoder_layers = getattr(children.get("encoder"), "layers", None)
+    seq: torch.nn.Module | None = None
+    if isinstance(encoder_layers, torch.nn.Sequential):
+        seq, where = encoder_layers, "encoder.layers"  # torchvision ViT
     else:
-        seq, where = None, ""
+        where = ""
         for name in ("blocks", "stages", "layers", "features"):
             if isinstance(children.get(name), torch.nn.Sequential | torch.nn.ModuleList):
                 seq, where = children[name], name
                 break
-    if seq is not None and len(seq) > 1:
+    if seq is not None and len(list(seq.children())) > 1:
         embed = next(iter(children))  # patch_embed, conv_proj, stem
         blocks = [f"{prefix}.{where}.{n}" for n, _ in seq.named_children()]
         head = [f"{prefix}.{embed}"] if not where.startswith(embed) else []

@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -45,7 +44,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..config import Config, config_from_dict, config_to_dict, load_recipe, read_packaged_yaml
-from ..runinfo import read_metrics, run_lock, run_metadata, write_json
+from ..runinfo import RunInUse, read_metrics, run_lock, run_metadata, write_json
 
 __all__ = [
     "SWEEP_DIR",
@@ -248,14 +247,54 @@ def run_sweep(
 
 def _attempt(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads: int) -> str:
     """:func:`run_trial`, with a failure (a non-finite loss, a batch larger than the data …)
-    recorded in the trial's ``.error`` file instead of ending the sweep."""
+    recorded in the trial's ``.error`` file instead of ending the sweep; a trial another
+    process is running (a second launch of the sweep) is ``busy``, not failed."""
     error = _error_file(Path(trial_dir))
-    error.unlink(missing_ok=True)
     try:
-        return run_trial(cfg_dict, trial_dir, evaluate, threads)
+        status = run_trial(cfg_dict, trial_dir, evaluate, threads)
+    except RunInUse:
+        return "busy"
     except Exception as err:
         error.write_text(f"{type(err).__name__}: {err}\n")
         return "failed"
+    error.unlink(missing_ok=True)
+    return status
+
+
+#: A trial process's exit code → its status (anything else, a signal or a crash: "partial").
+_EXIT = {0: "done", 3: "partial", 4: "failed", 5: "busy"}
+
+
+def _trial_process(args: TrialArgs, threads: int, parent: int) -> None:
+    """One trial in a process of the local pool. It dies with the pool: SIGTERM when the
+    parent goes (Linux ``PR_SET_PDEATHSIG``; elsewhere the parent's own handler sends it), and
+    SIGINT/SIGTERM checkpoint the trial (the loop's handler) or end it quietly outside the
+    loop, so a Ctrl-C leaves partial trials that the next run resumes, and no traceback."""
+    import signal
+    import sys
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent went before the line above took effect
+        sys.exit(3)
+    try:
+        status = _attempt(*args, threads)
+    except KeyboardInterrupt:
+        status = "partial"
+    sys.exit({v: k for k, v in _EXIT.items()}[status if status in _EXIT.values() else "partial"])
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+    except (OSError, AttributeError):  # not Linux: the parent's handler stops the pool
+        pass
 
 
 def _run_local(todo: list[TrialArgs], workers: int, progress: bool) -> None:
@@ -269,16 +308,67 @@ def _run_local(todo: list[TrialArgs], workers: int, progress: bool) -> None:
             statuses.append(_attempt(*args, threads))
             bar.update(1)
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_attempt, *args, threads) for args in todo]
-            for future in as_completed(futures):
-                statuses.append(future.result())
-                bar.update(1)
+        statuses = _run_pool(todo, workers, threads, bar)
     bar.close()
+    _report(statuses)
+
+
+def _run_pool(todo: list[TrialArgs], workers: int, threads: int, bar: Any) -> list[str]:
+    """The trials in ``workers`` processes at a time. SIGINT or SIGTERM of this process stops
+    starting trials and passes SIGTERM to the running ones, which checkpoint; it returns when
+    they have, then raises KeyboardInterrupt. (A ``ProcessPoolExecutor`` hung on Ctrl-C, and its
+    workers outlived a killed parent.)"""
+    import signal
+    from multiprocessing.connection import wait
+
+    ctx = get_context("spawn")
+    pending, statuses = list(todo), []
+    running: dict[Any, Any] = {}
+    stop: list[int] = []
+    old = {sig: signal.signal(sig, lambda n, f: stop.append(n)) for sig in _STOP_SIGNALS}
+    try:
+        while pending or running:
+            while pending and len(running) < workers and not stop:
+                proc = ctx.Process(
+                    target=_trial_process, args=(pending.pop(0), threads, os.getpid())
+                )
+                proc.start()
+                running[proc.sentinel] = proc
+            if stop and pending:
+                pending.clear()
+                for proc in running.values():
+                    if proc.is_alive() and proc.pid is not None:
+                        os.kill(proc.pid, signal.SIGTERM)
+            for sentinel in wait(list(running), timeout=0.5):
+                proc = running.pop(sentinel)
+                proc.join()
+                statuses.append(_EXIT.get(proc.exitcode or 0, "partial"))
+                bar.update(1)
+    finally:
+        for proc in running.values():  # an error here: leave no trial behind
+            proc.terminate()
+            proc.join()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if stop:
+        _report(statuses)
+        raise KeyboardInterrupt
+    return statuses
+
+
+_STOP_SIGNALS = (2, 15)  # SIGINT, SIGTERM
+
+
+def _report(statuses: list[str]) -> None:
     if "failed" in statuses:
         print(
             f"{statuses.count('failed')} trial(s) failed; their errors are in trials/*.error "
             "(running the sweep again retries them)"
+        )
+    if "busy" in statuses:
+        print(
+            f"{statuses.count('busy')} trial(s) are being run by another process (an earlier "
+            "launch of this sweep): skipped"
         )
 
 
@@ -291,6 +381,12 @@ def slurm_executor(folder: Path, slurm: dict[str, Any]) -> Any:
         raise ImportError(
             "the Slurm launcher needs submitit: pip install 'manifold-ssl[slurm]'"
         ) from None
+    if slurm.get("cluster") is None and shutil.which("sbatch") is None:
+        # submitit's AutoExecutor would fall back to running every trial here at once
+        raise ValueError(
+            "--launcher slurm needs Slurm (sbatch is not on PATH here); on this machine use "
+            "--launcher local --workers N"
+        )
     executor = submitit.AutoExecutor(folder=folder / "slurm", cluster=slurm.get("cluster"))
     params = {
         "timeout_min": int(slurm.get("time", 60)),
