@@ -31,6 +31,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed_list(text: str) -> list[int]:
+    """``"0,1,2"``: distinct integer seeds."""
+    try:
+        seeds = [int(v) for v in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct integers like 0,1,2, got {text!r}")
+    return seeds
+
+
 def _config_help() -> str:
     from .config import config_help
 
@@ -444,9 +455,9 @@ def _cmd_lm(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch=args.batch,
         mce_order=None if args.mce_order == 0 else args.mce_order,
+        mce_weight=args.mce_weight,
     )
-    seeds = [int(s) for s in args.seeds.split(",")]
-    compare(base, seeds, args.out, progress=not args.quiet)
+    compare(base, args.seeds, args.out, progress=not args.quiet)
     print((Path(args.out) / "summary.md").read_text())
     return 0
 
@@ -604,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
         "plot",
         help="figures of a sweep (Fig. 3 double descent, P x D heat map, Fig. 4 scaling fits) "
         "or of a run's probes (geometry over training, CLAMP packing dynamics)",
+        description="Figures and their data. A sweep directory: DIR/figures/ (Schaeffer et al. "
+        "Figs. 3-5 and 7; one sub-folder per value of every grid axis the figures do not draw, "
+        "such as optim.lr or recipe). A run directory: DIR/figures/probes.png (and CLAMP's "
+        "clamp_dynamics.png) from its probes.",
     )
     pl.add_argument("dir", help="a sweep or run directory")
     pl.set_defaults(func=_cmd_plot)
@@ -630,18 +645,27 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
+    about = (
+        "a small language model trained with CE vs CE + matrix cross-entropy "
+        "(Matrix-SSL App. B) over seeds: exact match on generated arithmetic word problems, "
+        "or bits per character of --text"
+    )
     lm = sub.add_parser(
         "lm",
-        help="a small language model trained with CE vs CE + matrix cross-entropy "
-        "(Matrix-SSL App. B) over seeds: exact match on generated arithmetic word problems, "
-        "or bits per character of --text",
+        help=about,
+        description=about[0].upper() + about[1:] + ". Each objective × seed is a resumable run "
+        "under --out; summary.md compares them (mean ± 95%% t-interval over seeds).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    lm.add_argument("--text", help="a text file (default: generated arithmetic problems)")
-    lm.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    lm.add_argument("--steps", type=_positive_int, default=400)
-    lm.add_argument("--batch", type=_positive_int, default=16)
+    lm.add_argument("--text", help="a UTF-8 text file, or .gz (default: arithmetic problems)")
+    lm.add_argument("--seeds", type=_seed_list, default=[0, 1, 2], help="distinct seeds, 0,1,2")
+    lm.add_argument("--steps", type=_positive_int, default=400, help="optimiser steps per run")
+    lm.add_argument("--batch", type=_positive_int, default=16, help="windows per step")
     lm.add_argument(
         "--mce-order", type=int, default=4, help="Taylor order of log Q (0: exact eigen-log)"
+    )
+    lm.add_argument(
+        "--mce-weight", type=float, default=1.0, help="CE + weight · MCE (Eq. 23: 1)"
     )
     lm.add_argument("--out", default="runs/lm", help="folder of the runs and summary")
     lm.add_argument("--quiet", action="store_true")

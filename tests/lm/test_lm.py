@@ -116,3 +116,33 @@ def test_bits_per_character_equals_the_window_by_window_mean():
             total += float(F.cross_entropy(model(ids[s : s + len(y)][None])[0], y, reduction="sum"))
     expected = total / (len(ids) - 1) / math.log(2)
     assert bits_per_character(model, ids, batch=5) == pytest.approx(expected, rel=1e-6)
+
+
+def test_lm_refuses_binary_text_and_bad_seeds_and_writes_valid_json(tmp_path, capsys):
+    # issue 18.14 and 18.20: a .tar.gz grew to 3.9 GB of replacement characters; --seeds 0,0
+    # was accepted; one seed wrote NaN into summary.json; --seeds a did not name the flag
+    import gzip
+    import json
+
+    from manifold_ssl.cli import main
+
+    blob = tmp_path / "data.tar.gz"
+    with gzip.open(blob, "wb") as f:
+        f.write(bytes(range(256)) * 100)
+    out = tmp_path / "lm"
+    assert main(["lm", "--text", str(blob), "--out", str(out)]) == 2
+    assert "is binary data, not text" in capsys.readouterr().err
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café ".encode("latin-1") * 400)
+    assert main(["lm", "--text", str(latin), "--out", str(out)]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    for seeds in ("0,0", "a"):
+        with pytest.raises(SystemExit):
+            main(["lm", "--seeds", seeds])
+        assert "--seeds: expected distinct integers" in capsys.readouterr().err
+    args = ["lm", "--seeds", "3", "--steps", "2", "--batch", "2", "--out", str(out), "--quiet"]
+    assert main([*args, "--mce-weight", "0.5"]) == 0
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=pytest.fail)
+    assert summary["summary"]["ce"]["bits_per_character"]["ci95"] is None
+    assert summary["config"]["mce_weight"] == 0.5
+    assert "(one seed)" in (out / "summary.md").read_text()

@@ -64,17 +64,29 @@ def arithmetic_problems(n: int, seed: int, steps: tuple[int, int] = (1, 3)) -> l
     return out
 
 
+_MAX_TEXT = 256 << 20  # characters of text a character-level model here reads (256 MiB)
+
+
 def text_splits(path: str | Path, val_fraction: float = 0.1) -> tuple[str, str]:
     """A text file (or ``.gz``) as (train, held-out) text: the last ``val_fraction`` is held
     out."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"--text {file} does not exist")
-    if file.suffix == ".gz":
-        with gzip.open(file, "rt", errors="replace") as f:
-            text = f.read()
-    else:
-        text = file.read_text(errors="replace")
+    opener = gzip.open if file.suffix == ".gz" else open
+    with opener(file, "rb") as f:
+        head = f.read(1 << 16)
+        if b"\0" in head:
+            raise ValueError(f"--text {file} is binary data, not text (a NUL byte in its start)")
+        data = head + f.read(_MAX_TEXT + 1 - len(head))
+    if len(data) > _MAX_TEXT:
+        raise ValueError(f"--text {file} is longer than {_MAX_TEXT:,} bytes; give a smaller file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"--text {file} is not UTF-8 text (byte {err.start}: {err.reason})"
+        ) from None
     if len(text) < 1000:
         raise ValueError(f"--text {file} has {len(text)} characters; at least 1,000 are needed")
     cut = int(len(text) * (1 - val_fraction))

@@ -52,6 +52,7 @@ class LMConfig:
     warmup: int = 20
     mce_order: int | None = 4  # Taylor order of log Q (None: exact, ~6x slower on a CPU)
     mce_eps: float = 1e-4
+    mce_weight: float = 1.0  # CE + mce_weight · MCE (Eq. 23: 1)
     train_problems: int = 3000
     test_problems: int = 200
     checkpoint_every: int = 100
@@ -67,6 +68,8 @@ class LMConfig:
         for name in ("steps", "batch", "context", "width", "layers", "heads", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.mce_weight >= 0:
+            raise ValueError(f"mce_weight must be >= 0, got {self.mce_weight}")
 
 
 def _data(cfg: LMConfig) -> dict[str, Any]:
@@ -102,6 +105,7 @@ def _loss(
         model.head_embeddings,
         order=cfg.mce_order,
         eps=cfg.mce_eps,
+        weight=cfg.mce_weight,
         return_terms=True,
     )
     return loss, {"ce": float(terms["cross_entropy"]), "mce": float(terms["mce"])}
@@ -156,9 +160,9 @@ def train_lm(cfg: LMConfig, out: str | Path, progress: bool = False) -> dict[str
         raise ValueError(f"{out} holds a run with another config; choose another directory")
     if (out / "results.json").exists():
         return json.loads((out / "results.json").read_text())
+    data = _data(cfg)  # bad data fails here, before the run directory exists
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config)
-    data = _data(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = GPT(len(data["vocab"]), cfg.context, cfg.width, cfg.layers, cfg.heads)
@@ -227,15 +231,15 @@ def train_lm(cfg: LMConfig, out: str | Path, progress: bool = False) -> dict[str
     return results
 
 
-def _interval(values: list[float]) -> dict[str, float]:
+def _interval(values: list[float]) -> dict[str, Any]:
     """Mean and 95% t-interval half-width over seeds."""
     from scipy import stats
 
     v = np.asarray(values, dtype=float)
-    half = (
+    half = (  # one seed has no interval: None (JSON null), never NaN (not JSON)
         float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
         if len(v) > 1
-        else float("nan")
+        else None
     )
     return {"mean": float(v.mean()), "ci95": half, "n": len(v)}
 
@@ -244,6 +248,8 @@ def compare(
     base: LMConfig, seeds: list[int], out: str | Path, progress: bool = False
 ) -> dict[str, Any]:
     """Every objective × seed (resumable); ``summary.json`` and ``summary.md`` in ``out``."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must be distinct seeds, got {seeds}")
     out = Path(out)
     runs: dict[str, list[dict[str, Any]]] = {}
     for objective in OBJECTIVES:
@@ -263,7 +269,11 @@ def compare(
     for obj, s in summary.items():
         lines.append(
             f"| {obj} | "
-            + " | ".join(f"{s[k]['mean']:.4f} ± {s[k]['ci95']:.4f}" for k in keys)
+            + " | ".join(
+                f"{s[k]['mean']:.4f}"
+                + (f" ± {s[k]['ci95']:.4f}" if s[k]["ci95"] is not None else " (one seed)")
+                for k in keys
+            )
             + " |"
         )
     (out / "summary.md").write_text("\n".join(lines) + "\n")

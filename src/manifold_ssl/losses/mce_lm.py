@@ -24,6 +24,7 @@ def mce_lm_loss(
     order: int | None = None,
     eps: float = 1e-4,
     ignore_index: int = -100,
+    weight: float = 1.0,
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
     """``CE(p, q) + MCE(P, Q)`` per token, averaged over the tokens (Matrix-SSL Eq. 23).
@@ -44,6 +45,7 @@ def mce_lm_loss(
             one-hot), V < d, or the embeddings span fewer than d dimensions; the ridge keeps
             the loss finite there. ``eps=0`` is the paper's unregularised form.
         ignore_index: target id that contributes nothing (padding).
+        weight: the MCE term's coefficient, ``CE + weight·MCE`` (Eq. 23: 1).
 
     Cost: one d×d matrix (and, with ``order=None``, one eigendecomposition) per token.
     """
@@ -62,6 +64,7 @@ def mce_lm_loss(
     if bool(((targets[keep] < 0) | (targets[keep] >= logits.shape[1])).any()):
         raise ValueError(f"targets must lie in [0, {logits.shape[1]}) or equal ignore_index")
     eps = check_positive(eps, "eps", allow_zero=True)
+    weight = check_positive(weight, "weight", allow_zero=True)
     order = check_order(order)
 
     logits, tgt = logits[keep], targets[keep]
@@ -77,7 +80,7 @@ def mce_lm_loss(
         quad = torch.einsum("nd,nde,ne->n", e_t, log_q, e_t)
         mce = (-quad + torch.diagonal(big_q, dim1=-2, dim2=-1).sum(-1)).sum()
     n = int(keep.sum())
-    loss = dist_utils.global_mean(ce + mce.to(ce.dtype), max(n, 1))
+    loss = dist_utils.global_mean(ce + weight * mce.to(ce.dtype), max(n, 1))
     if return_terms:
         return loss, {"cross_entropy": ce.detach() / max(n, 1), "mce": mce.detach() / max(n, 1)}
     return loss
@@ -90,11 +93,16 @@ class MCELMLoss(nn.Module):
     inputs = "lm"
 
     def __init__(
-        self, order: int | None = None, eps: float = 1e-4, ignore_index: int = -100
+        self,
+        order: int | None = None,
+        eps: float = 1e-4,
+        ignore_index: int = -100,
+        weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.order = check_order(order)
         self.eps = check_positive(eps, "eps", allow_zero=True)
+        self.weight = check_positive(weight, "weight", allow_zero=True)
         self.ignore_index = ignore_index
 
     def forward(
@@ -107,6 +115,7 @@ class MCELMLoss(nn.Module):
             order=self.order,
             eps=self.eps,
             ignore_index=self.ignore_index,
+            weight=self.weight,
         )
         assert isinstance(out, torch.Tensor)
         return out
