@@ -31,6 +31,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    """A device name as ``train.device`` takes it (auto, cpu, cuda, cuda:N, mps)."""
+    from .config import device_name
+
+    expected = device_name(text)
+    if expected:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return text
+
+
 def _seed_list(text: str) -> list[int]:
     """``"0,1,2"``: distinct integer seeds."""
     try:
@@ -77,6 +87,7 @@ def _int_list(text: str) -> list[int]:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .experiments.simulate import plot_simulation, simulate_uniform
     from .runinfo import make_run_dir, run_metadata, write_json
+    from .training.distributed import DistContext, resolve_device
 
     config = {
         "P": args.P,
@@ -86,6 +97,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         "max_min_dim": args.max_min_dim,
         "device": args.device,
     }
+    resolve_device(args.device, DistContext())  # an absent device: an error, no directory
     run_dir = make_run_dir(args.out, "simulate")
     write_json(run_dir / "config.json", config)
     write_json(run_dir / "meta.json", run_metadata(args.seed))
@@ -500,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         help="skip cells with min(P, D) above this (default 1024)",
     )
-    sim.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    sim.add_argument("--device", type=_device, default="cpu", help="torch device (default cpu)")
     sim.add_argument("--out", type=Path, default=Path("runs"), help="parent of the run directory")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=_cmd_simulate)
@@ -531,7 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--checkpoint", default="last.pt", help="file in checkpoints/ (default last.pt)"
     )
-    ev.add_argument("--device", default=None, help="torch device (default: the run's train.device)")
+    ev.add_argument(
+        "--device",
+        type=_device,
+        default=None,
+        help="torch device (default: the run's train.device)",
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress output")
     ev.set_defaults(func=_cmd_evaluate)
 
@@ -664,9 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument(
         "--mce-order", type=int, default=4, help="Taylor order of log Q (0: exact eigen-log)"
     )
-    lm.add_argument(
-        "--mce-weight", type=float, default=1.0, help="CE + weight · MCE (Eq. 23: 1)"
-    )
+    lm.add_argument("--mce-weight", type=float, default=1.0, help="CE + weight · MCE (Eq. 23: 1)")
     lm.add_argument("--out", default="runs/lm", help="folder of the runs and summary")
     lm.add_argument("--quiet", action="store_true")
     lm.set_defaults(func=_cmd_lm)
@@ -689,7 +704,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["openclip"]:  # its own parser: the rest goes to open_clip_train
         from .openclip import main as openclip_main
 
-        return openclip_main(argv[1:])
+        try:
+            return openclip_main(argv[1:])
+        except (ValueError, OSError, ImportError) as err:
+            print(f"manifold-ssl openclip: error: {_one_line(err)}", file=sys.stderr)
+            return 2
     # --section.key=value overrides are taken out first: argparse mistakes values with spaces
     # ("--eval.semi_supervised=[0.01, 0.1]") for positionals
     overrides = [a for a in argv if re.match(r"^--[A-Za-z_]+\.[A-Za-z_.]+=", a)]
@@ -704,8 +723,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ValueError, OSError) as err:  # bad input, full disk: one clear line, no traceback
-        print(f"manifold-ssl {args.command}: error: {err}", file=sys.stderr)
+        print(f"manifold-ssl {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message; from a DataLoader worker (which wraps it in "Caught ValueError in
+    DataLoader worker process 0. Original Traceback ..."), the original message alone."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        return last.partition(": ")[2] or last
+    return text
 
 
 if __name__ == "__main__":

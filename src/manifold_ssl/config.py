@@ -133,7 +133,7 @@ class DataConfig:
     image_size: int | None = key(
         None,
         "training resolution; memory: images resized once into the cache (downsampling)",
-        lambda v: None if v is None or v >= 1 else ">= 1 or null",
+        lambda v: None if v is None or v >= 8 else ">= 8 or null",
     )
     crop_fraction: float = key(
         1.0,

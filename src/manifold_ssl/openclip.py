@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -59,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ViT-B-32 --batch-size 256.",
     )
     parser.add_argument("--loss", choices=LOSSES, default="multimodal_mmcr")
-    parser.add_argument("--lmbda", type=float, default=0.0, help="MMCR's local nuclear norm weight")
+    parser.add_argument(
+        "--lmbda", type=float, default=None, help="MMCR's local nuclear norm weight (default 0)"
+    )
     parser.add_argument(
         "--model-config",
         action="append",
@@ -69,13 +73,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="-- then open_clip_train arguments")
     args = parser.parse_args(argv)
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
-    loss = openclip_loss(args.loss, args.lmbda)  # bad options fail before anything starts
+    # bad options fail here, before OpenCLIP builds a model or writes its logs/
+    if not rest:
+        parser.error(
+            "give open_clip_train's arguments after --, e.g. -- --dataset-type synthetic "
+            "--model RN50 --batch-size 64"
+        )
+    if args.lmbda is not None and args.loss != "multimodal_mmcr":
+        parser.error(f"--lmbda is multimodal MMCR's local term; --loss {args.loss} has none")
+    for path in args.model_config:
+        if not Path(path).exists():
+            parser.error(f"--model-config {path} does not exist")
+    loss = openclip_loss(args.loss, args.lmbda or 0.0)
+    if "--logs" not in rest and not any(a.startswith("--logs=") for a in rest):
+        rest = [*rest, "--logs", "runs/openclip"]  # beside manifold-ssl's runs, not ./logs
     open_clip, trainer = _import_trainer()
     for path in args.model_config:
         open_clip.add_model_config(path)
     trainer.create_loss = lambda _args: loss
+    # open_clip_train sets the root logger to INFO: keep PyTorch's own INFO lines (dynamo,
+    # fake-tensor statistics at exit) off the console
+    logging.getLogger("torch").setLevel(logging.WARNING)
     with _cpu_ddp():
-        result = trainer.main(rest)
+        try:
+            result = trainer.main(rest)
+        except AssertionError as err:  # open_clip_train checks its arguments with assert
+            raise ValueError(f"open_clip_train: {err}") from None
     return int(result or 0)
 
 

@@ -164,3 +164,28 @@ def _openclip_train(tmp_path, config, name, nproc: int):
 def test_open_clip_train_runs_with_multimodal_mmcr(tiny_config, tmp_path, nproc):
     log = _openclip_train(tmp_path, tiny_config, "multimodal_mmcr", nproc)
     assert "Mmcr_loss" in log and "Start epoch 0" in log
+
+
+def test_bad_openclip_options_are_one_line_errors_before_anything_starts(
+    tmp_path, capsys, monkeypatch
+):
+    # issue 18.15 and 18.20: tracebacks, an ignored --model-config and --lmbda with clip, and a
+    # logs/ folder left by each call
+    from manifold_ssl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        ([], "give open_clip_train's arguments after --"),
+        (["--lmbda", "0.5", "--loss", "clip", "--", "--model", "RN50"], "has none"),
+        (["--model-config", "missing.json", "--", "--model", "RN50"], "does not exist"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            main(["openclip", *argv])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert main(["openclip", "--lmbda", "-1", "--", "--model", "RN50"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lmbda must be a finite number >= 0" in err
+    assert main(["openclip", "--", "--model", "RN50"]) == 2  # no data: OpenCLIP's assert
+    assert "At least one train or eval dataset" in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()

@@ -393,3 +393,33 @@ def test_evaluate_analyze_and_export_wait_for_a_run_that_trains(tmp_path, capsys
             assert "is in use by process" in capsys.readouterr().err
     assert not (run / "eval.json").exists() and not (run / "analysis").exists()
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_bad_devices_sizes_and_images_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    # issue 18.15: tracebacks (and a simulate-* directory per failed call)
+    from manifold_ssl.data.synthetic import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    for argv in (["simulate", "--device", "banana"], ["evaluate", "x", "--device", "gpu"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "argument --device: expected 'auto', 'cpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["simulate", "--device", "cuda", "--out", str(tmp_path / "sim")]) == 2
+        assert "no CUDA device is available" in capsys.readouterr().err
+        assert not (tmp_path / "sim").exists()
+    assert main(["pretrain", "--data.image_size=1"]) == 2
+    assert "data.image_size must be >= 8 or null" in capsys.readouterr().err
+    folder = write_image_folder(tmp_path / "images", 2, {"train": 6, "test": 2}, (24, 24))
+    next(folder.glob("train/*/*.jpg")).write_bytes(b"not a jpeg")
+    args = tiny_run_args(
+        tmp_path,
+        "--data.name=imagefolder",
+        f"--data.path={folder}",
+        "--data.workers=1",
+        "--train.batch_size=4",
+    )
+    for loader in ("memory", "stream"):
+        assert main(["pretrain", "--quiet", "--no-eval", f"--data.loader={loader}", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot decode image" in err, err

@@ -9,7 +9,8 @@ path). Sources:
 * a ``.tar`` archive of the same layout, read by offset; a ``.tar.gz``/``.tgz`` is decompressed
   once into the cache (gzip cannot seek);
 * WebDataset shards (``<key>.jpg`` + ``<key>.cls``), a brace pattern such as
-  ``shards/{split}-{000000..000127}.tar``.
+  ``shards/{split}-{000000..000127}.tar``, or a glob (``shards/{split}-*.tar``) where the splits
+  have different shard counts.
 
 Why not ``webdataset.WebDataset`` to read shards: it reads them sequentially with a shuffle
 buffer, so a run cannot draw one seeded permutation of the whole training set or resume
@@ -24,6 +25,7 @@ and the modification times of its folders or archives.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import io
@@ -145,8 +147,9 @@ def _stack_views(views: list[torch.Tensor]) -> torch.Tensor:
     shapes = {tuple(v.shape) for v in views}
     if len(shapes) > 1:
         raise ValueError(
-            f"the images differ in size ({sorted(shapes)[:3]} ...): set data.image_size to "
-            "resize them once into the cache, or stream them (data.loader=stream)"
+            f"the images differ in size ({sorted(shapes)[:3]} ...): set data.image_size, the "
+            "side they are resized to (the memory loader once into its cache, the stream "
+            "loader as it reads them)"
         )
     return torch.stack(views)
 
@@ -428,15 +431,24 @@ def index_shards(
     from braceexpand import braceexpand
 
     def shards(s: str) -> list[Path]:
-        paths = [Path(p).expanduser() for p in braceexpand(pattern.replace("{split}", s))]
         if "://" in pattern or pattern.startswith("pipe:"):
             raise ValueError(
                 f"webdataset: data.path {pattern!r} is a URL; shards are read by random access "
                 "(one permutation, exact resume), so they must be files: copy or mount them"
             )
+        named = pattern.replace("{split}", s)
+        if any(c in named for c in "*?["):  # a glob: each split has its own shard count
+            paths = [Path(p) for p in sorted(glob.glob(os.path.expanduser(named)))]
+            if not paths:
+                raise FileNotFoundError(f"webdataset: no shard matches {named}")
+            return paths
+        paths = [Path(p).expanduser() for p in braceexpand(named)]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"webdataset: shards not found: {missing[:5]}")
+            raise FileNotFoundError(
+                f"webdataset: shards not found: {missing[:5]} (splits with different shard "
+                "counts: a glob such as shards/{split}-*.tar)"
+            )
         return paths
 
     root = Path(root)

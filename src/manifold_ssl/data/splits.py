@@ -228,11 +228,10 @@ def load_splits(
             if len(files) * 3 * side * side > memory_limit_gb * 1e9:
                 loader = "stream"
     if loader == "stream":
-        if image_size is None:
-            raise ValueError("data.loader=stream needs data.image_size (the training resolution)")
         if unlabeled:
             raise ValueError("data.unlabeled is supported by the memory loader only")
         files = _index(name, "train", root, path, classes_file)
+        image_size = image_size or _common_side(files)
         full: Split = files.with_view(image_size, crop_fraction)
         test: Split = _index(name, test_split, root, path, classes_file).with_view(
             image_size, crop_fraction
@@ -247,6 +246,19 @@ def load_splits(
         opts = {"size": image_size, "crop_fraction": crop_fraction}
         extra = load_dataset(name, "unlabeled", root, path, **opts, workers=workers)  # type: ignore[arg-type]
     return DataSplits(full.subset(keep), full.subset(held), test, extra)
+
+
+def _common_side(files: ImageFiles, sample: int = 64) -> int:
+    """The side of square images of one size (checked on ``sample`` seeded images): what the
+    stream loader reads them at when ``data.image_size`` is not given."""
+    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:sample]
+    sizes = {files.open(int(i)).size for i in pick}
+    if len(sizes) > 1 or next(iter(sizes))[0] != next(iter(sizes))[1]:
+        raise ValueError(
+            f"the images are not all square of one size ({sorted(sizes)[:3]} ...): set "
+            "data.image_size, the side the stream loader resizes them to"
+        )
+    return int(next(iter(sizes))[0])
 
 
 def captions_of(cfg: Config, splits: DataSplits) -> Captions:

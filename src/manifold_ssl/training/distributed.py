@@ -34,10 +34,21 @@ class DistContext:
 def resolve_device(name: str, ctx: DistContext) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:N, mps)"
+        ) from None
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("the device asks for MPS, but no MPS device is available")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("train.device asks for CUDA, but no CUDA device is available")
+            raise ValueError(f"the device {name!r} asks for CUDA, but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"the device {name!r} does not exist: {torch.cuda.device_count()} CUDA devices"
+            )
         if device.index is None:
             device = torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
