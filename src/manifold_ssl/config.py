@@ -588,6 +588,14 @@ def validate(cfg: Config) -> None:
         raise ValueError(
             f"method {cfg.method.name} needs views.num_views >= 2, got {cfg.views.num_views}"
         )
+    if not multimodal and cfg.views.num_views != 2:
+        from .methods import METHODS
+
+        if METHODS[cfg.method.name].layout != "views":  # pair / predict: views 0 and 1
+            raise ValueError(
+                f"method {cfg.method.name} takes exactly 2 views: set views.num_views to 2, "
+                f"got {cfg.views.num_views}"
+            )
     if cfg.text.width % cfg.text.heads:
         raise ValueError(
             f"text.width {cfg.text.width} must be divisible by text.heads {cfg.text.heads}"

@@ -86,3 +86,14 @@ def test_learning_rate_scaling_rule(rule, expected):
         {"optim": {"lr": 0.3, "lr_scaling": rule, "ref_batch": 256}, "train": {"batch_size": 512}}
     )
     assert effective_lr(cfg) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", ["vicreg", "barlow_twins", "byol", "simsiam", "matrix_ssl"])
+def test_two_view_methods_refuse_other_view_counts_before_training(name):
+    # issue 18.16: VICReg with K = 8 failed at step 1, leaving a run directory behind
+    with pytest.raises(ValueError, match=f"method {name} takes exactly 2 views"):
+        apply_overrides(load_recipe("digits_mmcr"), [f"--method.name={name}"])
+    cfg = apply_overrides(
+        load_recipe("digits_mmcr"), [f"--method.name={name}", "--views.num_views=2"]
+    )
+    assert cfg.views.num_views == 2
