@@ -329,7 +329,8 @@ class ProbesConfig:
     at_start: bool = key(True, "also probe the initial network (step 0)")
     max_cost: float = key(
         0.1,
-        "probes take at most this fraction of the training time; a due probe waits for it",
+        "probes take at most this fraction of the training FLOPs (counted, so the probed "
+        "steps depend on the config alone); a probe that does not fit is skipped",
         between(0, 1, lo_open=True),
     )
     images: int = key(256, "probe images, a fixed subset of the validation split", at_least(2))

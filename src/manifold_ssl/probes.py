@@ -22,9 +22,16 @@ seed, so successive probes see identical inputs and the training RNG is untouche
   batches of one class each, averaged within and across classes, for all parameters and the
   first and last layers, and for batches grouped by shuffled labels (the control, averaged over
   4 permutations, where within and across should agree); ``coherence/<group>/<within|across>``;
-- ``seconds``, the probe's wall time. A probe that is due waits (one step at a time) until the
-  probes so far, and the next at the latest one's cost, fit in ``probes.max_cost`` of the
-  training time so far: probes never take more than that fraction of a run.
+- ``seconds``, the probe's wall time, and ``flops``, its counted cost.
+
+Which steps are probed depends on the config alone, never on the clock or the machine's load:
+the multiples of ``probes.every_steps`` (and step 0 with ``probes.at_start``), of which a probe
+is skipped when the probes so far and it would exceed ``probes.max_cost`` of the training so
+far, both counted in FLOPs (``torch.utils.flop_counter``: matrix products and convolutions; a
+training step's as the loop counts it, a probe's measured on the first one: its embeddings,
+kNN features and coherence gradients; its capacity solves and histograms are not counted).
+The run's last step is always probed, and :meth:`TrainingProbe.summary` says how many probes
+the budget skipped.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Config
 from .data.splits import DataSplits, as_tensors
@@ -84,21 +92,54 @@ class TrainingProbe:
         self.bank_images = as_tensors(splits.train.subset(bank)).images
         self.bank_labels = splits.train.labels[bank]
         self.num_classes = splits.num_classes
-        self.next_step = 0 if p.at_start else self.every
-        self.start = time.perf_counter()
-        self.spent = 0.0  # seconds spent probing
-        self.last_cost = 0.0  # seconds of the latest probe: the estimate of the next one's
+        self.at_start = p.at_start
+        self.probe_flops = 0  # FLOPs of one probe, counted on the first
+        self.taken = 0  # probes at multiples of the interval (and step 0)
+        self.skipped = 0  # of those, skipped by the budget
+        self.last_step = -1  # the step last probed
+        self._restore(run_dir)
 
-    def due(self, step: int) -> bool:
-        """At or after the next multiple of ``every`` steps, once the probes so far and the next
-        one fit in ``max_cost`` of the training time so far (the run's wall time since the
-        probe was made, less the probes'); a probe at step 0 is always taken."""
-        if self.every <= 0 or step < self.next_step:
+    def _restore(self, run_dir: Path) -> None:
+        """A resumed run's probes so far (its metrics, truncated at the resumed step)."""
+        from .runinfo import read_metrics
+
+        done = [r for r in read_metrics(run_dir / "metrics.jsonl") if "probe/flops" in r]
+        if done:
+            self.probe_flops = int(done[-1]["probe/flops"])
+            self.taken = sum(self.planned(int(r["step"])) for r in done)
+            self.last_step = int(done[-1]["step"])
+
+    def planned(self, step: int) -> bool:
+        """Whether ``step`` is on the schedule (a multiple of the interval, or the start)."""
+        if self.every <= 0:
             return False
-        if step == 0:
+        return (step == 0 and self.at_start) or (step > 0 and step % self.every == 0)
+
+    def due(self, step: int, trained_flops: int, last: bool = False) -> bool:
+        """Whether to probe after ``step`` steps of ``trained_flops`` training FLOPs (this
+        process's): a planned step whose probe fits in ``max_cost`` of the training with the
+        probes so far, step 0, or the run's ``last`` step (not already probed)."""
+        if self.every <= 0 or step == self.last_step:
+            return False
+        if last:
             return True
-        trained = time.perf_counter() - self.start - self.spent
-        return self.spent + self.last_cost <= self.cfg.probes.max_cost * trained
+        if not self.planned(step):
+            return False
+        cost = (self.taken + 1) * self.probe_flops  # 0 before the first probe: always fits
+        if step == 0 or cost <= self.cfg.probes.max_cost * trained_flops:
+            return True
+        self.skipped += 1
+        return False
+
+    def summary(self) -> str | None:
+        """A closing line when the budget skipped probes."""
+        if not self.skipped:
+            return None
+        return (
+            f"{self.skipped} of {self.skipped + self.taken} probes skipped by "
+            f"probes.max_cost={self.cfg.probes.max_cost:g} (a probe counts "
+            f"{self.probe_flops:.3g} FLOPs); raise probes.every_steps or probes.max_cost"
+        )
 
     def __call__(self, method: SSLMethod | MultimodalMethod, step: int) -> dict[str, float]:
         if not isinstance(method, SSLMethod):  # the config refuses probes of these
@@ -108,26 +149,36 @@ class TrainingProbe:
 
     def _probe(self, method: SSLMethod, step: int) -> dict[str, float]:
         start = time.perf_counter()
+        counter = FlopCounterMode(display=False)
         was_training = method.training
         method.eval()  # running statistics stay as training left them
         try:
-            _, _, z = method(self.views)
-            out = self._geometry(z.float().cpu())
-            if self.cfg.probes.coherence and self.num_classes > 1:
-                loss_of = lambda views: method(views)[0]  # noqa: E731
-                res = coherence_with_control(
-                    method, loss_of, self.views, self.labels, self.cfg.probes.seed
-                )
-                out.update({f"coherence/{k}": v for k, v in res.items()})
-            if self.cfg.probes.knn_bank and self.num_classes > 1:
-                out["knn_accuracy"] = self._knn(method.backbone)
+            with counter:
+                out, z = self._measure(method)
         finally:
             method.train(was_training)
         self._write_distances(z, step)
-        seconds = time.perf_counter() - start
-        out["seconds"] = seconds
-        self._schedule(step, seconds)
+        if not self.probe_flops:
+            self.probe_flops = int(counter.get_total_flops())
+        self.taken += self.planned(step)
+        self.last_step = step
+        out["seconds"] = time.perf_counter() - start
+        out["flops"] = self.probe_flops
         return {f"probe/{k}": v for k, v in out.items()}
+
+    def _measure(self, method: SSLMethod) -> tuple[dict[str, float], torch.Tensor]:
+        """The probe's measurements (``probe/`` names without the prefix) and embeddings."""
+        _, _, z = method(self.views)
+        out = self._geometry(z.float().cpu())
+        if self.cfg.probes.coherence and self.num_classes > 1:
+            loss_of = lambda views: method(views)[0]  # noqa: E731
+            res = coherence_with_control(
+                method, loss_of, self.views, self.labels, self.cfg.probes.seed
+            )
+            out.update({f"coherence/{k}": v for k, v in res.items()})
+        if self.cfg.probes.knn_bank and self.num_classes > 1:
+            out["knn_accuracy"] = self._knn(method.backbone)
+        return out, z
 
     def _geometry(self, z: torch.Tensor) -> dict[str, float]:
         zn = F.normalize(z, dim=-1)
@@ -173,12 +224,9 @@ class TrainingProbe:
                 json.dumps({"step": step, "edges": [0.0, 2.0], "counts": counts.tolist()}) + "\n"
             )
 
-    def _schedule(self, step: int, seconds: float) -> None:
-        self.spent += seconds
-        self.last_cost = seconds
-        self.next_step = step + self.every
-
     def resume_at(self, step: int) -> None:
-        """Continue a resumed run's schedule: the next multiple of the interval after ``step``."""
+        """Continue a resumed run's schedule: the probes it skipped before ``step`` are counted
+        (what :meth:`_restore` read holds the ones taken)."""
         if step > 0 and self.every > 0:
-            self.next_step = (step // self.every + 1) * self.every
+            planned = step // self.every + int(self.at_start)
+            self.skipped = max(0, planned - self.taken)

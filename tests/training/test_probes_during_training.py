@@ -85,23 +85,38 @@ def test_packing_statistics_conventions(gen):
         packing_statistics(z, convention="other")
 
 
-def test_probes_wait_until_they_fit_their_budget(tiny_cfg, monkeypatch, tmp_path):
+def test_probe_steps_follow_the_config_and_a_flop_budget_not_the_clock(
+    tiny_cfg, monkeypatch, tmp_path
+):
+    # issue 18.17: probe steps depended on the machine's load (a wall-clock budget), a short
+    # run got only the step-0 probe, silently
     from manifold_ssl.data.splits import load_splits
 
     cfg = tiny_cfg("--probes.every_steps=10", "--probes.max_cost=0.1")
     splits = load_splits(cfg.data.name, cfg.data.root, None, cfg.data.val_fraction, 0)
-    now = [0.0]
-    monkeypatch.setattr(probes_module.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(probes_module.time, "perf_counter", lambda: pytest.fail("the clock"))
     probe = TrainingProbe(cfg, splits, torch.device("cpu"), tmp_path)
-    assert probe.due(0)  # the initial network: always probed
-    probe._schedule(0, seconds=3.0)
-    assert not probe.due(9)  # not a multiple of the interval yet
-    # a 3 s probe after 3 s of probing needs 60 s of training: 3 + 3 <= 0.1 * trained
-    now[0] = 3.0 + 59.0
-    assert not probe.due(10) and not probe.due(11)
-    now[0] = 3.0 + 60.0
-    assert probe.due(12)
-    probe._schedule(12, seconds=3.0)
-    assert probe.next_step == 22
+    assert probe.due(0, 0)  # the initial network: always probed
+    probe.taken, probe.probe_flops, probe.last_step = 1, 100, 0  # as after a 100-FLOP probe
+    assert not probe.due(9, 10**6)  # not a multiple of the interval
+    # a second 100-FLOP probe needs 2000 training FLOPs: 2 · 100 <= 0.1 · trained
+    assert not probe.due(10, 1999) and probe.skipped == 1
+    assert probe.due(20, 2000)
+    probe.taken += 1
+    assert probe.due(23, 0, last=True)  # the last step, whatever the budget
+    assert "1 of 3 probes skipped by probes.max_cost=0.1" in probe.summary()
     probe.resume_at(57)
-    assert probe.next_step == 60
+    assert probe.skipped == 6 - 2  # steps 0, 10, 20, 30, 40, 50 planned; two taken
+
+
+def test_a_run_probes_the_same_steps_on_any_machine_and_its_last_step(tiny_cfg, capsys):
+    args = ("--train.max_steps=7", "--probes.every_steps=3", "--probes.knn_bank=50")
+    steps = []
+    for _ in range(2):
+        run = pretrain(tiny_cfg(*args, "--probes.max_cost=0.01"), progress=True)
+        steps.append([r["step"] for r in _records(run.run_dir) if "probe/seconds" in r])
+    assert steps[0] == steps[1] and steps[0][0] == 0 and steps[0][-1] == 7
+    assert "2 of 3 probes skipped by probes.max_cost=0.01" in capsys.readouterr().out
+    cheap = ("--probes.images=8", "--probes.coherence=false", "--probes.capacity_manifolds=0")
+    generous = pretrain(tiny_cfg(*args, *cheap, "--probes.max_cost=0.5"), progress=False)
+    assert [r["step"] for r in _records(generous.run_dir) if "probe/seconds" in r] == [0, 3, 6, 7]

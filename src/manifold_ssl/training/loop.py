@@ -176,8 +176,9 @@ Monitor = Callable[[Method, DataSplits, torch.device], dict[str, float]]
 class Probe(Protocol):
     """Measurements every few steps (``manifold_ssl.probes.TrainingProbe``)."""
 
-    def due(self, step: int) -> bool: ...
+    def due(self, step: int, trained_flops: int, last: bool = False) -> bool: ...
     def resume_at(self, step: int) -> None: ...
+    def summary(self) -> str | None: ...
     def __call__(self, method: Method, step: int) -> dict[str, float]: ...
 
 
@@ -415,8 +416,10 @@ def _pretrain(
     if probe is not None:
         probe.resume_at(t.step)
 
-    def maybe_probe() -> None:
-        if probe is not None and probe.due(t.step):
+    def maybe_probe(last: bool = False) -> None:
+        # the training FLOPs of this process (the probe runs on rank 0 alone)
+        trained = t.step * (t.step_flops or 0) // ctx.world_size
+        if probe is not None and probe.due(t.step, trained, last):
             log.log({**t.position(), **probe(t.method, t.step)})
 
     status, start_time = "finished", time.perf_counter()
@@ -452,6 +455,10 @@ def _pretrain(
                 t.end_epoch(monitor, bar)
         if status != "finished":
             t.checkpoint()
+        if status != "interrupted":
+            maybe_probe(last=True)  # the trained network, whatever the schedule
+    if probe is not None and probe.summary() and show:
+        bar.write(probe.summary() or "")
     bar.close()
     log.close()
     return PretrainResult(run_path, status, t.step, t.method, t.splits, ctx)
