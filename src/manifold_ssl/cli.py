@@ -130,12 +130,16 @@ def _print_results(results: dict[str, dict[str, object]]) -> None:
 
     from .evaluation.report import zero_shot_line
 
-    print(f"\n{'encoder':>12} | {'kNN val':>8} {'kNN test':>8} | {'lin val':>8} {'lin test':>8}")
+    width = max([12, *(len(name) for name in results)])
+    print(
+        f"\n{'encoder':>{width}} | {'kNN val':>8} {'kNN test':>8} | {'lin val':>8} {'lin test':>8}"
+    )
     for name, r in results.items():
         if name == "zero_shot":
             continue
         print(
-            f"{name:>12} | {pct(r.get('knn_val_accuracy'))} {pct(r.get('knn_test_accuracy'))} | "
+            f"{name:>{width}} | {pct(r.get('knn_val_accuracy'))} "
+            f"{pct(r.get('knn_test_accuracy'))} | "
             f"{pct(r.get('linear_val_accuracy'))} {pct(r.get('linear_test_accuracy'))}"
         )
     if "zero_shot" in results:

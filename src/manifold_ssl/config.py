@@ -346,9 +346,11 @@ class ProbesConfig:
         True, "gradient coherence within/across classes, with a shuffled-label control"
     )
     clamp_convention: str = key(
-        "paper",
-        "neighbour count: paper (CLAMP Sec. 5) or code (counts itself, radius without r_s)",
-        one_of("paper", "code"),
+        "objective",
+        "neighbour count: objective (as the run's CLAMP loss counts overlaps: its r_s, and the "
+        "official form's reach capped at 1.5), paper (CLAMP Sec. 5, uncapped), official, or "
+        "code (counts itself, radius without r_s)",
+        one_of("objective", "paper", "official", "code"),
     )
 
 

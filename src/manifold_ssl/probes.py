@@ -183,7 +183,7 @@ class TrainingProbe:
     def _geometry(self, z: torch.Tensor) -> dict[str, float]:
         zn = F.normalize(z, dim=-1)
         align, uniform = alignment_uniformity(z)
-        packing = packing_statistics(z, convention=self.cfg.probes.clamp_convention)
+        packing = packing_statistics(z, *self._packing_rule())
         out = {
             "percent_error": float(percent_error(zn.mean(dim=1))),
             "effective_rank": float(effective_rank(zn[:, 0])),
@@ -197,6 +197,16 @@ class TrainingProbe:
             cap = manifold_capacity(zn[:n].double().numpy(), n_t=50, seed=self.cfg.probes.seed)
             out.update(capacity=cap.capacity, radius=cap.radius, dimension=cap.dimension)
         return out
+
+    def _packing_rule(self) -> tuple[float, str]:
+        """(r_s, convention) of the neighbour count: ``objective`` counts as the run's CLAMP
+        loss does (its r_s; the official form caps the reach), other methods as the paper."""
+        loss = self.cfg.method.loss if self.cfg.method.name == "clamp" else {}
+        r_s = float(loss.get("r_s", 7.0))
+        convention = self.cfg.probes.clamp_convention
+        if convention == "objective":
+            convention = "official" if loss.get("form", "official") == "official" else "paper"
+        return r_s, convention
 
     def _knn(self, backbone: nn.Module) -> float:
         feats = [

@@ -60,6 +60,7 @@ def extract_features(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     workers: int = 0,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """(N, F) float32 CPU features of uint8 ``images`` through ``encoder`` in eval mode.
 
@@ -70,8 +71,10 @@ def extract_features(
     Runs an :func:`inference_copy` of the encoder. Batches go in channels-last layout, which
     the convolutions of CPU (oneDNN) and GPU (cuDNN) backends run faster: 1.4× on a width-16
     ResNet-18 over CIFAR-10 on 2 cores (measured with batches of 256, also the fastest size
-    there).
+    there). ``progress``: a bar over the batches with this description.
     """
+    from tqdm.auto import tqdm
+
     model = inference_copy(encoder).to(device)
     if isinstance(images, ImageTensors):
         images = images.images
@@ -80,7 +83,9 @@ def extract_features(
     else:
         batches = (images[i : i + batch_size] for i in range(0, images.shape[0], batch_size))
     out = []
-    for batch in batches:
+    total = -(-len(images) // batch_size)
+    bar = tqdm(batches, total=total, desc=progress, unit="batch", leave=False, disable=not progress)
+    for batch in bar:
         x = normalise_images(batch.to(device), mean, std)
         out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)

@@ -81,8 +81,16 @@ def evaluate_encoder(
     _check_classes(splits)
     mean, std = splits.normalisation
     feats = [
-        extract_features(encoder, s, mean, std, device=device, workers=cfg.data.workers)
-        for s in (splits.train, splits.val, splits.test)
+        extract_features(
+            encoder,
+            s,
+            mean,
+            std,
+            device=device,
+            workers=cfg.data.workers,
+            progress=f"features ({name})" if progress else None,
+        )
+        for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
     ]
     return evaluate_features(cfg, (feats[0], feats[1], feats[2]), splits, progress, device)
 

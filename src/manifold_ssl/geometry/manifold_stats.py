@@ -100,22 +100,36 @@ def packing_statistics(
     After global centring and normalisation, sub-manifold i has centroid q_i and size
     s_i = sqrt(Σ_k ‖z_ik − q_i‖² / m²); its radius is r_i = r_s · s_i (Algorithm 1).
     ``convention="paper"`` counts the others it overlaps, ‖q_i − q_j‖ < r_i + r_j;
-    ``convention="code"`` follows the published code (guanming-zhang/clamp), which compares
-    with s_i + s_j (no r_s) and counts the sub-manifold itself.
+    ``convention="official"`` counts the pairs the published objective (``clamp_loss``'s
+    default form) counts as overlapping: radii r_s·sqrt(Σ_k ‖z_ik − q_i‖² / ((m − 1)·min(D, m))),
+    reach r_i + r_j + 10⁻⁶ capped at 1.5, pairs closer than 10⁻³ left out. On the unit sphere
+    (distances ≤ 2) the paper's count cannot fall while r_i + r_j > 2, i.e. sizes above
+    1/r_s (0.14 at r_s = 7); the official objective separates pairs to its capped reach, so
+    its count falls as training packs them. ``convention="code"`` follows the published
+    analysis code (guanming-zhang/clamp), which compares with s_i + s_j (no r_s) and counts the
+    sub-manifold itself.
     """
-    if convention not in ("paper", "code"):
-        raise ValueError(f"convention must be 'paper' or 'code', got {convention!r}")
+    if convention not in ("paper", "official", "code"):
+        raise ValueError(f"convention must be 'paper', 'official' or 'code', got {convention!r}")
     arr = torch.as_tensor(_manifolds(z))
-    b, m, _ = arr.shape
+    b, m, dim = arr.shape
     zt = torch.nn.functional.normalize(arr - arr.reshape(b * m, -1).mean(0), dim=-1)
     q = zt.mean(dim=1)
-    size = torch.sqrt(((zt - q.unsqueeze(1)) ** 2).sum(dim=(1, 2)) / m / m)
-    reach = r_s * size if convention == "paper" else size
-    overlap = torch.cdist(q, q) < reach.unsqueeze(1) + reach.unsqueeze(0)
-    if convention == "paper":
-        overlap &= ~torch.eye(b, dtype=torch.bool)
+    spread = ((zt - q.unsqueeze(1)) ** 2).sum(dim=(1, 2))
+    size = torch.sqrt(spread / m / m)
+    distance = torch.cdist(q, q)
+    if convention == "official":
+        radius = r_s * torch.sqrt(spread / (m - 1) / min(dim, m))
+        reach = (radius.unsqueeze(1) + radius.unsqueeze(0) + 1e-6).clamp_max(1.5)
+        overlap = (distance < reach) & (distance > 1e-3) & ~torch.eye(b, dtype=torch.bool)
+    else:
+        radius = r_s * size
+        one = radius if convention == "paper" else size
+        overlap = distance < one.unsqueeze(1) + one.unsqueeze(0)
+        if convention == "paper":
+            overlap &= ~torch.eye(b, dtype=torch.bool)
     return {
-        "radius": (r_s * size).numpy(),
+        "radius": radius.numpy(),
         "size": size.numpy(),
         "neighbours": overlap.sum(dim=1).numpy(),
         "centroid_norm": torch.linalg.vector_norm(q, dim=1).numpy(),
