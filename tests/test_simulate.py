@@ -89,3 +89,30 @@ def test_cli_rejects_bad_lists(capsys):
     with pytest.raises(SystemExit):
         main(["simulate", "--P", "ten"])
     assert "expected positive integers" in capsys.readouterr().err
+
+
+def test_the_heat_map_labels_do_not_overlap_on_the_papers_grid(tmp_path, monkeypatch):
+    # issue 18.22: the x tick labels of an 11 × 11 grid ran into each other
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from manifold_ssl.experiments.simulate import SimulationResult, plot_simulation
+
+    grid = [10, 20, 40, 79, 158, 316, 631, 1259, 2512, 5012, 10000]
+    rows = [
+        {"P": p, "D": d, "percent_error": 0.1, "nuclear_norm": 1.0} for p in grid for d in grid
+    ]
+    result = SimulationResult(grid, grid, 1, 0, 10**6, rows)
+    saved = []
+    monkeypatch.setattr(plt, "close", lambda fig: saved.append(fig))
+    plot_simulation(result, tmp_path)
+    fig = saved[0]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        for a, b in zip(boxes, boxes[1:]):
+            assert not a.overlaps(b)

@@ -215,10 +215,19 @@ def plot_simulation(result: SimulationResult, out_dir: str | Path) -> list[Path]
             if cell is not None:
                 grid[i, j] = 100 * cell["percent_error_mean"]
 
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    # cells wide enough for their labels, whatever the grid (the paper's has 11 × 11)
+    width, height = max(6.4, 2.6 + 0.6 * len(result.D)), max(5.2, 1.8 + 0.4 * len(result.P))
+    fig, ax = plt.subplots(figsize=(width, height))
     im = ax.imshow(grid, origin="lower", cmap="magma", aspect="auto")
-    ax.set_xticks(range(len(result.D)), [str(d) for d in result.D], rotation=45)
-    ax.set_yticks(range(len(result.P)), [str(p) for p in result.P])
+    ax.set_xticks(
+        range(len(result.D)),
+        [str(d) for d in result.D],
+        rotation=45,
+        ha="right",
+        rotation_mode="anchor",
+        fontsize=8,
+    )
+    ax.set_yticks(range(len(result.P)), [str(p) for p in result.P], fontsize=8)
     ax.set_xlabel("embedding dimension D")
     ax.set_ylabel("number of centroids P")
     ax.set_title("Pretraining percent error of uniform centroids (%)")
