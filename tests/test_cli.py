@@ -131,3 +131,10 @@ def test_feature_extraction_shows_its_progress(capsys):
     assert feats.shape == (10, 2) and "features" in capsys.readouterr().err
     extract_features(encoder, images, (0.5,) * 3, (0.2,) * 3, 4)
     assert capsys.readouterr().err == ""
+
+
+def test_losses_lists_plain_text(capsys):
+    # issue 18.22: the list printed Sphinx markup (``forward``, :func:`...`)
+    assert main(["losses"]) == 0
+    out = capsys.readouterr().out
+    assert "mmcr" in out and "``" not in out and ":func:" not in out and "See" not in out

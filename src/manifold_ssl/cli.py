@@ -395,9 +395,18 @@ def _cmd_losses(args: argparse.Namespace) -> int:
     from .losses import LOSSES
 
     for name, cls in sorted(LOSSES.items()):
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:16s} {getattr(cls, 'inputs', ''):6s} {doc}")
+        print(f"{name:16s} {getattr(cls, 'inputs', ''):6s} {_plain(cls.__doc__ or '')}")
     return 0
+
+
+def _plain(doc: str) -> str:
+    """A docstring's first line as plain text: ``code`` as code, :func:`f` as f, and the
+    cross-references ("See :func:`f`.") dropped."""
+    line = doc.strip().splitlines()[0] if doc.strip() else ""
+    line = re.sub(r"[;.]?\s*[Ss]ee :\w+:`~?[\w.]+`\.?", ".", line)
+    line = re.sub(r":\w+:`~?([\w.]+)`", r"\1", line)
+    line = line.replace("``", "")
+    return re.sub(r"\.\.+", ".", line).strip()
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:

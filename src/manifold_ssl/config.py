@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import importlib
 import math
+import os
 import re
 import types
 import typing
@@ -505,8 +506,11 @@ def read_packaged_yaml(
     """A YAML mapping from a path, or the packaged ``folder/<name>.yaml``; ``what`` names it in
     errors (a missing file lists ``available``, a syntax error gives the parser's message)."""
     path = Path(name_or_path)
-    if not path.suffix:
-        path = folder / f"{name_or_path}.yaml"
+    if not path.is_file() and path.suffix not in (".yaml", ".yml"):
+        # a packaged name, else the path with .yaml added (configs/my_recipe)
+        packaged, local = folder / f"{path.name}.yaml", path.with_name(f"{path.name}.yaml")
+        bare = os.sep not in name_or_path and "/" not in name_or_path
+        path = packaged if bare and packaged.exists() else local
     if not path.exists():
         raise ValueError(
             f"{what} {name_or_path!r} not found; expected a YAML path or one of {available}"

@@ -97,3 +97,17 @@ def test_two_view_methods_refuse_other_view_counts_before_training(name):
         load_recipe("digits_mmcr"), [f"--method.name={name}", "--views.num_views=2"]
     )
     assert cfg.views.num_views == 2
+
+
+def test_a_recipe_path_without_its_suffix_is_found(tmp_path, monkeypatch):
+    # issue 18.22: configs/mine (for configs/mine.yaml) was "not found"
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.yaml").write_text("train: {epochs: 3}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("configs/mine").train.epochs == 3
+    assert load_recipe(str(tmp_path / "configs" / "mine")).train.epochs == 3
+    (tmp_path / "local.yaml").write_text("train: {epochs: 4}\n")
+    assert load_recipe("local").train.epochs == 4
+    assert load_recipe("digits_mmcr").data.name == "digits"  # a packaged name
+    with pytest.raises(ValueError, match="not found"):
+        load_recipe("configs/none")

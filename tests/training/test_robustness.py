@@ -423,3 +423,36 @@ def test_bad_devices_sizes_and_images_are_one_line_errors(tmp_path, capsys, monk
         assert main(["pretrain", "--quiet", "--no-eval", f"--data.loader={loader}", *args]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "cannot decode image" in err, err
+
+
+def test_caches_have_plain_names_and_an_edited_data_set_replaces_its_cache(tmp_path):
+    # issue 18.22: cache files were named with a pattern's braces, and every edit of a data
+    # set left its old decoded copy behind for good
+    import webdataset as wds
+
+    from manifold_ssl.data.datasets import load_dataset
+    from manifold_ssl.data.files import index_shards
+    from manifold_ssl.data.synthetic import write_image_folder
+
+    folder = write_image_folder(tmp_path / "images", 2, {"train": 4, "test": 2}, (16, 16))
+    root = tmp_path / "data"
+
+    def caches() -> list[str]:
+        return sorted(p.name for p in (root / "cache").rglob("*.pt"))
+
+    load_dataset("imagefolder", "train", root, str(folder), size=16)
+    first = caches()
+    write_image_folder(folder, 2, {"train": 5, "test": 2}, (16, 16), seed=1)
+    assert len(load_dataset("imagefolder", "train", root, str(folder), size=16)) == 10
+    assert len(caches()) == len(first) and caches() != first  # replaced, not added
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    images = sorted((folder / "train").rglob("*.jpg"))
+    for split in ("train", "test"):
+        with wds.TarWriter(str(shards / f"{split}-000.tar")) as sink:
+            for i, image in enumerate(images):
+                sink.write({"__key__": f"s{i}", "jpg": image.read_bytes(), "cls": b"0"})
+    pattern = str(shards / "{split}-{000..000}.tar")
+    load_dataset("webdataset", "train", root, pattern, size=16)
+    index_shards(pattern, "test", root)
+    assert not any(c in name for name in caches() for c in "{}*?[]")

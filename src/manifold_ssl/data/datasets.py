@@ -22,8 +22,10 @@ The last two are indexed by :mod:`manifold_ssl.data.files` and can also be strea
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,11 +105,15 @@ def load_dataset(
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     root = Path(root)
-    key = name if path is None else f"{name}-{_source_key(path)}"
+    content = ""
+    key = name
+    if path is not None:
+        prefix, content = _source_key(path)
+        key = f"{name}-{prefix}{content}"
     if size is not None:
         key += f"-{size}px" + ("" if crop_fraction == 1.0 else f"-crop{crop_fraction:g}")
     if classes_file is not None:
-        key += f"-classes{_source_key(classes_file)}"
+        key += "-classes-" + "".join(_source_key(classes_file))
     cache = root / "cache" / f"{key}-{split}.pt"
     if cache.exists():
         try:
@@ -123,13 +129,8 @@ def load_dataset(
     data = DATASETS[name](root, split, path, **opts, workers=workers)
     if name not in _FILE_SETS:
         data = _resize_and_select(data, size, crop_fraction, classes_file)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-    try:
-        torch.save({"images": data.images, "labels": data.labels, "classes": data.classes}, tmp)
-        os.replace(tmp, cache)
-    finally:
-        tmp.unlink(missing_ok=True)
+    blob = {"images": data.images, "labels": data.labels, "classes": data.classes}
+    save_cache(blob, cache, content)
     return data
 
 
@@ -164,21 +165,65 @@ def _resize_and_select(
     return data
 
 
-def _source_key(path: str) -> str:
-    """Cache key of an image folder or archive: its resolved path and a fingerprint of its
-    contents' listing (names, sizes and modification times), so that an edited data set (a new
-    class folder, a replaced image) is decoded again instead of served stale."""
+def _source_key(path: str) -> tuple[str, str]:
+    """Cache key of an image folder, archive or shard pattern, as ``(prefix, content)``: the
+    prefix names the source (:func:`cache_prefix`), the content fingerprints its listing (names,
+    sizes and modification times), so that an edited data set (a new class folder, a replaced
+    image or shard) is decoded again instead of served stale, and its old cache removed."""
     src = Path(path).expanduser().resolve()
-    digest = hashlib.sha1(str(src).encode())
+    digest = hashlib.sha1()
     if src.is_dir():
         for file in sorted(src.rglob("*")):
             if file.is_file():
                 st = file.stat()
                 digest.update(f"{file.relative_to(src)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    elif src.exists():
-        st = src.stat()
-        digest.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
-    return f"{src.name.split('.')[0]}-{digest.hexdigest()[:12]}"
+    else:
+        for file in _pattern_files(path):
+            st = file.stat()
+            digest.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return cache_prefix(src.name.split(".")[0], str(src)), digest.hexdigest()[:12]
+
+
+def _pattern_files(path: str) -> list[Path]:
+    """The files a path names: itself, or every split's shards of a pattern with ``{split}``,
+    brace ranges or glob characters."""
+    from braceexpand import braceexpand
+
+    found: set[Path] = set()
+    for split in ("train", "test", "val", "unlabeled"):
+        for name in braceexpand(os.path.expanduser(path.replace("{split}", split))):
+            found.update(Path(p).resolve() for p in glob.glob(name) if Path(p).is_file())
+    return sorted(found)
+
+
+def cache_prefix(label: str, where: str) -> str:
+    """``<label>-<hash of where>-``: the start of a cache file's name, safe in any file system
+    (a pattern's braces and globs removed), the same for every version of one source."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_.") or "data"
+    return f"{safe}-{hashlib.sha1(where.encode()).hexdigest()[:6]}-"
+
+
+def save_cache(blob: object, cache: Path, content: str) -> None:
+    """``torch.save`` ``blob`` to ``cache`` atomically; then remove the caches of the same
+    source and options with another ``content`` fingerprint (an edited data set's)."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, cache)
+    finally:
+        tmp.unlink(missing_ok=True)
+    remove_stale(cache, content)
+
+
+def remove_stale(cache: Path, content: str) -> None:
+    """Remove the siblings of ``cache`` whose name differs only in the ``content`` hash."""
+    head, sep, tail = cache.name.rpartition(content)
+    if not sep:
+        return
+    for old in cache.parent.glob(f"{glob.escape(head)}{'?' * len(content)}{glob.escape(tail)}"):
+        if old != cache:
+            old.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- digits

@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .datasets import IMAGE_SUFFIXES, ImageTensors
+from .datasets import IMAGE_SUFFIXES, ImageTensors, cache_prefix, remove_stale, save_cache
 
 __all__ = [
     "ImageFiles",
@@ -275,7 +275,12 @@ def _seekable(path: Path, root: Path) -> Path:
     """``path`` itself, or for a gzipped tar its decompressed copy in ``<root>/cache``."""
     if not path.name.endswith((".gz", ".tgz")):
         return path
-    out = root / "cache" / f"{path.name.split('.')[0]}-{_fingerprint([path])}.tar"
+    content = _fingerprint([path])
+    out = (
+        root
+        / "cache"
+        / f"{cache_prefix(path.name.split('.')[0], str(path.resolve()))}{content}.tar"
+    )
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
@@ -283,6 +288,7 @@ def _seekable(path: Path, root: Path) -> Path:
             with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 22)
             os.replace(tmp, out)
+            remove_stale(out, content)  # an edited archive's old copy
         except (OSError, EOFError) as err:
             raise ValueError(
                 f"imagefolder: data.path {path} is neither a folder nor a readable .tar/.tar.gz "
@@ -293,8 +299,11 @@ def _seekable(path: Path, root: Path) -> Path:
     return out
 
 
-def _cached_index(cache: Path, build: Iterator[tuple[str, str, int, int, int]]) -> dict:
-    """Index rows (class, name, archive, offset, size) from ``cache``, or built and saved."""
+def _cached_index(
+    cache: Path, build: Iterator[tuple[str, str, int, int, int]], content: str
+) -> dict:
+    """Index rows (class, name, archive, offset, size) from ``cache``, or built and saved (and
+    the index of the source's earlier ``content`` removed)."""
     if cache.exists():
         try:
             blob = torch.load(cache, weights_only=True)
@@ -312,17 +321,9 @@ def _cached_index(cache: Path, build: Iterator[tuple[str, str, int, int, int]]) 
         names.append(name)
         members.append((archive, offset, size))
     table = np.asarray(members, dtype=np.int64).reshape(-1, 3)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-    try:
-        joined = np.frombuffer("\0".join(names).encode(), dtype=np.uint8).copy()
-        torch.save(
-            {"cls": cls, "names": torch.from_numpy(joined), "members": torch.from_numpy(table)},
-            tmp,
-        )
-        os.replace(tmp, cache)
-    finally:
-        tmp.unlink(missing_ok=True)
+    joined = np.frombuffer("\0".join(names).encode(), dtype=np.uint8).copy()
+    blob = {"cls": cls, "names": torch.from_numpy(joined), "members": torch.from_numpy(table)}
+    save_cache(blob, cache, content)
     return {"cls": cls, "names": names, "members": table}
 
 
@@ -379,14 +380,19 @@ def index_images(
         def rows(s: str) -> Iterator[tuple[str, str, int, int, int]]:
             return ((c, n, 0, o, z) for c, n, o, z in _tar_items(tar, s))
 
-    key = f"{src.name.split('.')[0]}-{_fingerprint(stamp)}"
+    content = _fingerprint(stamp)
+    key = f"{cache_prefix(src.name.split('.')[0], str(src.resolve()))}{content}"
     cache = root / "cache" / "index"
-    train = _cached_index(cache / f"{key}-train.pt", rows("train"))
+    train = _cached_index(cache / f"{key}-train.pt", rows("train"), content)
     found = sorted(set(train["cls"]))
     if not found:
         raise FileNotFoundError(f"imagefolder: {src} has no images under a 'train/<class>/' folder")
     classes = _keep_classes(found, subset, str(src))
-    table = train if split == "train" else _cached_index(cache / f"{key}-{split}.pt", rows(split))
+    table = (
+        train
+        if split == "train"
+        else _cached_index(cache / f"{key}-{split}.pt", rows(split), content)
+    )
     return _files(table, classes, archives, split, f"imagefolder {src}", subset is not None)
 
 
@@ -456,9 +462,11 @@ def index_shards(
 
     def table(s: str) -> tuple[dict, tuple[str, ...]]:
         paths = shards(s)
-        key = f"wds-{_fingerprint(paths)}"
+        content = _fingerprint(paths)
+        key = f"{cache_prefix('wds', pattern)}{content}"
         rows = (r for i, p in enumerate(paths) for r in _shard_rows(p, i))
-        return _cached_index(cache / f"{key}-{s}.pt", rows), tuple(str(p.resolve()) for p in paths)
+        index = _cached_index(cache / f"{key}-{s}.pt", rows, content)
+        return index, tuple(str(p.resolve()) for p in paths)
 
     train, archives = table("train")
     found = sorted(set(train["cls"]), key=_label_order)
