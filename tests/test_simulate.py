@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -101,9 +102,7 @@ def test_the_heat_map_labels_do_not_overlap_on_the_papers_grid(tmp_path, monkeyp
     from manifold_ssl.experiments.simulate import SimulationResult, plot_simulation
 
     grid = [10, 20, 40, 79, 158, 316, 631, 1259, 2512, 5012, 10000]
-    rows = [
-        {"P": p, "D": d, "percent_error": 0.1, "nuclear_norm": 1.0} for p in grid for d in grid
-    ]
+    rows = [{"P": p, "D": d, "percent_error": 0.1, "nuclear_norm": 1.0} for p in grid for d in grid]
     result = SimulationResult(grid, grid, 1, 0, 10**6, rows)
     saved = []
     monkeypatch.setattr(plt, "close", lambda fig: saved.append(fig))
@@ -114,5 +113,5 @@ def test_the_heat_map_labels_do_not_overlap_on_the_papers_grid(tmp_path, monkeyp
     renderer = fig.canvas.get_renderer()
     for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
         boxes = [t.get_window_extent(renderer) for t in labels]
-        for a, b in zip(boxes, boxes[1:]):
+        for a, b in itertools.pairwise(boxes):
             assert not a.overlaps(b)

@@ -120,3 +120,46 @@ def test_a_run_probes_the_same_steps_on_any_machine_and_its_last_step(tiny_cfg, 
     cheap = ("--probes.images=8", "--probes.coherence=false", "--probes.capacity_manifolds=0")
     generous = pretrain(tiny_cfg(*args, *cheap, "--probes.max_cost=0.5"), progress=False)
     assert [r["step"] for r in _records(generous.run_dir) if "probe/seconds" in r] == [0, 3, 6, 7]
+
+
+def test_the_objective_convention_counts_the_pairs_the_official_loss_counts(gen):
+    from manifold_ssl.losses import clamp_loss
+
+    z = torch.randn(24, 4, 16, generator=gen, dtype=torch.float64) + 3 * torch.randn(
+        24, 1, 16, generator=gen, dtype=torch.float64
+    )
+    for r_s in (0.5, 1.0, 3.0):
+        _, terms = clamp_loss(z, r_s=r_s, return_terms=True)
+        counted = packing_statistics(z, r_s=r_s, convention="official")["neighbours"].sum()
+        assert counted == int(terms["n_overlapping_pairs"]), r_s
+
+
+def test_the_packaged_clamp_dynamics_packs_its_sub_manifolds(tmp_path):
+    # issue 18.18: with r_s = 7 the count sat at N - 1 all run (215.0 -> 214.1): Fig. 3(a)
+    # showed nothing; 8 of the recipe's 40 epochs here
+    from manifold_ssl.config import apply_overrides, load_recipe
+
+    def neighbours(*extra: str) -> tuple[float, float]:
+        cfg = apply_overrides(
+            load_recipe("digits_clamp_dynamics"),
+            [
+                f"--data.root={tmp_path / 'data'}",
+                f"--train.out_dir={tmp_path / 'runs'}",
+                "--train.epochs=8",
+                "--train.knn_every=0",
+                "--probes.every_steps=35",
+                "--probes.coherence=false",
+                "--probes.capacity_manifolds=0",
+                "--probes.knn_bank=0",
+                *extra,
+            ],
+        )
+        run = pretrain(cfg, progress=False)
+        probes = [r for r in _records(run.run_dir) if "probe/neighbours" in r]
+        assert probes[0]["step"] == 0 and probes[-1]["step"] == run.step
+        return probes[0]["probe/neighbours"], probes[-1]["probe/neighbours"]
+
+    first, last = neighbours()  # measured: 254.9 -> 139.4
+    assert first > 250 and last < 0.6 * first  # 256 probe images, all overlapping at first
+    first, last = neighbours("--method.loss={r_s: 7.0, form: official}")
+    assert last > 0.85 * first  # r_s = 7: no pair can separate on these images

@@ -218,6 +218,8 @@ def save_cache(blob: object, cache: Path, content: str) -> None:
 
 def remove_stale(cache: Path, content: str) -> None:
     """Remove the siblings of ``cache`` whose name differs only in the ``content`` hash."""
+    if not content:  # a packaged data set: one version
+        return
     head, sep, tail = cache.name.rpartition(content)
     if not sep:
         return
