@@ -175,3 +175,21 @@ def test_a_recipe_axis_splits_the_percent_error_figures_by_method(tmp_path):
         "recipe=digits_clamp",
         "recipe=digits_mmcr",
     }
+
+
+def test_titles_fit_their_figure_with_one_k_panel(tmp_path, monkeypatch):
+    # issue 18.22: with one K panel the suptitle ran off both sides of the figure
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in _rows() if r["K"] == 2]
+    _curves(tmp_path, rows)
+    write_json(tmp_path / "summary.json", rows)
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
+    plot_sweep(tmp_path)
+    for fig in figures:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        if fig._suptitle is not None:
+            box = fig._suptitle.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= fig.bbox.width, fig._suptitle.get_text()
