@@ -91,15 +91,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in args.model_config:
         open_clip.add_model_config(path)
     trainer.create_loss = lambda _args: loss
-    # open_clip_train sets the root logger to INFO: keep PyTorch's own INFO lines (dynamo,
-    # fake-tensor statistics at exit) off the console
-    logging.getLogger("torch").setLevel(logging.WARNING)
-    with _cpu_ddp():
+    with _cpu_ddp(), _torch_logs_quiet(trainer):
         try:
             result = trainer.main(rest)
         except AssertionError as err:  # open_clip_train checks its arguments with assert
             raise ValueError(f"open_clip_train: {err}") from None
     return int(result or 0)
+
+
+@contextlib.contextmanager
+def _torch_logs_quiet(trainer: Any) -> Iterator[None]:
+    """open_clip_train's ``setup_logging`` sets the root logger and every logger that exists
+    to INFO, which puts PyTorch's own INFO lines (dynamo, fake-tensor statistics at exit) on
+    the console: after it, PyTorch's loggers go back to WARNING. The root logger's level and
+    handlers are restored when the run ends (an in-process caller keeps its logging)."""
+    setup = trainer.setup_logging
+    root_level, root_handlers = logging.root.level, list(logging.root.handlers)
+
+    def setup_then_quiet(*args: Any, **kwargs: Any) -> None:
+        setup(*args, **kwargs)
+        for name in list(logging.root.manager.loggerDict):
+            if name == "torch" or name.startswith("torch."):
+                logging.getLogger(name).setLevel(logging.WARNING)
+
+    trainer.setup_logging = setup_then_quiet
+    try:
+        yield
+    finally:
+        trainer.setup_logging = setup
+        logging.root.setLevel(root_level)
+        logging.root.handlers[:] = root_handlers
 
 
 @contextlib.contextmanager

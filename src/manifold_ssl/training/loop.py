@@ -336,6 +336,10 @@ class _Trainer:
             "z": z,
         }
 
+    def trained_flops(self) -> int:
+        """This process's training FLOPs so far (what a probe on rank 0 is weighed against)."""
+        return self.step * (self.step_flops or 0) // self.ctx.world_size
+
     def position(self) -> dict[str, int]:
         return {"step": self.step, "epoch": self.epoch, "flops": self.step * (self.step_flops or 0)}
 
@@ -417,22 +421,13 @@ def _pretrain(
         probe.resume_at(t.step)
 
     def maybe_probe(last: bool = False) -> None:
-        # the training FLOPs of this process (the probe runs on rank 0 alone)
-        trained = t.step * (t.step_flops or 0) // ctx.world_size
-        if probe is not None and probe.due(t.step, trained, last):
+        if probe is not None and probe.due(t.step, t.trained_flops(), last):
             log.log({**t.position(), **probe(t.method, t.step)})
 
     status, start_time = "finished", time.perf_counter()
-    desc = f"{cfg.method.name} {cfg.data.name}"
     show = progress and ctx.is_main
-    bar = tqdm(
-        total=t.total_steps,
-        initial=t.step,
-        disable=not show,
-        desc=desc,
-        unit="step",
-        dynamic_ncols=True,
-    )
+    desc = f"{cfg.method.name} {cfg.data.name}"
+    bar = tqdm(total=t.total_steps, initial=t.step, disable=not show, desc=desc, **_BAR)
     with _StopFlag() as stop, _checkpoint_on_error(lambda: t.checkpoint(t.done)):
         while t.epoch < cfg.train.epochs and status == "finished":
             if t.step == 0:
@@ -458,10 +453,13 @@ def _pretrain(
         if status != "interrupted":
             maybe_probe(last=True)  # the trained network, whatever the schedule
     if probe is not None and probe.summary() and show:
-        bar.write(probe.summary() or "")
+        bar.write(str(probe.summary()))
     bar.close()
     log.close()
     return PretrainResult(run_path, status, t.step, t.method, t.splits, ctx)
+
+
+_BAR: dict[str, Any] = {"unit": "step", "dynamic_ncols": True}
 
 
 @contextlib.contextmanager
