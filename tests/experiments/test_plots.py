@@ -64,19 +64,7 @@ def test_power_law_fit_recovers_a_known_exponent():
 
 def test_plot_sweep_writes_figures_and_their_data(tmp_path):
     rows = _rows()
-    for r in rows:  # a logged curve per trial: error falling as a power law of FLOPs
-        trial = tmp_path / "trials" / r["trial"]
-        trial.mkdir(parents=True)
-        lines = [
-            {
-                "step": s,
-                "loss": 0.0,
-                "flops": s * 1e9,
-                "percent_error": r["percent_error"] * s**-0.2,
-            }
-            for s in range(1, 31)
-        ]
-        (trial / "metrics.jsonl").write_text("".join(f"{json.dumps(x)}\n" for x in lines))
+    _curves(tmp_path, rows)  # a logged curve per trial: error falling as a power law of FLOPs
     write_json(tmp_path / "summary.json", rows)
     files = {f.name for f in plot_sweep(tmp_path)}
     assert {
