@@ -6,7 +6,10 @@ sees "z must be (B, K, D) ..." instead of a shape error deep inside a matrix pro
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -45,7 +48,24 @@ def check_tensor(
     return x
 
 
+_DEFERRED = contextvars.ContextVar("finiteness_deferred", default=False)
+
+
+@contextlib.contextmanager
+def finiteness_deferred() -> Iterator[None]:
+    """Skip the finiteness checks of tensors (each a host read, which stalls an accelerator)
+    inside the block: for a caller that checks the result instead, as the training loop checks
+    its loss on the device and reads the verdict at logging steps."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
+    if _DEFERRED.get():
+        return
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
 
@@ -56,6 +76,8 @@ def check_finite_via(reduction: torch.Tensor, x: torch.Tensor, name: str) -> Non
     A NaN or Inf in ``x`` makes the reduction non-finite; only then is ``x`` scanned, to tell
     a non-finite input from finite values whose reduction overflowed.
     """
+    if _DEFERRED.get():
+        return
     if not bool(torch.isfinite(reduction).all()):
         check_finite(x, name)
         raise ValueError(f"{name} has values too large for {x.dtype} (their norms overflow)")

@@ -39,6 +39,29 @@ def local_only() -> Iterator[None]:
         _LOCAL.on = previous
 
 
+@contextlib.contextmanager
+def fixed_batch_sizes() -> Iterator[None]:
+    """Inside, every rank's batch sizes are the same at every call (the training loop's global
+    batch, split the same way at every step): the sizes that :func:`gather` and
+    :func:`global_count` exchange are exchanged once and remembered, so that later steps read
+    nothing back from the device (each exchange is a collective and a host read)."""
+    previous = getattr(_LOCAL, "sizes", None)
+    _LOCAL.sizes = {}
+    try:
+        yield
+    finally:
+        _LOCAL.sizes = previous
+
+
+def _remembered(key: tuple[Any, ...], exchange: Any) -> Any:
+    cache = getattr(_LOCAL, "sizes", None)
+    if cache is None:
+        return exchange()
+    if key not in cache:
+        cache[key] = exchange()
+    return cache[key]
+
+
 def world_size() -> int:
     """The number of processes of the default group, 1 when not distributed or inside
     :func:`local_only`."""
@@ -68,11 +91,16 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 def _sizes(n_local: int, device: torch.device) -> list[int]:
-    """Every rank's ``n_local``, in rank order."""
-    size = torch.tensor([n_local], device=device, dtype=torch.long)
-    sizes = [torch.zeros_like(size) for _ in range(world_size())]
-    dist.all_gather(sizes, size)
-    return [int(s.item()) for s in sizes]
+    """Every rank's ``n_local``, in rank order (remembered in :func:`fixed_batch_sizes`)."""
+
+    def exchange() -> list[int]:
+        size = torch.tensor([n_local], device=device, dtype=torch.long)
+        sizes = [torch.zeros_like(size) for _ in range(world_size())]
+        dist.all_gather(sizes, size)
+        return [int(s.item()) for s in sizes]
+
+    result: list[int] = _remembered(("sizes", n_local, str(device)), exchange)
+    return result
 
 
 class _AllGather(torch.autograd.Function):
@@ -140,9 +168,15 @@ def global_mean(local_sum: torch.Tensor, local_count: int) -> torch.Tensor:
 
 
 def global_count(local_count: int, device: torch.device) -> int:
-    """The global batch size given this rank's ``local_count``."""
+    """The global batch size given this rank's ``local_count`` (remembered in
+    :func:`fixed_batch_sizes`)."""
     if not is_distributed():
         return local_count
-    count = torch.tensor(local_count, device=device, dtype=torch.long)
-    dist.all_reduce(count, op=dist.ReduceOp.SUM)
-    return int(count.item())
+
+    def exchange() -> int:
+        count = torch.tensor(local_count, device=device, dtype=torch.long)
+        dist.all_reduce(count, op=dist.ReduceOp.SUM)
+        return int(count.item())
+
+    result: int = _remembered(("count", local_count, str(device)), exchange)
+    return result

@@ -187,11 +187,16 @@ def _source_key(path: str) -> tuple[str, str]:
 def _pattern_files(path: str) -> list[Path]:
     """The files a path names: itself, or every split's shards of a pattern with ``{split}``,
     brace ranges or glob characters."""
-    from braceexpand import braceexpand
-
     found: set[Path] = set()
     for split in ("train", "test", "val", "unlabeled"):
-        for name in braceexpand(os.path.expanduser(path.replace("{split}", split))):
+        named = os.path.expanduser(path.replace("{split}", split))
+        if "{" in named:  # a brace range (braceexpand: a WebDataset dependency)
+            from braceexpand import braceexpand
+
+            names: Any = braceexpand(named)
+        else:
+            names = [named]
+        for name in names:
             found.update(Path(p).resolve() for p in glob.glob(name) if Path(p).is_file())
     return sorted(found)
 

@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..dispatch import host_side
 from .datasets import ImageTensors
 from .files import ImageFiles, resolve_workers
 from .views import AugmentSpec, MultiViewAugment, ViewParams, crop_boxes
@@ -118,13 +119,15 @@ class TensorBatches:
 
     def next_views(self) -> torch.Tensor:
         b, k = self.batch, self.k
-        idx = self.perm[k * b : (k + 1) * b]
         _, _, height, width = self.images.shape
         params = self.aug.sample(b, height, width, self.aug_gen)  # the global batch's views
-        self.last_index = idx[self.lo : self.hi]
-        x = self.images[self.last_index.to(self.device)]
+        with host_side():  # the permutation and the parameters live on the host
+            self.last_index = self.perm[k * b : (k + 1) * b][self.lo : self.hi]
+            local = [p.slice(self.lo, self.hi) for p in params]
+            index = self.last_index.pin_memory() if self.device.type == "cuda" else self.last_index
+        x = self.images[index.to(self.device, non_blocking=True)]
         self.k += 1
-        return self.aug.apply(x, [p.slice(self.lo, self.hi) for p in params])
+        return self.aug.apply(x, local)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -174,6 +177,10 @@ class _Geometric(Dataset[tuple[torch.Tensor, int, int]]):
         return len(self.files)
 
     def __getitem__(self, item: Item) -> tuple[torch.Tensor, int, int]:
+        with host_side():  # a loader worker's work, on host memory
+            return self._views(item)
+
+    def _views(self, item: Item) -> tuple[torch.Tensor, int, int]:
         index, crop, flip, epoch, step = item
         image = self.files.open(index)
         w, h = image.size
@@ -295,16 +302,18 @@ class StreamBatches:
     def start_epoch(self, epoch: int, step_in_epoch: int) -> None:
         self.sampler.epoch, self.sampler.start = epoch, step_in_epoch
         self.epoch, self.k = epoch, step_in_epoch
-        self._it = iter(self.loader)
+        with host_side():  # the loader draws its workers' seeds on the host
+            self._it = iter(self.loader)
 
     def next_views(self) -> torch.Tensor:
         if self._it is None:
             raise RuntimeError("start_epoch must be called before next_views")
         batch = next(self._it).to(self.device, non_blocking=True)
-        if self._perm_epoch != self.epoch:
-            self._perm, self._perm_epoch = self.sampler.permutation(self.epoch), self.epoch
-        b = self.batch
-        self.last_index = self._perm[self.k * b : (self.k + 1) * b][self.lo : self.hi]
+        with host_side():
+            if self._perm_epoch != self.epoch:
+                self._perm, self._perm_epoch = self.sampler.permutation(self.epoch), self.epoch
+            b = self.batch
+            self.last_index = self._perm[self.k * b : (self.k + 1) * b][self.lo : self.hi]
         self.k += 1
         if self.views_in_workers:
             return batch

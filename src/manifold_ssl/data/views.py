@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..dispatch import host_side
+
 __all__ = ["PRESETS", "AugmentSpec", "MultiViewAugment", "preset"]
 
 _GRAY = (0.2989, 0.587, 0.114)
@@ -331,7 +333,7 @@ def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     h = torch.remainder(h + f.view(-1, 1, 1), 1.0)
     # HSV -> RGB in closed form: channel c = v − v·s·clamp(min(k, 4 − k), 0, 1) with
     # k = (n + 6h) mod 6 and n = 5, 3, 1 for R, G, B (the same values as torchvision's sectors)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # 5, 3, 1
     k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
     v, s = maxc.unsqueeze(1), s.unsqueeze(1)
@@ -360,36 +362,114 @@ def apply_params(spec: AugmentSpec, images: torch.Tensor, p: ViewParams) -> torc
     """One augmented view of uint8 ``images`` (n, C, H, W): normalised float (n, C, s, s)."""
     if p.boxes is None:
         raise ValueError("these view parameters have no crop boxes: sample them with the size")
+    d = _on_device(p, images.device)
     x = images.float().div_(255.0)
-    x = resized_crop(x, p.boxes, spec.size or images.shape[-1], p.flip)
-    return photometric(spec, x, p)
+    x = resized_crop(x, d["boxes"], spec.size or images.shape[-1], d["flip"])
+    return _photometric(spec, x, d)
 
 
 def photometric(spec: AugmentSpec, x: torch.Tensor, p: ViewParams) -> torch.Tensor:
     """The photometric part of a view (colour jitter, grayscale, blur, solarisation, then
-    normalisation) on float ``x`` (n, C, s, s) in [0, 1], already cropped; changes ``x``."""
-    dev = x.device
-    jit = p.jitter.to(dev)
-    factors = p.factors.to(dev, x.dtype)
-    order = p.order.to(dev)
-    for slot in range(4):  # each image applies its four ops in its own random order
-        for op_index, op in enumerate(_JITTER_OPS):
-            idx = torch.nonzero(jit & (order[:, slot] == op_index)).flatten()
-            if idx.numel():
-                x[idx] = op(x[idx], factors[idx, op_index])
-    idx = torch.nonzero(p.gray.to(dev)).flatten()
-    if idx.numel() and x.shape[1] == 3:
-        x[idx] = grayscale(x[idx]).expand(-1, 3, -1, -1)
-    idx = torch.nonzero(p.blur.to(dev)).flatten()
-    if idx.numel():
-        x[idx] = gaussian_blur(x[idx], spec.blur_kernel, p.sigma[idx.cpu()])
-    idx = torch.nonzero(p.solarize.to(dev)).flatten()
-    if idx.numel():
-        x[idx] = torch.where(x[idx] >= 0.5, 1.0 - x[idx], x[idx])
-    c = x.shape[1]
-    mean = torch.tensor(spec.mean * (c if len(spec.mean) == 1 else 1), device=dev).view(1, c, 1, 1)
-    std = torch.tensor(spec.std * (c if len(spec.std) == 1 else 1), device=dev).view(1, c, 1, 1)
-    return (x - mean) / std
+    normalisation) on float ``x`` (n, C, s, s) in [0, 1], already cropped."""
+    return _photometric(spec, x, _on_device(p, x.device))
+
+
+_FIELDS = ("flip", "jitter", "factors", "order", "gray", "blur", "sigma", "solarize")
+
+
+def _on_device(p: ViewParams, device: torch.device) -> dict[str, torch.Tensor]:
+    """``p``'s per-image parameters on ``device`` in one host-to-device copy (pinned and
+    asynchronous on CUDA): float64 columns, split and cast there."""
+    with host_side():
+        cols = [] if p.boxes is None else [p.boxes.double()]
+        cols += [getattr(p, f).double().view(len(p.flip), -1) for f in _FIELDS]
+        packed = torch.cat(cols, dim=1)
+    if device.type == "cuda":
+        packed = packed.pin_memory().to(device, non_blocking=True)
+    else:
+        packed = packed.to(device)
+    widths = ([4] if p.boxes is not None else []) + [1, 1, 4, 4, 1, 1, 1, 1]
+    names = ["boxes"] * (p.boxes is not None) + list(_FIELDS)
+    parts = dict(zip(names, packed.split(widths, 1), strict=True))
+    out = {k: v.squeeze(1) if v.shape[1] == 1 else v for k, v in parts.items() if k != "boxes"}
+    for k in ("flip", "jitter", "gray", "blur", "solarize"):
+        out[k] = out[k] > 0.5
+    out["order"] = out["order"].long()
+    if "boxes" in parts:
+        out["boxes"] = parts["boxes"].long()
+    return out
+
+
+def _photometric(spec: AugmentSpec, x: torch.Tensor, d: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`photometric` on device parameters ``d``, branch-free: every op runs on the whole
+    batch and ``torch.where`` keeps its result for the images it applies to, so a batch costs
+    the same launches whatever its random choices, with no host read (the result per image is
+    the same as applying the op to those images alone). Ops the spec never applies (a
+    probability of 0; saturation and hue of grey images) are left out."""
+    n, c = x.shape[:2]
+    factors = d["factors"].to(x.dtype)
+    if spec.jitter_p > 0:
+        for slot in range(4):  # each image applies its four ops in its own random order
+            chosen = d["order"][:, slot]
+            for op_index, op in enumerate(_JITTER_OPS):
+                if c == 1 and op_index >= 2:  # saturation and hue leave grey images as they are
+                    continue
+                mask = (d["jitter"] & (chosen == op_index)).view(n, 1, 1, 1)
+                x = torch.where(mask, op(x, factors[:, op_index]), x)
+    if spec.grayscale_p > 0 and c == 3:
+        x = torch.where(d["gray"].view(n, 1, 1, 1), grayscale(x).expand(-1, 3, -1, -1), x)
+    if spec.blur_p > 0:
+        blurred = gaussian_blur(x, spec.blur_kernel, d["sigma"])
+        x = torch.where(d["blur"].view(n, 1, 1, 1), blurred, x)
+    if spec.solarize_p > 0:
+        x = torch.where(d["solarize"].view(n, 1, 1, 1) & (x >= 0.5), 1.0 - x, x)
+    mean = _constant(spec.mean * (c if len(spec.mean) == 1 else 1), x.device)
+    std = _constant(spec.std * (c if len(spec.std) == 1 else 1), x.device)
+    return (x - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
+
+
+_CONSTANTS: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def _constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """``values`` as a float32 tensor on ``device``, copied there once (a copy from pageable
+    host memory waits for the device)."""
+    key = (values, str(device))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(values, device=device)
+    return _CONSTANTS[key]
+
+
+def concat_params(params: list[ViewParams]) -> ViewParams:
+    """The parameters of several views of one batch as one batch (view-major: view k's image i
+    at k·n + i)."""
+    kw: dict[str, Any] = {}
+    for f in fields(ViewParams):
+        values = [getattr(p, f.name) for p in params]
+        kw[f.name] = None if any(v is None for v in values) else torch.cat(values)
+    return ViewParams(**kw)
+
+
+def _view_groups(aug: MultiViewAugment) -> list[tuple[AugmentSpec, list[int]]]:
+    """The views that can share one batched pass: those whose specs agree on the output size,
+    blur kernel and normalisation (one group for every preset here), each group with a spec
+    that applies any op one of its specs applies."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for k in range(aug.num_views):
+        s = aug.spec_of(k)
+        groups.setdefault((s.size, s.blur_kernel, s.mean, s.std), []).append(k)
+    out = []
+    for ks in groups.values():
+        specs = [aug.spec_of(k) for k in ks]
+        merged = replace(
+            specs[0],
+            **{
+                name: max(getattr(s, name) for s in specs)
+                for name in ("jitter_p", "grayscale_p", "blur_p", "solarize_p")
+            },
+        )
+        out.append((merged, ks))
+    return out
 
 
 @contextlib.contextmanager
@@ -408,6 +488,11 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _views_last(parts: list[torch.Tensor]) -> torch.Tensor:
+    """(n, K, C, s, s) from view-major groups (K_g, n, C, s, s) of consecutive views."""
+    return torch.cat(parts, dim=0).transpose(0, 1).contiguous()
+
+
 class MultiViewAugment:
     """K views per image: the first ⌈K/2⌉ from ``specs[0]``, the rest from ``specs[-1]``.
 
@@ -422,6 +507,7 @@ class MultiViewAugment:
             raise ValueError(f"specs must hold one or two AugmentSpec, got {len(specs)}")
         self.specs = specs
         self.num_views = num_views
+        self.groups = _view_groups(self)
 
     def spec_of(self, view: int) -> AugmentSpec:
         return self.specs[0] if view < (self.num_views + 1) // 2 else self.specs[-1]
@@ -429,26 +515,45 @@ class MultiViewAugment:
     def sample(
         self, n: int, height: int | None, width: int | None, gen: torch.Generator
     ) -> list[ViewParams]:
-        return [
-            sample_params(self.spec_of(k), n, height, width, gen) for k in range(self.num_views)
-        ]
+        """Every view's parameters, drawn on the host from ``gen`` (view by view)."""
+        with host_side():
+            return [
+                sample_params(self.spec_of(k), n, height, width, gen) for k in range(self.num_views)
+            ]
 
     def apply(self, images: torch.Tensor, params: list[ViewParams]) -> torch.Tensor:
-        """(n, K, C, s, s) float views of uint8 ``images`` (n, C, H, W)."""
+        """(n, K, C, s, s) float views of uint8 ``images`` (n, C, H, W): all K views in one
+        batched pass (n·K images) per group of views that share a size (one group for every
+        preset), so a batch costs the same launches for any K."""
+        n = images.shape[0]
         with _one_cpu_thread(images.device):
-            views = [apply_params(self.spec_of(k), images, p) for k, p in enumerate(params)]
-            return torch.stack(views, dim=1)
+            x = images.float().div_(255.0)
+            parts = []
+            for spec, ks in self.groups:
+                with host_side():
+                    p = concat_params([params[k] for k in ks])
+                if p.boxes is None:
+                    raise ValueError("these view parameters have no crop boxes")
+                d = _on_device(p, images.device)
+                batch = x.repeat(len(ks), 1, 1, 1)  # view-major: view k's image i at k·n + i
+                v = resized_crop(batch, d["boxes"], spec.size or images.shape[-1], d["flip"])
+                parts.append(_photometric(spec, v, d).unflatten(0, (len(ks), n)))
+            return _views_last(parts)
 
     def apply_cropped(self, crops: torch.Tensor, params: list[ViewParams]) -> torch.Tensor:
         """(n, K, C, s, s) float views from uint8 ``crops`` (n, K, C, s, s), whose geometric part
         (crop, resize, flip) was made per image by the streaming loader's workers: the
-        photometric part, batched on ``crops``' device."""
+        photometric part, in one batched pass per group of views."""
+        n = crops.shape[0]
         with _one_cpu_thread(crops.device):
-            views = [
-                photometric(self.spec_of(k), crops[:, k].float().div_(255.0), p)
-                for k, p in enumerate(params)
-            ]
-            return torch.stack(views, dim=1)
+            parts = []
+            for spec, ks in self.groups:
+                with host_side():
+                    p = concat_params([params[k] for k in ks])
+                x = crops[:, ks].transpose(0, 1).flatten(0, 1).float().div_(255.0)
+                v = _photometric(spec, x, _on_device(p, crops.device))
+                parts.append(v.unflatten(0, (len(ks), n)))
+            return _views_last(parts)
 
     def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         params = self.sample(images.shape[0], images.shape[-2], images.shape[-1], gen)

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from .._validation import check_tensor
+from ..dispatch import cpu_only
 from ._precision import full_precision, to_float64
 
 __all__ = [
@@ -119,7 +120,11 @@ def _two_level_spectrum(
     # an accelerator all k columns, large ones zeroed: fixed shapes, nothing read back. On the
     # CPU, where reading a tensor costs nothing, only as many columns as some matrix of the
     # batch left (none for a well-conditioned matrix).
-    n_small = k if a.device.type != "cpu" else int((~large).sum(dim=-1).max())
+    if a.device.type != "cpu":
+        n_small = k
+    else:
+        with cpu_only():
+            n_small = int((~large).sum(dim=-1).max())
     if n_small == 0:
         return s1.sum(dim=-1), m
     v_small = v[..., :n_small] * (~large[..., :n_small]).unsqueeze(-2).to(v.dtype)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as dist_utils
-from .._validation import check_positive
+from .._validation import check_finite, check_positive
 from ._common import Terms, check_pair, check_views, float32_inside, unit, zero_gradient
 from ._registry import register_loss
 
@@ -95,8 +95,9 @@ def clip_loss(
         image_features, text_features, ("image_features", "text_features")
     )
     if isinstance(logit_scale, torch.Tensor):
-        if logit_scale.numel() != 1 or not bool(torch.isfinite(logit_scale).all()):
-            raise ValueError(f"logit_scale must be a finite scalar, got {logit_scale}")
+        if logit_scale.numel() != 1:
+            raise ValueError(f"logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}")
+        check_finite(logit_scale, "logit_scale")
     else:
         logit_scale = check_positive(logit_scale, "logit_scale")
     img, txt = unit(image_features), unit(text_features)

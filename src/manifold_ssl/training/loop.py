@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from .._validation import finiteness_deferred
 from ..config import (
     RESUME_FREE_KEYS,
     Config,
@@ -55,6 +56,8 @@ from ..data.pairs import CaptionBatches
 from ..data.splits import DataSplits, captions_of, check_same_data, data_identity, splits_of
 from ..data.stream import Layout, TrainBatches, make_batches
 from ..data.views import MultiViewAugment, dataset_preset, preset
+from ..dispatch import host_side
+from ..distributed import fixed_batch_sizes
 from ..geometry.spectral import effective_rank, percent_error
 from ..methods import MULTIMODAL, MultimodalMethod, SSLMethod, build_method
 from ..models.backbones import build_backbone
@@ -266,6 +269,11 @@ class _Trainer:
         self.step_flops: int | None = None
         cpu_amp = cfg.train.amp_cpu and self.device.type == "cpu"
         self.use_amp = cfg.train.amp and (self.device.type == "cuda" or cpu_amp)
+        # set on the device when a step's loss is not finite; read at logging steps and
+        # before each checkpoint (the only host reads of a training step)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.checked = 0  # the step up to which the losses are known finite
+        self.clock = (time.perf_counter(), 0)  # (time, step) of the last logged step
         # the data's state that goes with the completed steps: what a checkpoint written after
         # a failure in the step in progress (which has drawn its views already) must hold
         self.done = self.data.state_dict()
@@ -280,9 +288,30 @@ class _Trainer:
         self.done = self.data.state_dict()
         self.log.truncate_after(self.step)
 
+    def check_finite(self) -> None:
+        """Raise if a loss since the last check was not finite (one host read; every rank reads
+        the same global loss, so all stop together). The weights have taken that step, so
+        nothing more is saved: the last checkpoint is the last good one."""
+        if bool(self.nonfinite):
+            raise FloatingPointError(
+                f"the loss was not finite at a step between {self.checked + 1} and {self.step}; "
+                "the last checkpoint is kept (it predates that step)"
+            )
+        self.checked = self.step
+
+    def check_finite_after(self, err: BaseException) -> None:
+        """:meth:`check_finite` after ``err``: a non-finite loss before an error (an eigen-solver
+        that fails on the NaN weights it left) is the error to report."""
+        try:
+            self.check_finite()
+        except FloatingPointError as nonfinite:
+            raise nonfinite from err
+
     def checkpoint(self, data_state: dict[str, Any] | None = None) -> None:
         """Save the state after ``step`` steps; ``data_state``: the data's state at that point
-        when it has since moved on (a step that failed after drawing its views)."""
+        when it has since moved on (a step that failed after drawing its views). Never after a
+        non-finite loss (:meth:`check_finite`)."""
+        self.check_finite()
         if self.ctx.is_main:
             state = {
                 "config": config_to_dict(self.cfg),
@@ -299,8 +328,9 @@ class _Trainer:
             save_checkpoint(state, self.run_path / "checkpoints" / "last.pt")
 
     def train_step(self) -> dict[str, Any]:
-        """One optimiser step on the global batch's slice of this process; its log record."""
-        t0, b = time.perf_counter(), self.batch
+        """One optimiser step on the global batch's slice of this process. Nothing is read back
+        from the device: the loss's finiteness is recorded there (:meth:`check_finite`), and
+        the record holds device tensors, read by :meth:`log_step` on logging steps only."""
         batch = self.data.next_views()  # views (b / world, K, C, s, s) [, tokens]
         if self.memory_format is not None:  # channels-last per view: (b, K, s, s, C) in memory
             if isinstance(batch, tuple):
@@ -312,12 +342,12 @@ class _Trainer:
         # FLOPs of forward + backward, counted on the first step of each process
         counter = FlopCounterMode(display=False) if self.step_flops is None else None
         with counter or contextlib.nullcontext():
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            with (
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp),
+                finiteness_deferred(),  # the losses' input checks: the loss is checked instead
+            ):
                 loss, terms, z = self.model(batch)
-            if not torch.isfinite(loss):  # before the step: the weights stay usable
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {self.step + 1}; the last checkpoint is kept"
-                )
+            self.nonfinite.logical_or_(~torch.isfinite(loss.detach()))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
         if counter is not None:
@@ -326,15 +356,9 @@ class _Trainer:
         self.method.update_target(self.step, self.total_steps)
         self.step += 1
         self.step_in_epoch += 1
-        self.done = self.data.state_dict()
-        return {
-            **self.position(),
-            "loss": loss.item(),
-            "lr": self.opt.param_groups[0]["lr"],
-            "images_per_s": b / (time.perf_counter() - t0),
-            **{f"loss/{name}": v for name, v in terms.items()},
-            "z": z,
-        }
+        with host_side():
+            self.done = self.data.state_dict()
+        return {"loss": loss.detach(), "terms": terms, "z": z}
 
     def trained_flops(self) -> int:
         """This process's training FLOPs so far (what a probe on rank 0 is weighed against)."""
@@ -344,13 +368,29 @@ class _Trainer:
         return {"step": self.step, "epoch": self.epoch, "flops": self.step * (self.step_flops or 0)}
 
     def log_step(self, record: dict[str, Any], bar: tqdm, last: bool) -> None:
-        """Log every ``train.log_every`` steps, the first step and the run's ``last`` step (so
-        that a run's final step and FLOPs are in its metrics whatever stopped it)."""
-        z = record.pop("z")
-        every = self.cfg.train.log_every
-        if self.ctx.is_main and (self.step % every == 0 or self.step == 1 or last):
-            self.log.log({**record, **_batch_metrics(z)})
-            bar.set_postfix(loss=f"{record['loss']:.4g}")
+        """Every ``train.log_every`` steps, the first step and the run's ``last`` step (so that
+        a run's final step and FLOPs are in its metrics whatever stopped it): check the losses'
+        finiteness and log this step's values, the only host reads of a step. ``images_per_s``
+        averages the steps since the previous logged one."""
+        if not (self.step % self.cfg.train.log_every == 0 or self.step == 1 or last):
+            return
+        self.check_finite()
+        now, (then, since) = time.perf_counter(), self.clock
+        self.clock = (now, self.step)
+        if not self.ctx.is_main:
+            return
+        loss = float(record["loss"])
+        self.log.log(
+            {
+                **self.position(),
+                "loss": loss,
+                "lr": self.opt.param_groups[0]["lr"],
+                "images_per_s": (self.step - since) * self.batch / max(now - then, 1e-9),
+                **{f"loss/{name}": float(v) for name, v in record["terms"].items()},
+                **_batch_metrics(record["z"]),
+            }
+        )
+        bar.set_postfix(loss=f"{loss:.4g}")
 
     def end_epoch(self, monitor: Monitor | None, bar: tqdm) -> None:
         """Count the epoch; monitor every ``train.knn_every`` and checkpoint every
@@ -428,7 +468,7 @@ def _pretrain(
     show = progress and ctx.is_main
     desc = f"{cfg.method.name} {cfg.data.name}"
     bar = tqdm(total=t.total_steps, initial=t.step, disable=not show, desc=desc, **_BAR)
-    with _StopFlag() as stop, _checkpoint_on_error(lambda: t.checkpoint(t.done)):
+    with _StopFlag() as stop, _checkpoint_on_error(t), fixed_batch_sizes():
         while t.epoch < cfg.train.epochs and status == "finished":
             if t.step == 0:
                 maybe_probe()
@@ -437,7 +477,7 @@ def _pretrain(
             while t.step_in_epoch < t.steps_per_epoch:
                 record = t.train_step()
                 bar.update(1)
-                reason = _stop_reason(cfg, stop, t.step, start_time, ctx.world_size, t.device)
+                reason = _stop_reason(cfg, stop, t.step, start_time, ctx, t.device)
                 t.log_step(record, bar, last=bool(reason) or t.step == t.total_steps)
                 maybe_probe()
                 every = cfg.train.checkpoint_every_steps
@@ -463,14 +503,18 @@ _BAR: dict[str, Any] = {"unit": "step", "dynamic_ncols": True}
 
 
 @contextlib.contextmanager
-def _checkpoint_on_error(save: Callable[[], None]) -> Iterator[None]:
+def _checkpoint_on_error(t: _Trainer) -> Iterator[None]:
     """On an exception inside the loop, save the last completed step before it propagates, so
-    that a crash (or a non-finite loss) loses at most the step in progress."""
+    that a crash loses at most the step in progress; unless a loss since the last check was not
+    finite (then that is the error, and the weights that took it are not saved)."""
     try:
         yield
-    except Exception:
+    except FloatingPointError:  # the weights took a non-finite step: nothing to save
+        raise
+    except Exception as err:
+        t.check_finite_after(err)
         try:
-            save()
+            t.checkpoint(t.done)
         except Exception as save_err:  # keep the original error in front
             print(f"the checkpoint could not be written either: {save_err}", file=sys.stderr)
         else:
@@ -484,26 +528,27 @@ def _checkpoint_on_error(save: Callable[[], None]) -> Iterator[None]:
 RESUME_KEYS = ("model", "optimizer", "step", "epoch", "step_in_epoch")  # + the data's state
 
 
-_REASONS = ("interrupted", "max_steps", "budget")
-
-
 def _stop_reason(
-    cfg: Config, stop: _StopFlag, step: int, start: float, world: int, device: torch.device
+    cfg: Config, stop: _StopFlag, step: int, start: float, ctx: DistContext, device: torch.device
 ) -> str | None:
-    """Why to stop after this step, if at all; under DDP every rank agrees (a signal or a clock
-    seen by one rank stops all of them at the same step, so no collective is left waiting)."""
+    """Why to stop after this step, if at all. ``train.max_steps`` is the same on every rank;
+    a signal or the clock, seen by one rank, is agreed under DDP by one collective every
+    ``train.log_every`` steps (not every step: each is a host read), so all ranks stop at the
+    same step, at most ``log_every − 1`` steps after the signal or the budget."""
+    if cfg.train.max_steps and step >= cfg.train.max_steps:
+        return "max_steps"
+    if ctx.world_size > 1 and step % cfg.train.log_every:
+        return None
     code = 0
     if stop.raised:
         code = 1
-    elif cfg.train.max_steps and step >= cfg.train.max_steps:
-        code = 2
     elif cfg.train.time_budget_s and time.perf_counter() - start >= cfg.train.time_budget_s:
-        code = 3
-    if world > 1:
+        code = 2
+    if ctx.world_size > 1:
         flag = torch.tensor([code], device=device)  # NCCL reduces CUDA tensors only
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         code = int(flag.item())
-    return _REASONS[code - 1] if code else None
+    return ("interrupted", "budget")[code - 1] if code else None
 
 
 def _new_run_dir(cfg: Config, ctx: DistContext, run_dir: str | Path | None) -> Path:

@@ -83,11 +83,13 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
         return LARS(groups, lr=lr, momentum=o.momentum, eta=o.lars_eta)
     for g in groups:
         g.pop("lars")
+    # foreach: a few multi-tensor launches per step instead of a handful per parameter (the
+    # default on CUDA already; the same numbers, so the CPU counts what a GPU runs)
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, foreach=True)
     if o.name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
-    return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, foreach=True)
+    return torch.optim.AdamW(groups, lr=lr, foreach=True)
 
 
 def lr_at_step(cfg: Config, step: int, steps_per_epoch: int) -> float:

@@ -1,0 +1,25 @@
+"""``benchmarks/gpu.py`` runs, tiny, on the CPU: the prepared GPU benchmark cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
+
+
+def test_the_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "gpu.json"
+    args = ["--device", "cpu", "--batch", "16", "--width", "4", "--steps", "4", "--window", "2"]
+    args += ["--views", "2", "--no-compile", "--workers", "0", "--out", str(out)]
+    assert module.main([*args, "--root", str(tmp_path / "root")]) == 0
+    result = json.loads(out.read_text())
+    cases = {(r["case"], r["precision"]) for r in result["throughput"]}
+    assert ("MMCR K=2", "float32") in cases and ("SimCLR K=2", "bf16+channels_last") in cases
+    assert all(r["images_per_s"] > 0 for r in result["throughput"])
+    assert result["baseline_K2"]["images_per_s"] > 0 and result["evaluate"]["seconds"] > 0
+    assert "| MMCR K=2 | float32 |" in out.with_suffix(".md").read_text()

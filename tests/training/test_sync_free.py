@@ -1,0 +1,168 @@
+"""A training step as a GPU sees it, counted on the CPU (``manifold_ssl.dispatch``): no host
+read outside logging steps for any method, loader or view count, one process or two; the K
+views of a batch in a number of device operations that does not grow with K; and a non-finite
+loss still ends the run with its last good checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from manifold_ssl.config import apply_overrides, load_recipe
+from manifold_ssl.data.synthetic import write_image_folder
+from manifold_ssl.dispatch import DispatchCounter, per_step_counts
+from manifold_ssl.methods import METHODS, MULTIMODAL
+from manifold_ssl.training import loop
+
+QUIET = [
+    "--model.width=4",
+    "--model.projector=32-16",
+    "--train.batch_size=32",
+    "--train.log_every=100000",
+    "--train.knn_every=0",
+    "--train.checkpoint_every=100000",
+    "--train.epochs=1000",
+]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    return write_image_folder(root / "set", 2, {"train": 24, "test": 4}, (20, 20))
+
+
+def _runner(tmp_path, recipe: str, *overrides: str):
+    def run(steps: int) -> None:
+        cfg = apply_overrides(
+            load_recipe(recipe),
+            [
+                *QUIET,
+                f"--data.root={tmp_path / 'data'}",
+                f"--train.out_dir={tmp_path / 'runs'}",
+                f"--train.max_steps={steps}",
+                *overrides,
+            ],
+        )
+        loop.pretrain(cfg, progress=False)
+
+    return run
+
+
+def _cases():
+    for name, spec in sorted(METHODS.items()):
+        for k in (2, 8) if spec.layout == "views" else (2,):
+            yield pytest.param(name, k, "memory", id=f"{name}-K{k}-memory")
+        yield pytest.param(name, 2, "stream", id=f"{name}-K2-stream")
+    for name in sorted(MULTIMODAL):
+        yield pytest.param(name, 1, "memory", id=f"{name}-memory")
+
+
+@pytest.mark.parametrize(("name", "k", "loader"), list(_cases()))
+def test_no_host_read_outside_logging_steps(tmp_path, folder, name, k, loader):
+    overrides = [f"--method.name={name}", f"--views.num_views={k}", "--method.loss={}"]
+    recipe = "digits_mmcr"
+    if name in MULTIMODAL:
+        recipe = "digits_clip" if name == "clip" else "digits_multimodal_mmcr"
+        overrides = ["--model.projector=16", "--text.width=16", "--text.layers=1"]
+    if loader == "stream":
+        overrides += [
+            "--data.name=imagefolder",
+            f"--data.path={folder}",
+            "--data.loader=stream",
+            "--data.image_size=16",
+            "--data.workers=0",
+            "--data.views_on=device",
+            "--views.preset=cifar",
+            "--train.batch_size=8",
+        ]
+    spec = METHODS.get(name)
+    if spec is not None and spec.predictor:
+        overrides.append("--model.predictor=16-16")
+    if (spec is not None and spec.target == "ema") or (name == "mmcr" and k == 8):
+        overrides.append("--method.momentum=0.9")  # MMCR: with momentum views (Yerxa App. B)
+    counts = per_step_counts(_runner(tmp_path, recipe, *overrides))
+    assert counts["host_reads"] == 0, counts["reads"]
+
+
+def test_views_cost_the_same_launches_for_any_k(tmp_path):
+    views = {}
+    for k in (2, 8, 40):
+        counter = DispatchCounter()
+        original = loop._Trainer.train_step
+
+        def train_step(self, counter=counter, original=original):
+            inner = self.data.next_views
+
+            def next_views():
+                with counter:
+                    return inner()
+
+            self.data.next_views = next_views
+            try:
+                return original(self)
+            finally:
+                del self.data.next_views
+
+        loop._Trainer.train_step = train_step
+        try:
+            _runner(tmp_path, "digits_mmcr", f"--views.num_views={k}")(4)
+        finally:
+            loop._Trainer.train_step = original
+        views[k] = counter.ops / 4
+    # issue 19: 2,828 device ops for the views of a K = 8 step, linear in K
+    assert views[8] <= 300 and views[40] <= 1.5 * views[2], views
+
+
+def _ddp_counts(rank: int, world: int, out: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world
+    )
+    from pathlib import Path
+
+    root = Path(out) / f"rank{rank}"
+    counts = per_step_counts(_runner(root, "digits_mmcr", "--train.batch_size=32"), 3, 5)
+    torch.save(counts["host_reads"], Path(out) / f"reads{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_no_host_read_outside_logging_steps_under_ddp(tmp_path):
+    mp.spawn(_ddp_counts, args=(2, str(tmp_path)), nprocs=2)
+    assert [torch.load(tmp_path / f"reads{r}.pt") for r in range(2)] == [0, 0]
+
+
+def test_a_non_finite_loss_ends_the_run_with_its_last_good_checkpoint(tmp_path, monkeypatch):
+    from manifold_ssl.methods.method import SSLMethod
+
+    forward = SSLMethod.forward
+    calls = [0]
+
+    def poisoned(self, views):
+        loss, terms, z = forward(self, views)
+        calls[0] += 1
+        return (loss * math.nan if calls[0] == 6 else loss), terms, z
+
+    monkeypatch.setattr(SSLMethod, "forward", poisoned)
+    cfg = apply_overrides(
+        load_recipe("digits_mmcr"),
+        [
+            *QUIET,
+            f"--data.root={tmp_path / 'data'}",
+            f"--train.out_dir={tmp_path / 'runs'}",
+            "--train.log_every=4",
+            "--train.checkpoint_every_steps=4",
+            "--train.max_steps=20",
+        ],
+    )
+    with pytest.raises(FloatingPointError, match="between 5 and [678];"):
+        loop.pretrain(cfg, progress=False)
+    (run,) = (tmp_path / "runs").iterdir()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 4  # the checkpoint before the non-finite step, not after it
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
