@@ -45,7 +45,15 @@ def test_pretrain_writes_a_complete_run_and_evaluate_reads_it(tmp_path, capsys):
     meta = json.loads((run / "meta.json").read_text())
     assert meta["seed"] == 0 and meta["manifold_ssl_version"]
     results = json.loads((run / "eval.json").read_text())["results"]
-    assert set(results) == {"pretrained", "random_init", "raw_pixels", "finetune_0.1"}
+    assert set(results) == {
+        "pretrained",
+        "random_init",
+        "raw_pixels",
+        "finetune_0.1",
+        "online_linear",
+    }
+    # the online linear head, trained during pretraining (issue 19), beside the offline probe
+    assert 0 <= results["online_linear"]["linear_test_accuracy"] <= 1
     # chance is 0.10 on 10 classes; one epoch of a width-4 encoder measured 0.69 (pretrained),
     # 0.78 (random init), 0.96 (raw pixels), and 0.28 fine-tuned on 10% of the labels
     for name in ("pretrained", "random_init", "raw_pixels"):

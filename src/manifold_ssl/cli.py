@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,7 +129,7 @@ def _print_results(results: dict[str, dict[str, object]]) -> None:
     def pct(v: object) -> str:
         return f"{100 * v:7.2f}%" if isinstance(v, float) else f"{'-':>8}"
 
-    from .evaluation.report import zero_shot_line
+    from .evaluation.report import PROTOCOLS, zero_shot_line
 
     width = max([12, *(len(name) for name in results)])
     print(
@@ -142,6 +143,7 @@ def _print_results(results: dict[str, dict[str, object]]) -> None:
             f"{pct(r.get('knn_test_accuracy'))} | "
             f"{pct(r.get('linear_val_accuracy'))} {pct(r.get('linear_test_accuracy'))}"
         )
+    print(textwrap.fill(PROTOCOLS, 99))
     if "zero_shot" in results:
         print(zero_shot_line(results["zero_shot"]))
 

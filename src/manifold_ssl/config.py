@@ -286,6 +286,13 @@ class TrainConfig:
     out_dir: str = key("runs", "parent folder of run directories")
     name: str = key("", "run name (default: <method>-<dataset>)")
     tensorboard: bool = key(False, "also log to TensorBoard")
+    online_linear: bool = key(
+        True,
+        "train a linear head on the detached backbone features of the labelled training "
+        "images as they pass (the online probe of solo-learn and lightly); its accuracy is "
+        "logged with the kNN monitor and reported beside the offline probe",
+    )
+    online_lr: float = key(0.1, "online linear head: SGD learning rate (momentum 0.9)", above(0))
 
 
 @dataclass

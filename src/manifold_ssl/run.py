@@ -83,11 +83,26 @@ def knn_monitor(cfg: Config) -> Monitor:
             cfg.eval.knn_temperature,
         )
         values = {"knn_val_accuracy": acc}
+        online = online_accuracy(method, feats[1], splits.val.labels)
+        if online is not None:
+            values["online_linear_val_accuracy"] = online
         if isinstance(method, MultimodalMethod):
             values.update(zero_shot(cfg, method, splits, device, ("val",)))
         return values
 
     return monitor
+
+
+def online_accuracy(method: Method, features: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Top-1 of ``method``'s online linear head (``train.online_linear``) on backbone
+    ``features`` (N, F) of eval-mode images; None without a head."""
+    head = getattr(method, "online_head", None)
+    if head is None:
+        return None
+    param = next(head.parameters())
+    with torch.no_grad():
+        pred = head(features.to(param.device, param.dtype)).argmax(dim=1).cpu()
+    return float((pred == labels).double().mean())
 
 
 def pretrain(
@@ -130,6 +145,23 @@ def evaluate_run(
     results = evaluate_with_baselines(
         cfg, method.backbone, splits, device, random_encoder, progress=progress
     )
+    if getattr(method, "online_head", None) is not None:
+        mean, std = splits.normalisation
+        feats = {
+            name: extract_features(
+                method.backbone,
+                getattr(splits, name),
+                mean,
+                std,
+                device=device,
+                workers=cfg.data.workers,
+            )
+            for name in ("val", "test")
+        }
+        results["online_linear"] = {
+            f"linear_{name}_accuracy": online_accuracy(method, f, getattr(splits, name).labels)
+            for name, f in feats.items()
+        }
     if isinstance(method, MultimodalMethod):
         if progress:
             print("zero-shot classification with held-out prompt templates")

@@ -250,9 +250,12 @@ def test_metrics_carry_the_cumulative_training_flops(tiny_cfg):
     records = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "loss" in r]
     # an independent count: one forward + backward of the same method on a batch of views
     method = build_method_for(cfg, 1)
+    method.attach_online_head(10)  # the online linear head trains in the same step
     views = torch.randn(cfg.train.batch_size, cfg.views.num_views, 1, 8, 8)
+    labels = torch.randint(0, 10, (cfg.train.batch_size,))
     with FlopCounterMode(display=False) as counter:
-        method(views)[0].backward()
+        loss, terms, _ = method(views, labels)
+        (loss + terms["online_ce"]).backward()
     per_step = counter.get_total_flops()
     assert per_step > 0
     assert [r["flops"] for r in records] == [r["step"] * per_step for r in records]

@@ -202,11 +202,11 @@ def test_an_exception_in_the_loop_checkpoints_the_last_completed_step(
     full = pretrain(tiny_cfg(), progress=False)
     forward, calls = SSLMethod.forward, {"n": 0}
 
-    def failing(self, views):
+    def failing(self, views, labels=None):
         calls["n"] += 1
         if calls["n"] == failing_step:  # 19 steps per epoch
             raise RuntimeError("CUDA out of memory (simulated)")
-        return forward(self, views)
+        return forward(self, views, labels)
 
     monkeypatch.setattr(SSLMethod, "forward", failing)
     with pytest.raises(RuntimeError, match="simulated"):
@@ -298,7 +298,7 @@ def test_evaluate_takes_eval_overrides_only(tmp_path, capsys):
         (run / "eval-baselines=false_linear_weight_decays=_0.01_.json").read_text()
     )
     results = written["results"]
-    assert set(results) == {"pretrained"}
+    assert set(results) == {"pretrained", "online_linear"}
     assert list(results["pretrained"]["linear_val_by_weight_decay"]) == ["0.01"]
     assert not (run / "eval.json").exists()  # the run's own evaluation was never made
     assert main(["evaluate", str(run), "--optim.lr=1"]) == 2

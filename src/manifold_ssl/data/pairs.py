@@ -42,6 +42,7 @@ class CaptionBatches:
         self.lo, self.hi = layout.lo, layout.hi
         self.epoch = self.k = 0
         self.last_index = torch.empty(0, dtype=torch.long)
+        self.index_on_device = self.last_index
         self.last_captions: list[str] = []
 
     def start_epoch(self, epoch: int, step_in_epoch: int) -> None:
@@ -52,6 +53,7 @@ class CaptionBatches:
         views = self.images.next_views()
         assert isinstance(views, torch.Tensor)
         self.last_index = self.images.last_index
+        self.index_on_device = self.images.index_on_device
         gen = derived_generator(self.seed, _CAPTIONS, self.epoch, self.k)
         choice = caption_choices(self.batch, gen)[self.lo : self.hi]
         self.last_captions = self.captions.text(self.last_index.tolist(), choice.tolist())

@@ -63,6 +63,7 @@ class TrainBatches(Protocol):
     num_images: int
     channels: int
     last_index: torch.Tensor  # this rank's images (indices into the split) of the last batch
+    index_on_device: torch.Tensor  # the same, on the training device (copied asynchronously)
 
     def start_epoch(self, epoch: int, step_in_epoch: int) -> None: ...
     def next_views(self) -> Batch: ...
@@ -111,6 +112,7 @@ class TensorBatches:
         self.perm = torch.empty(0, dtype=torch.long)
         self.k = 0
         self.last_index = torch.empty(0, dtype=torch.long)  # this rank's images of the last batch
+        self.index_on_device = self.last_index
 
     def start_epoch(self, epoch: int, step_in_epoch: int) -> None:
         if step_in_epoch == 0:
@@ -125,7 +127,8 @@ class TensorBatches:
             self.last_index = self.perm[k * b : (k + 1) * b][self.lo : self.hi]
             local = [p.slice(self.lo, self.hi) for p in params]
             index = self.last_index.pin_memory() if self.device.type == "cuda" else self.last_index
-        x = self.images[index.to(self.device, non_blocking=True)]
+        self.index_on_device = index.to(self.device, non_blocking=True)
+        x = self.images[self.index_on_device]
         self.k += 1
         return self.aug.apply(x, local)
 
@@ -298,6 +301,7 @@ class StreamBatches:
         self.epoch = self.k = 0
         self._perm, self._perm_epoch = torch.empty(0, dtype=torch.long), -1
         self.last_index = torch.empty(0, dtype=torch.long)  # this rank's images of the last batch
+        self.index_on_device = self.last_index
 
     def start_epoch(self, epoch: int, step_in_epoch: int) -> None:
         self.sampler.epoch, self.sampler.start = epoch, step_in_epoch
@@ -314,6 +318,8 @@ class StreamBatches:
                 self._perm, self._perm_epoch = self.sampler.permutation(self.epoch), self.epoch
             b = self.batch
             self.last_index = self._perm[self.k * b : (self.k + 1) * b][self.lo : self.hi]
+            index = self.last_index.pin_memory() if self.device.type == "cuda" else self.last_index
+        self.index_on_device = index.to(self.device, non_blocking=True)
         self.k += 1
         if self.views_in_workers:
             return batch

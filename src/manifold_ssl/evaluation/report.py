@@ -7,7 +7,7 @@ from typing import Any
 
 from ..runinfo import atomic_write_text, read_metrics
 
-__all__ = ["write_report", "zero_shot_line"]
+__all__ = ["PROTOCOLS", "write_report", "zero_shot_line"]
 
 
 def _plot_curves(run_dir: Path) -> list[Path]:
@@ -37,6 +37,16 @@ def _plot_curves(run_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return [path]
+
+
+#: What each row of the results table measures (printed under it).
+PROTOCOLS = (
+    "Protocols: pretrained / random_init / raw_pixels: weighted kNN on frozen features and the "
+    "offline linear probe (L-BFGS on frozen features, weight decay chosen on validation, test "
+    "computed once); online_linear: the linear head trained during pretraining on detached "
+    "features (SGD, as solo-learn's and lightly's tables report); finetune_*: the backbone "
+    "fine-tuned on a fraction of the labels."
+)
 
 
 def _pct(value: Any) -> str:
@@ -76,11 +86,7 @@ def write_report(
             f"| {name} | {_pct(r.get('knn_val_accuracy'))} | {_pct(r.get('knn_test_accuracy'))} | "
             f"{_pct(r.get('linear_val_accuracy'))} | {_pct(r.get('linear_test_accuracy'))} |"
         )
-    lines += [
-        "",
-        "Test accuracies are computed once, with the weight decay chosen on validation.",
-        "",
-    ]
+    lines += ["", PROTOCOLS, ""]
     if "zero_shot" in results:
         zs = results["zero_shot"]
         lines += [f"- {zero_shot_line(zs)}: " + "; ".join(f"`{t}`" for t in zs["templates"]), ""]

@@ -482,11 +482,48 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    probes = [r for r in read_metrics(run_dir / "metrics.jsonl") if "probe/seconds" in r]
-    if not probes:
-        raise ValueError(f"{run_dir} has no probe records; pretrain with --probes.every_steps=N")
+    records = read_metrics(run_dir / "metrics.jsonl")
+    probes = [r for r in records if "probe/seconds" in r]
+    monitored = [r for r in records if "knn_val_accuracy" in r and "train_seconds" in r]
+    if not probes and not monitored:
+        raise ValueError(
+            f"{run_dir} has no probe or monitor records; pretrain with --probes.every_steps=N "
+            "or --train.knn_every=N"
+        )
     out = run_dir / "figures"
     out.mkdir(exist_ok=True)
+    written = [_plot_accuracy(monitored, out, plt, run_dir.name)] if monitored else []
+    return written + (_plot_probes(run_dir, probes, out, plt) if probes else [])
+
+
+def _plot_accuracy(records: list[dict[str, Any]], out: Path, plt: Any, name: str) -> Path:
+    """Time to accuracy: the kNN monitor's and the online head's validation top-1 against the
+    training wall-clock (evaluation excluded) and the training FLOPs."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, x_key, label in (
+        (axes[0], "train_seconds", "training wall-clock (s)"),
+        (axes[1], "flops", "training FLOPs"),
+    ):
+        xs = [r[x_key] for r in records]
+        ax.plot(xs, [100 * r["knn_val_accuracy"] for r in records], "o-", ms=3, label="kNN")
+        online = [r.get("online_linear_val_accuracy") for r in records]
+        if any(v is not None for v in online):
+            ys = [np.nan if v is None else 100 * v for v in online]
+            ax.plot(xs, ys, "s--", ms=3, label="online linear head")
+        ax.set(xlabel=label, ylabel="validation top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[1].set_xscale("log")
+    _suptitle(fig, f"{name}: accuracy against training time and compute", 10)
+    fig.tight_layout()
+    path = out / "accuracy_vs_compute.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_probes(run_dir: Path, probes: list[dict[str, Any]], out: Path, plt: Any) -> list[Path]:
+    """The probes' figures (see :func:`plot_run`)."""
     write_json(out / "probes.json", probes)
     panels = [(k, label) for k, label in PROBE_PANELS if f"probe/{k}" in probes[0]]
     cols = 4

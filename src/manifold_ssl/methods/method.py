@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..losses import LOSSES
@@ -88,10 +89,58 @@ class SSLMethod(nn.Module):
             MomentumEncoder(nn.Sequential(backbone, self.projector)) if use_target else None
         )
 
+        self.online_head: nn.Linear | None = None
+        self._features: list[torch.Tensor] = []  # the backbone's outputs of one forward
+
+    def attach_online_head(self, num_classes: int, seed: int = 0) -> None:
+        """A linear classifier on the backbone's features, trained by :meth:`forward`'s
+        ``labels`` on detached features (the online probe): its loss, ``terms["online_ce"]``,
+        reaches the head alone. Initialised from ``seed`` without touching the global RNG."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.online_head = nn.Linear(int(self.backbone.out_dim), num_classes)  # type: ignore[arg-type]
+
+    def load_state_dict(self, state: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As ``nn.Module``'s, with the online head attached when ``state`` holds one (a run
+        trained with ``train.online_linear``) and kept fresh when it holds none (a checkpoint
+        written before the head existed)."""
+        weight = state.get("online_head.weight")
+        if weight is not None and self.online_head is None:
+            self.attach_online_head(int(weight.shape[0]))
+            assert self.online_head is not None
+            self.online_head.to(weight.device)
+        if weight is None and self.online_head is not None:
+            head = {f"online_head.{k}": v for k, v in self.online_head.state_dict().items()}
+            state = {**state, **head}
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
     def online(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.backbone(x))
+        h = self.backbone(x)
+        self._features.append(h)
+        return self.projector(h)
 
     def forward(
+        self, views: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """``(loss, terms, z)`` of (B, K, C, H, W) ``views``; with ``labels`` (B,) (−1: none)
+        and an online head, ``terms["online_ce"]`` is its cross-entropy on the detached
+        features of every view (added to the loss by the caller, reaching the head alone)."""
+        self._features = []
+        loss, terms, z = self._objective(views)
+        if labels is not None and self.online_head is not None:
+            k = views.shape[1]
+            feats = torch.cat([f.detach() for f in self._features])
+            # views layout: image-major rows (b·K); per-view passes: view-major (K·b)
+            if len(self._features) == 1:
+                targets = labels.repeat_interleave(k, output_size=labels.shape[0] * k)
+            else:
+                targets = labels.repeat(len(self._features))
+            logits = self.online_head(feats.float())
+            terms = {**terms, "online_ce": F.cross_entropy(logits, targets, ignore_index=-1)}
+        self._features = []
+        return loss, terms, z
+
+    def _objective(
         self, views: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         b, k = views.shape[:2]

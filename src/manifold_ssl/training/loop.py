@@ -250,7 +250,15 @@ class _Trainer:
         self.batch = cfg.train.batch_size
         self.data = _train_batches(cfg, self.splits, ctx, self.device)
         size = view_size(cfg, self.splits)
-        self.method = build_method_for(cfg, self.data.channels, image_size=size).to(self.device)
+        self.method = build_method_for(cfg, self.data.channels, image_size=size)
+        online = cfg.train.online_linear and self.splits.num_classes >= 2
+        if online and isinstance(self.method, SSLMethod):
+            self.method.attach_online_head(self.splits.num_classes, cfg.train.seed)
+            labels = self.splits.pretraining().labels  # -1: unlabelled (ignored)
+            self.labels: torch.Tensor | None = labels.to(self.device)
+        else:
+            self.labels = None
+        self.method.to(self.device)
         self.memory_format = torch.channels_last if cfg.train.channels_last else None
         if self.memory_format is not None:
             self.method.to(memory_format=self.memory_format)
@@ -263,6 +271,12 @@ class _Trainer:
         if cfg.train.compile:  # in place: keeps the module (and its state dict keys) as it is
             self.model.compile()
         self.opt = build_optimizer(self.method, cfg)
+        head = getattr(self.method, "online_head", None)
+        self.head_opt = (
+            torch.optim.SGD(head.parameters(), lr=cfg.train.online_lr, momentum=0.9, foreach=True)
+            if head is not None
+            else None
+        )
         self.steps_per_epoch = self.data.num_images // self.batch
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
@@ -274,6 +288,7 @@ class _Trainer:
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         self.checked = 0  # the step up to which the losses are known finite
         self.clock = (time.perf_counter(), 0)  # (time, step) of the last logged step
+        self.seconds, self.mark = 0.0, time.perf_counter()  # the training clock (position)
         # the data's state that goes with the completed steps: what a checkpoint written after
         # a failure in the step in progress (which has drawn its views already) must hold
         self.done = self.data.state_dict()
@@ -282,9 +297,12 @@ class _Trainer:
         check_same_data(state.get("data"), self.splits, "--resume")
         self.method.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
+        if self.head_opt is not None and "online_optimizer" in state:
+            self.head_opt.load_state_dict(state["online_optimizer"])
         self.data.load_state_dict(state)
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
+        self.seconds, self.mark = float(state.get("train_seconds", 0.0)), time.perf_counter()
         self.done = self.data.state_dict()
         self.log.truncate_after(self.step)
 
@@ -321,11 +339,14 @@ class _Trainer:
                 "step": self.step,
                 "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch,
+                "train_seconds": self.position()["train_seconds"],
+                **({"online_optimizer": self.head_opt.state_dict()} if self.head_opt else {}),
                 "data": self.identity,
                 # how a torchvision/timm backbone was built (ViTs: img_size), for export
                 "backbone": getattr(self.method.backbone, "spec", None),
             }
-            save_checkpoint(state, self.run_path / "checkpoints" / "last.pt")
+            with self.paused():
+                save_checkpoint(state, self.run_path / "checkpoints" / "last.pt")
 
     def train_step(self) -> dict[str, Any]:
         """One optimiser step on the global batch's slice of this process. Nothing is read back
@@ -346,13 +367,21 @@ class _Trainer:
                 torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp),
                 finiteness_deferred(),  # the losses' input checks: the loss is checked instead
             ):
-                loss, terms, z = self.model(batch)
+                if self.labels is not None:  # the online head learns from these images' labels
+                    labels = self.labels[self.data.index_on_device]
+                    loss, terms, z = self.model(batch, labels)
+                else:
+                    loss, terms, z = self.model(batch)
             self.nonfinite.logical_or_(~torch.isfinite(loss.detach()))
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.head_opt is not None:
+                self.head_opt.zero_grad(set_to_none=True)
+            (loss + terms["online_ce"] if "online_ce" in terms else loss).backward()
         if counter is not None:
             self.step_flops = counter.get_total_flops() * self.ctx.world_size
         self.opt.step()
+        if self.head_opt is not None:
+            self.head_opt.step()
         self.method.update_target(self.step, self.total_steps)
         self.step += 1
         self.step_in_epoch += 1
@@ -364,8 +393,24 @@ class _Trainer:
         """This process's training FLOPs so far (what a probe on rank 0 is weighed against)."""
         return self.step * (self.step_flops or 0) // self.ctx.world_size
 
-    def position(self) -> dict[str, int]:
-        return {"step": self.step, "epoch": self.epoch, "flops": self.step * (self.step_flops or 0)}
+    def position(self) -> dict[str, Any]:
+        """Where the run is: step, epoch, cumulative training FLOPs and ``train_seconds``, the
+        wall-clock time of training (monitor, probes and checkpoints excluded, across resumes)."""
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "flops": self.step * (self.step_flops or 0),
+            "train_seconds": round(self.seconds + time.perf_counter() - self.mark, 3),
+        }
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Work that is not training (the monitor, probes, checkpoints): off the training clock."""
+        self.seconds += time.perf_counter() - self.mark
+        try:
+            yield
+        finally:
+            self.mark = time.perf_counter()
 
     def log_step(self, record: dict[str, Any], bar: tqdm, last: bool) -> None:
         """Every ``train.log_every`` steps, the first step and the run's ``last`` step (so that
@@ -386,7 +431,7 @@ class _Trainer:
                 "loss": loss,
                 "lr": self.opt.param_groups[0]["lr"],
                 "images_per_s": (self.step - since) * self.batch / max(now - then, 1e-9),
-                **{f"loss/{name}": float(v) for name, v in record["terms"].items()},
+                **{f"loss/{name}": float(v.detach()) for name, v in record["terms"].items()},
                 **_batch_metrics(record["z"]),
             }
         )
@@ -401,7 +446,8 @@ class _Trainer:
         last = self.epoch == cfg.train.epochs
         every = cfg.train.knn_every
         if monitor and every and (self.epoch % every == 0 or last) and self.ctx.is_main:
-            values = monitor(self.method, self.splits, self.device)
+            with self.paused():
+                values = monitor(self.method, self.splits, self.device)
             self.log.log({**self.position(), **values})
             bar.write(
                 f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
@@ -462,7 +508,8 @@ def _pretrain(
 
     def maybe_probe(last: bool = False) -> None:
         if probe is not None and probe.due(t.step, t.trained_flops(), last):
-            log.log({**t.position(), **probe(t.method, t.step)})
+            with t.paused():
+                log.log({**t.position(), **probe(t.method, t.step)})
 
     status, start_time = "finished", time.perf_counter()
     show = progress and ctx.is_main

@@ -63,11 +63,12 @@ class LARS(torch.optim.Optimizer):
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
-    """Weights (≥ 2-D) get weight decay and LARS adaptation; biases and norm parameters not."""
+    """Weights (≥ 2-D) get weight decay and LARS adaptation; biases and norm parameters not.
+    An online linear head (``online_head``) is left to its own optimiser."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
-    for p in model.parameters():
-        if p.requires_grad:
+    for name, p in model.named_parameters():
+        if p.requires_grad and not name.startswith("online_head."):  # its own optimiser
             (decay if p.ndim > 1 else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay, "lars": True},
