@@ -213,3 +213,18 @@ def test_normalisation_belongs_to_the_dataset():
     specs = dataset_preset("clamp_imagenet", mean, std)
     assert all(s.mean == mean and s.std == std for s in specs)
     assert [s.solarize_p for s in specs] == [s.solarize_p for s in preset("clamp_imagenet")]
+
+
+def test_the_photometric_part_compiles_as_one_graph():
+    # issue 19: branch-free (no host read, no data-dependent Python branch), so torch.compile
+    # traces it whole; the eager backend checks the trace without a compiler
+    from manifold_ssl.data.views import PRESETS, _on_device, _photometric, sample_params
+
+    gen = torch.Generator().manual_seed(0)
+    for name in ("cifar", "clamp_cifar", "digits"):
+        spec = PRESETS[name][0]
+        c = 1 if name == "digits" else 3
+        x = torch.rand(6, c, 8, 8, generator=gen)
+        d = _on_device(sample_params(spec, 6, 8, 8, gen), x.device)
+        compiled = torch.compile(_photometric, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(spec, x.clone(), d), _photometric(spec, x.clone(), d))
