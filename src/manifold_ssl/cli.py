@@ -740,6 +740,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # bad input, full disk: one clear line, no traceback
         print(f"manifold-ssl {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # a non-finite loss: the run kept its last checkpoint
+        print(f"manifold-ssl {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 def _one_line(err: BaseException) -> str:

@@ -137,7 +137,9 @@ def test_no_host_read_outside_logging_steps_under_ddp(tmp_path):
     assert [torch.load(tmp_path / f"reads{r}.pt") for r in range(2)] == [0, 0]
 
 
-def test_a_non_finite_loss_ends_the_run_with_its_last_good_checkpoint(tmp_path, monkeypatch):
+def test_a_non_finite_loss_ends_the_run_with_its_last_good_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
     from manifold_ssl.methods.method import SSLMethod
 
     forward = SSLMethod.forward
@@ -163,6 +165,23 @@ def test_a_non_finite_loss_ends_the_run_with_its_last_good_checkpoint(tmp_path, 
     with pytest.raises(FloatingPointError, match="between 5 and [678];"):
         loop.pretrain(cfg, progress=False)
     (run,) = (tmp_path / "runs").iterdir()
+    # the command line says it in one line, no traceback, and exits 1
+    from manifold_ssl.cli import main
+
+    calls[0] = 0
+    args = [f"--{o.removeprefix('--')}" for o in QUIET]
+    argv = [
+        "pretrain",
+        "--quiet",
+        "--no-eval",
+        *args,
+        "--train.log_every=4",
+        "--train.max_steps=20",
+    ]
+    argv += [f"--data.root={tmp_path / 'data'}", f"--train.out_dir={tmp_path / 'cli'}"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "loss was not finite" in err and "Traceback" not in err
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 4  # the checkpoint before the non-finite step, not after it
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -208,3 +227,50 @@ def test_the_online_linear_head_learns_during_pretraining(tmp_path):
     assert state["train_seconds"] >= seconds[-1]
     (figure,) = plot_run(result.run_dir)
     assert figure.name == "accuracy_vs_compute.png" and figure.stat().st_size > 0
+
+
+def _ddp_non_finite(rank: int, world: int, out: str) -> None:
+    import os
+    from pathlib import Path
+
+    from manifold_ssl.methods.method import SSLMethod
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world
+    )
+    forward, calls = SSLMethod.forward, [0]
+
+    def poisoned(self, views, labels=None):  # both ranks: the loss is the global batch's
+        loss, terms, z = forward(self, views, labels)
+        calls[0] += 1
+        return (loss * math.nan if calls[0] == 6 else loss), terms, z
+
+    SSLMethod.forward = poisoned
+    cfg = apply_overrides(
+        load_recipe("digits_mmcr"),
+        [
+            *QUIET,
+            f"--data.root={out}/data{rank}",
+            f"--train.out_dir={out}/runs",
+            "--train.log_every=4",
+            "--train.checkpoint_every_steps=4",
+            "--train.max_steps=20",
+        ],
+    )
+    try:
+        loop.pretrain(cfg, progress=False)
+        outcome = "finished"
+    except FloatingPointError as err:
+        outcome = str(err)
+    Path(out, f"outcome{rank}.txt").write_text(outcome)
+
+
+def test_a_non_finite_loss_stops_every_rank_under_ddp_with_the_last_good_checkpoint(tmp_path):
+    mp.spawn(_ddp_non_finite, args=(2, str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        assert "not finite at a step between 5 and" in (tmp_path / f"outcome{rank}.txt").read_text()
+    (run,) = (tmp_path / "runs").iterdir()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 4
