@@ -274,3 +274,16 @@ def test_a_non_finite_loss_stops_every_rank_under_ddp_with_the_last_good_checkpo
     (run,) = (tmp_path / "runs").iterdir()
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 4
+
+
+def test_the_online_head_ignores_unlabelled_images():
+    from manifold_ssl.methods import build_method
+    from manifold_ssl.models import build_backbone
+
+    method = build_method("mmcr", build_backbone("convnet", 1, width=4), "16-8")
+    method.attach_online_head(3)
+    views = torch.randn(4, 2, 1, 8, 8)
+    _, terms, _ = method(views, torch.full((4,), -1))  # STL-10's unlabeled split
+    assert float(terms["online_ce"].detach()) == 0.0
+    _, terms, _ = method(views, torch.tensor([0, -1, 2, -1]))
+    assert 0 < float(terms["online_ce"].detach()) < 10

@@ -136,7 +136,9 @@ class SSLMethod(nn.Module):
             else:
                 targets = labels.repeat(len(self._features))
             logits = self.online_head(feats.float())
-            terms = {**terms, "online_ce": F.cross_entropy(logits, targets, ignore_index=-1)}
+            # a mean over the labelled rows; 0 for a batch of unlabelled images (STL-10's)
+            ce = F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
+            terms = {**terms, "online_ce": ce / (targets >= 0).sum().clamp_min(1)}
         self._features = []
         return loss, terms, z
 
