@@ -90,7 +90,7 @@ class SSLMethod(nn.Module):
         )
 
         self.online_head: nn.Linear | None = None
-        self._features: list[torch.Tensor] = []  # the backbone's outputs of one forward
+        self._features: list[torch.Tensor] | None = None  # backbone outputs inside forward
 
     def attach_online_head(self, num_classes: int, seed: int = 0) -> None:
         """A linear classifier on the backbone's features, trained by :meth:`forward`'s
@@ -116,7 +116,8 @@ class SSLMethod(nn.Module):
 
     def online(self, x: torch.Tensor) -> torch.Tensor:
         h = self.backbone(x)
-        self._features.append(h)
+        if self._features is not None:  # inside forward: the online head's inputs
+            self._features.append(h)
         return self.projector(h)
 
     def forward(
@@ -126,20 +127,23 @@ class SSLMethod(nn.Module):
         and an online head, ``terms["online_ce"]`` is its cross-entropy on the detached
         features of every view (added to the loss by the caller, reaching the head alone)."""
         self._features = []
-        loss, terms, z = self._objective(views)
+        try:
+            loss, terms, z = self._objective(views)
+            features = self._features
+        finally:
+            self._features = None
         if labels is not None and self.online_head is not None:
             k = views.shape[1]
-            feats = torch.cat([f.detach() for f in self._features])
+            feats = torch.cat([f.detach() for f in features])
             # views layout: image-major rows (b·K); per-view passes: view-major (K·b)
-            if len(self._features) == 1:
+            if len(features) == 1:
                 targets = labels.repeat_interleave(k, output_size=labels.shape[0] * k)
             else:
-                targets = labels.repeat(len(self._features))
+                targets = labels.repeat(len(features))
             logits = self.online_head(feats.float())
             # a mean over the labelled rows; 0 for a batch of unlabelled images (STL-10's)
             ce = F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
             terms = {**terms, "online_ce": ce / (targets >= 0).sum().clamp_min(1)}
-        self._features = []
         return loss, terms, z
 
     def _objective(
