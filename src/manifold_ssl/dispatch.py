@@ -38,33 +38,31 @@ _CPU_ONLY = contextvars.ContextVar("cpu_only", default=False)
 
 
 @contextlib.contextmanager
-def cpu_only() -> Iterator[None]:
+def _marked(flag: contextvars.ContextVar[bool]) -> Iterator[None]:
+    token = flag.set(True)
+    try:
+        yield
+    finally:
+        flag.reset(token)
+
+
+def cpu_only() -> contextlib.AbstractContextManager[None]:
     """Mark a host read that the code makes only when its tensors are on the CPU (where reading
     one costs nothing; an accelerator takes a fixed-shape path instead): a counter puts it in
     ``cpu_only_reads``."""
-    token = _CPU_ONLY.set(True)
-    try:
-        yield
-    finally:
-        _CPU_ONLY.reset(token)
+    return _marked(_CPU_ONLY)
 
 
-@contextlib.contextmanager
-def host_side() -> Iterator[None]:
+def host_side() -> contextlib.AbstractContextManager[None]:
     """Mark work done on the host whatever the training device (random view parameters drawn
     with a CPU generator, packed for one copy): a counter puts its ops in ``host_ops``, as a
     GPU would never see them."""
-    token = _HOST_SIDE.set(True)
-    try:
-        yield
-    finally:
-        _HOST_SIDE.reset(token)
+    return _marked(_HOST_SIDE)
 
 
 _READS = {
     "_local_scalar_dense",
     "nonzero",
-    "nonzero_static",
     "argwhere",
     "masked_select",
     "_unique",
@@ -75,7 +73,6 @@ _READS = {
     "equal",
     "is_nonzero",
     "allclose",
-    "histc_",
 }
 #: Not device work: metadata, views and aliases that launch no kernel.
 _FREE = {
