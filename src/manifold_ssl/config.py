@@ -281,7 +281,10 @@ class TrainConfig:
     )
     max_steps: int = key(0, "stop after this many steps (0: all epochs)", at_least(0))
     time_budget_s: float = key(
-        0.0, "stop (and checkpoint) after this wall time (0: none)", at_least(0)
+        0.0,
+        "stop (and checkpoint) after this many seconds of training in this invocation (the "
+        "training clock: monitor, probes and checkpoints excluded; 0: none)",
+        at_least(0),
     )
     out_dir: str = key("runs", "parent folder of run directories")
     name: str = key("", "run name (default: <method>-<dataset>)")

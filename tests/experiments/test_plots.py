@@ -181,3 +181,44 @@ def test_titles_fit_their_figure_with_one_k_panel(tmp_path, monkeypatch):
         if fig._suptitle is not None:
             box = fig._suptitle.get_window_extent(renderer)
             assert box.x0 >= 0 and box.x1 <= fig.bbox.width, fig._suptitle.get_text()
+
+
+def test_a_sweep_over_methods_draws_time_to_accuracy_in_one_figure(tmp_path):
+    # issue 19: kNN and online accuracy against wall-clock and FLOPs, a colour per method
+    rows = []
+    for recipe in ("digits_mmcr", "digits_clamp"):
+        for seed in (0, 1):
+            r = {"trial": f"{recipe}-{seed}", "status": "done", "recipe": recipe, "seed": seed}
+            rows.append({**r, "method": recipe.split("_")[1], "P": 16, "D": 16, "K": 2})
+            trial = tmp_path / "trials" / r["trial"]
+            trial.mkdir(parents=True)
+            lines = [
+                {"step": s, "loss": 0.0, "flops": s * 1e9, "percent_error": 0.3} for s in (1, 2)
+            ]
+            lines += [
+                {
+                    "step": 10 * e,
+                    "epoch": e,
+                    "flops": 1e10 * e,
+                    "train_seconds": 3.0 * e,
+                    "knn_val_accuracy": 0.1 * e,
+                    "online_linear_val_accuracy": 0.08 * e,
+                }
+                for e in (1, 2, 3)
+            ]
+            (trial / "metrics.jsonl").write_text("".join(f"{json.dumps(x)}\n" for x in lines))
+    for r in rows:
+        r["percent_error"] = 0.3
+    write_json(tmp_path / "summary.json", rows)
+    write_json(tmp_path / "sweep.json", {"spec": {"grid": {"recipe": ["a", "b"]}}})
+    files = plot_sweep(tmp_path)
+    assert tmp_path / "figures" / "accuracy_vs_compute.png" in files
+
+
+def test_the_speedrun_sweep_is_every_method_at_one_budget():
+    from manifold_ssl.experiments.sweep import expand, load_spec
+
+    trials = expand(load_spec("cifar10_speedrun"))
+    assert len(trials) == 6 * 3
+    assert {t.cfg.train.time_budget_s for t in trials} == {600}
+    assert len({t.cfg.method.name for t in trials}) == 6

@@ -268,3 +268,13 @@ def test_a_pool_stopped_by_a_signal_leaves_no_process_and_resumes(tmp_path, how)
     counts = sweep_status(out)
     assert counts["failed"] == 0 and counts["done"] < 4, counts
     assert not list(out.glob("trials/*.error"))
+
+
+def test_a_trial_stopped_by_its_time_budget_is_done(tmp_path):
+    # a speedrun's trials end on train.time_budget_s: finished, not partial (else each rerun
+    # would train another budget)
+    out = tmp_path / "sweep"
+    spec = load_spec(str(_spec(tmp_path, steps=50, grid={"P": [16], "D": [8]})))
+    spec.overrides["train.time_budget_s"] = 1e-6
+    (row,) = run_sweep(spec, out, progress=False)
+    assert row["status"] == "done" and row["steps"] == 1

@@ -330,12 +330,73 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
         target = _group_dir(out, label)
         target.mkdir(exist_ok=True)
         written += _plot_group(sweep_dir, group, target, label, plt)
-    if not written:
-        raise ValueError(f"{sweep_dir}: no finished trial with a percent error to plot")
     if len(groups) > 1:
         write_json(out / "groups.json", {lb: _group_dir(out, lb).name for lb, _ in groups})
         written.append(out / "groups.json")
+    # time to accuracy: the methods (a recipe axis) as colours in one figure per other group
+    for label, group in figure_groups(sweep_dir, rows, ("recipe",)):
+        curves = _monitor_curves(sweep_dir, group)
+        if curves:
+            target = _group_dir(out, label)
+            target.mkdir(exist_ok=True)
+            written.append(_plot_sweep_accuracy(curves, target, plt, label))
+    if not written:
+        raise ValueError(f"{sweep_dir}: no finished trial with a percent error to plot")
     return written
+
+
+def _monitor_curves(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
+    """(method label, monitor records) of every trial that logged the kNN monitor."""
+    out = []
+    for r in rows:
+        if "trial" not in r:
+            continue
+        records = read_metrics(sweep_dir / "trials" / r["trial"] / "metrics.jsonl")
+        monitored = [m for m in records if "knn_val_accuracy" in m and "train_seconds" in m]
+        if monitored:
+            out.append((str(r.get("recipe") or r.get("method")), monitored))
+    return out
+
+
+def _plot_sweep_accuracy(
+    curves: list[tuple[str, list[Any]]], out: Path, plt: Any, label: str
+) -> Path:
+    """kNN (solid) and online-linear (dashed) validation top-1 of every trial against the
+    training clock and against FLOPs, a colour per method (its seeds share it)."""
+    methods = sorted({m for m, _ in curves})
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, x_key, x_label in (
+        (axes[0], "train_seconds", "training wall-clock (s)"),
+        (axes[1], "flops", "training FLOPs"),
+    ):
+        seen = set()
+        for method, records in curves:
+            xs = [m[x_key] for m in records]
+            name = None if method in seen else method
+            seen.add(method)
+            ax.plot(
+                xs,
+                [100 * m["knn_val_accuracy"] for m in records],
+                "-",
+                color=colours[method],
+                label=name,
+            )
+            online = [m.get("online_linear_val_accuracy") for m in records]
+            if any(v is not None for v in online):
+                ys = [np.nan if v is None else 100 * v for v in online]
+                ax.plot(xs, ys, "--", color=colours[method])
+        ax.set(xlabel=x_label, ylabel="validation top-1 (%)")
+        ax.grid(alpha=0.3)
+    axes[1].set_xscale("log")
+    axes[0].legend(fontsize=8, title="kNN solid, online head dashed", title_fontsize=7)
+    context = f" ({label})" if label else ""
+    _suptitle(fig, "Time and compute to accuracy, every trial" + context, 11)
+    fig.tight_layout()
+    path = out / "accuracy_vs_compute.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _plot_group(

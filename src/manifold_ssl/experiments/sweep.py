@@ -195,7 +195,7 @@ def run_trial(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads:
             with run_lock(path):  # another process (a second launch of the sweep) runs it
                 shutil.rmtree(path)
         result = pretrain(cfg, progress=False, run_dir=path)
-    if result.status not in ("finished", "max_steps"):
+    if result.status not in ("finished", "max_steps", "budget"):  # budget: a speedrun's end
         return "partial"
     if evaluate and result.splits.num_classes >= 2:
         extra = {"steps": result.step, "final percent error": final_percent_error(path)}

@@ -400,8 +400,12 @@ class _Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "flops": self.step * (self.step_flops or 0),
-            "train_seconds": round(self.seconds + time.perf_counter() - self.mark, 3),
+            "train_seconds": round(self.trained_seconds(), 3),
         }
+
+    def trained_seconds(self) -> float:
+        """The training clock: wall-clock seconds of training, across resumes."""
+        return self.seconds + time.perf_counter() - self.mark
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -511,7 +515,7 @@ def _pretrain(
             with t.paused():
                 log.log({**t.position(), **probe(t.method, t.step)})
 
-    status, start_time = "finished", time.perf_counter()
+    status, start_time = "finished", t.trained_seconds()  # this invocation's start
     show = progress and ctx.is_main
     desc = f"{cfg.method.name} {cfg.data.name}"
     bar = tqdm(total=t.total_steps, initial=t.step, disable=not show, desc=desc, **_BAR)
@@ -524,7 +528,8 @@ def _pretrain(
             while t.step_in_epoch < t.steps_per_epoch:
                 record = t.train_step()
                 bar.update(1)
-                reason = _stop_reason(cfg, stop, t.step, start_time, ctx, t.device)
+                trained = t.trained_seconds() - start_time
+                reason = _stop_reason(cfg, stop, t.step, trained, ctx, t.device)
                 t.log_step(record, bar, last=bool(reason) or t.step == t.total_steps)
                 maybe_probe()
                 every = cfg.train.checkpoint_every_steps
@@ -576,12 +581,19 @@ RESUME_KEYS = ("model", "optimizer", "step", "epoch", "step_in_epoch")  # + the 
 
 
 def _stop_reason(
-    cfg: Config, stop: _StopFlag, step: int, start: float, ctx: DistContext, device: torch.device
+    cfg: Config,
+    stop: _StopFlag,
+    step: int,
+    trained: float,
+    ctx: DistContext,
+    device: torch.device,
 ) -> str | None:
-    """Why to stop after this step, if at all. ``train.max_steps`` is the same on every rank;
-    a signal or the clock, seen by one rank, is agreed under DDP by one collective every
-    ``train.log_every`` steps (not every step: each is a host read), so all ranks stop at the
-    same step, at most ``log_every − 1`` steps after the signal or the budget."""
+    """Why to stop after this step, if at all. ``trained``: the seconds this invocation has
+    trained (the training clock: monitor, probes and checkpoints excluded), which
+    ``train.time_budget_s`` bounds. ``train.max_steps`` is the same on every rank; a signal or
+    the clock, seen by one rank, is agreed under DDP by one collective every ``train.log_every``
+    steps (not every step: each is a host read), so all ranks stop at the same step, at most
+    ``log_every − 1`` steps after the signal or the budget."""
     if cfg.train.max_steps and step >= cfg.train.max_steps:
         return "max_steps"
     if ctx.world_size > 1 and step % cfg.train.log_every:
@@ -589,7 +601,7 @@ def _stop_reason(
     code = 0
     if stop.raised:
         code = 1
-    elif cfg.train.time_budget_s and time.perf_counter() - start >= cfg.train.time_budget_s:
+    elif cfg.train.time_budget_s and trained >= cfg.train.time_budget_s:
         code = 2
     if ctx.world_size > 1:
         flag = torch.tensor([code], device=device)  # NCCL reduces CUDA tensors only
