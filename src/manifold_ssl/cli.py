@@ -292,6 +292,11 @@ def _run_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Config, dict[str, A
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as lock:  # a run's lock, held until its report is written
+        return _analyze(args, lock)
+
+
+def _analyze(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
     import numpy as np
 
     from .config import config_from_dict, load_recipe
@@ -304,7 +309,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .training.loop import build_method_for, view_size
 
     path = Path(args.path) if args.path else None
-    lock = contextlib.ExitStack()
     if path is not None and path.suffix == ".npy":
         if not path.exists():
             raise FileNotFoundError(f"features file {path} does not exist")
@@ -366,7 +370,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             layers = weight_layers(method)
             result["gradient_coherence_layers"] = {"first": layers[0], "last": layers[-1]}
     figures = write_analysis_report(result, out, title)
-    lock.close()
+    lock.close()  # before printing: the run is free again
     print(f"geometry report: {out / 'analysis.md'}")
     for f in [out / "analysis.json", *figures]:
         print(f"  {f}")

@@ -237,10 +237,12 @@ def _trial_processes(pid: int) -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
-@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL", "SIGTERM"])
 def test_a_pool_stopped_by_a_signal_leaves_no_process_and_resumes(tmp_path, how):
-    # issue 18.9: Ctrl-C printed tracebacks and hung; a killed parent left its workers running
-    spec = _spec(tmp_path, steps=400)
+    # issue 18.9: Ctrl-C printed tracebacks and hung; a killed parent left its workers running.
+    # SIGTERM: two trials on two workers, none pending when it comes, both far from done
+    grid = {"P": [16, 32], "D": [8]} if how == "SIGTERM" else None
+    spec = _spec(tmp_path, steps=400 if grid is None else 5000, grid=grid)
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "manifold_ssl.cli", "sweep", str(spec), "--out", str(out)]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
@@ -262,11 +264,13 @@ def test_a_pool_stopped_by_a_signal_leaves_no_process_and_resumes(tmp_path, how)
     while time.time() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.2)
     assert not any(_alive(w) for w in workers)  # no orphan
-    if how == "SIGINT":
+    if how != "SIGKILL":
         assert proc.returncode == 130, stderr
         assert "Traceback" not in stderr and "the same command resumes it" in stderr
     counts = sweep_status(out)
     assert counts["failed"] == 0 and counts["done"] < 4, counts
+    if how == "SIGTERM":  # the running trials were stopped, not left to finish
+        assert counts == {"done": 0, "partial": 2, "failed": 0, "pending": 0}, counts
     assert not list(out.glob("trials/*.error"))
 
 

@@ -114,12 +114,12 @@ def test_a_run_probes_the_same_steps_on_any_machine_and_its_last_step(tiny_cfg, 
     steps = []
     for _ in range(2):
         run = pretrain(tiny_cfg(*args, "--probes.max_cost=0.01"), progress=True)
-        steps.append([r["step"] for r in _records(run.run_dir) if "probe/seconds" in r])
+        steps.append([r["step"] for r in _records(run.run_dir) if "probe/flops" in r])
     assert steps[0] == steps[1] and steps[0][0] == 0 and steps[0][-1] == 7
     assert "2 of 3 probes skipped by probes.max_cost=0.01" in capsys.readouterr().out
     cheap = ("--probes.images=8", "--probes.coherence=false", "--probes.capacity_manifolds=0")
     generous = pretrain(tiny_cfg(*args, *cheap, "--probes.max_cost=0.5"), progress=False)
-    assert [r["step"] for r in _records(generous.run_dir) if "probe/seconds" in r] == [0, 3, 6, 7]
+    assert [r["step"] for r in _records(generous.run_dir) if "probe/flops" in r] == [0, 3, 6, 7]
 
 
 def test_the_objective_convention_counts_the_pairs_the_official_loss_counts(gen):

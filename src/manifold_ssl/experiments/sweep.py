@@ -325,6 +325,7 @@ def _run_pool(todo: list[TrialArgs], workers: int, threads: int, bar: Any) -> li
     pending, statuses = list(todo), []
     running: dict[Any, Any] = {}
     stop: list[int] = []
+    stopping = False
     old = {sig: signal.signal(sig, lambda n, f: stop.append(n)) for sig in _STOP_SIGNALS}
     try:
         while pending or running:
@@ -334,7 +335,8 @@ def _run_pool(todo: list[TrialArgs], workers: int, threads: int, bar: Any) -> li
                 )
                 proc.start()
                 running[proc.sentinel] = proc
-            if stop and pending:
+            if stop and not stopping:  # once: no new trial, SIGTERM to the running ones
+                stopping = True
                 pending.clear()
                 for proc in running.values():
                     if proc.is_alive() and proc.pid is not None:
