@@ -16,7 +16,9 @@ Measured, for ResNet-18 with the CIFAR stem at width 64 (``--width``), global ba
   warm-up; peak GPU memory; host synchronisations per step (``torch.cuda.set_sync_debug_mode``
   counts them: every one is a warning);
 * the objective's share of a step: its forward and backward on embeddings of the step's
-  shape, timed with CUDA events, against the step's time;
+  shape, timed with CUDA events, against the step's time; MMCR K = 8 also with the matmul-only
+  nuclear norm (``--method.loss.nuclear=polar``, Newton–Schulz in float32, no ``eigh``), whose
+  host synchronisations per step should be 0;
 * a baseline loop written the way solo-learn and lightly users run it: torchvision v2
   transforms per image in DataLoader workers, the same model and loss, bf16 autocast, as a
   ratio to ours;
@@ -317,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         if recipe != "cifar10_mmcr" or k in views
         for prec, extra in wanted[args.precision]
     ]
+    if args.precision != "float32":  # at K = 8 (the smallest K asked for without it)
+        k = 8 if 8 in views else min(views)
+        polar = [*precisions[1][1], "--method.loss.nuclear=polar"]
+        plan.append((f"MMCR K={k}", "cifar10_mmcr", k, "bf16+channels_last+polar", polar))
     if not args.no_compile and 2 in views:
         plan.append(
             (

@@ -27,7 +27,10 @@ CASES = [
     ("mmcr", {}, 4, 12, 6),  # D <= global B: the D×D Gram is summed over ranks
     ("mmcr", {}, 16, 12, 6),  # D > global B: the centroids are gathered
     ("mmcr", {"lmbda": 0.5}, 5, 11, 4),  # local nuclear-norm term, unequal shards
+    ("mmcr", {"nuclear": "polar", "polar_steps": 60}, 4, 12, 6),  # gathered centroids
+    ("mmcr", {"nuclear": "polar", "polar_steps": 60, "lmbda": 0.5}, 5, 11, 4),
     ("multimodal_mmcr", {}, 5, 10, 5),
+    ("multimodal_mmcr", {"nuclear": "polar", "polar_steps": 60}, 5, 10, 5),
     ("clamp", {"r_s": 7.0}, 5, 12, 6),  # the official form: capped reach, margin
     ("clamp", {"r_s": 2.0, "form": "paper"}, 5, 12, 6),
     ("matrix_ssl", {}, 5, 12, 6),  # the official form: covariances / B

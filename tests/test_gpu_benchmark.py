@@ -20,6 +20,7 @@ def test_the_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
     result = json.loads(out.read_text())
     cases = {(r["case"], r["precision"]) for r in result["throughput"]}
     assert ("MMCR K=2", "float32") in cases and ("SimCLR K=2", "bf16+channels_last") in cases
+    assert ("MMCR K=2", "bf16+channels_last+polar") in cases  # the matmul-only nuclear norm
     assert all(r["images_per_s"] > 0 for r in result["throughput"])
     assert result["baseline_K2"]["images_per_s"] > 0 and result["evaluate"]["seconds"] > 0
     assert "| MMCR K=2 | float32 |" in out.with_suffix(".md").read_text()

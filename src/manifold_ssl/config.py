@@ -207,6 +207,12 @@ class MethodConfig:
     momentum: float = key(
         0.0, "base EMA coefficient of the target network (0: none)", between(0, 1, hi_open=True)
     )
+    ema: str = key(
+        "auto",
+        "EMA coefficient over training: auto (the method's authors': cosine to 1 for BYOL and "
+        "Matrix-SSL, constant for MMCR) | cosine | constant (lightly's benchmarks)",
+        one_of("auto", "cosine", "constant"),
+    )
     loss: dict[str, Any] = key(help="hyperparameters of the objective", factory=dict)
 
 
@@ -248,6 +254,9 @@ class OptimConfig:
     )
     ref_batch: int = key(256, "batch size at which lr is given", at_least(1))
     weight_decay: float = key(1e-6, "weight decay (not on biases and norms)", at_least(0))
+    decay_all: bool = key(
+        False, "weight decay on biases and norm parameters too (lightly's benchmarks: SGD on all)"
+    )
     momentum: float = key(0.9, "SGD/LARS momentum", between(0, 1, hi_open=True))
     lars_eta: float = key(0.001, "LARS trust coefficient", above(0))
     warmup_epochs: float = key(0.0, "linear warmup, in epochs", at_least(0))
@@ -256,7 +265,12 @@ class OptimConfig:
         "linear warmup in optimiser steps instead (CLAMP: 10); not with warmup_epochs",
         at_least(0),
     )
-    schedule: str = key("cosine", "after warmup: cosine | constant", one_of("cosine", "constant"))
+    schedule: str = key(
+        "cosine",
+        "after warmup: cosine (per step) | cosine_epoch (per epoch: CosineAnnealingLR(epochs) "
+        "stepped at epoch ends, as lightly's benchmarks) | constant",
+        one_of("cosine", "cosine_epoch", "constant"),
+    )
     min_lr_ratio: float = key(0.0, "final lr / peak lr of the cosine", between(0, 1))
 
 

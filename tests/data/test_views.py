@@ -228,3 +228,34 @@ def test_the_photometric_part_compiles_as_one_graph():
         d = _on_device(sample_params(spec, 6, 8, 8, gen), x.device)
         compiled = torch.compile(_photometric, fullgraph=True, backend="eager")
         torch.testing.assert_close(compiled(spec, x.clone(), d), _photometric(spec, x.clone(), d))
+
+
+# lightly's transforms at CIFAR size, as its CIFAR-10 benchmark builds them (lightly/transforms:
+# SimCLRTransform(cj_strength=0.5, gaussian_blur=0), BYOLView1/2Transform(gaussian_blur=0)):
+# (brightness, contrast, saturation, hue, jitter_p, grayscale_p, blur_p, solarize_p, flip_p,
+# crop_scale)
+LIGHTLY = {
+    "simclr_cifar": [(0.4, 0.4, 0.4, 0.1, 0.8, 0.2, 0.0, 0.0, 0.5, (0.08, 1.0))],
+    "byol_cifar": [
+        (0.4, 0.4, 0.2, 0.1, 0.8, 0.2, 0.0, 0.0, 0.5, (0.08, 1.0)),
+        (0.4, 0.4, 0.2, 0.1, 0.8, 0.2, 0.0, 0.2, 0.5, (0.08, 1.0)),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIGHTLY))
+def test_lightly_benchmark_presets_have_lightlys_parameters(name):
+    fields = (
+        "brightness",
+        "contrast",
+        "saturation",
+        "hue",
+        "jitter_p",
+        "grayscale_p",
+        "blur_p",
+        "solarize_p",
+        "flip_p",
+        "crop_scale",
+    )
+    got = [tuple(getattr(spec, f) for f in fields) for spec in preset(name)]
+    assert got == LIGHTLY[name]

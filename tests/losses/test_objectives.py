@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from manifold_ssl.geometry import effective_rank, nuclear_norm_bound
 from manifold_ssl.losses import (
     NO_OVERLAP_LOSS,
+    build_loss,
     byol_loss,
     clamp_loss,
     matrix_ssl_loss,
@@ -51,6 +52,41 @@ def test_mmcr_local_term_and_momentum_views_match_reference(gen):
     assert loss.item() - online.item() == pytest.approx(gap.item(), rel=1e-10)
     with pytest.raises(ValueError, match="local_views"):
         mmcr_loss(z, lmbda=0.3, z_momentum=zm, local_views="momentum")
+
+
+@pytest.mark.parametrize("lmbda", [0.0, 0.3])
+def test_mmcr_polar_path_matches_the_reference_and_the_gram_path(lmbda, gen):
+    # the matmul-only nuclear norms (Newton–Schulz) on the App. B objective, momentum included
+    z = torch.randn(9, 3, 6, generator=gen, dtype=f64, requires_grad=True)
+    zm = torch.randn(9, 3, 6, generator=gen, dtype=f64)
+    loss = mmcr_loss(z, lmbda, zm, local_views="all", nuclear="polar", polar_steps=80)
+    expected = reference.mmcr(z.detach().numpy(), lmbda, zm.numpy())
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    loss.backward()
+    num = reference.numerical_grad(
+        lambda a: reference.mmcr(a, lmbda, zm.numpy()), [z.detach().numpy().copy()], 0
+    )
+    np.testing.assert_allclose(z.grad.numpy(), num, rtol=1e-6, atol=1e-8)
+    x = z.detach().requires_grad_(True)
+    mmcr_loss(x, lmbda, zm, local_views="all").backward()
+    torch.testing.assert_close(z.grad, x.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_mmcr_polar_path_descends_and_rejects_bad_settings(gen):
+    z = torch.nn.Parameter(torch.randn(32, 4, 16, generator=gen))
+    loss_fn = build_loss("mmcr", nuclear="polar")
+    opt = torch.optim.Adam([z], lr=0.05)
+    first = loss_fn(z).item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss_fn(z).backward()
+        opt.step()
+    assert loss_fn(z).item() < first - 0.1 * abs(first)
+    assert "nuclear='polar'" in repr(loss_fn)
+    with pytest.raises(ValueError, match="nuclear"):
+        mmcr_loss(z, nuclear="svd")
+    with pytest.raises(ValueError, match="polar_steps"):
+        build_loss("multimodal_mmcr", nuclear="polar", polar_steps=0)
 
 
 def test_mmcr_momentum_views_are_detached_and_count_as_views(gen):

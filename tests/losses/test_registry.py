@@ -15,8 +15,14 @@ from manifold_ssl.losses import LOSSES
 NAMES = sorted(LOSSES)
 STOP_GRADIENT_ON_SECOND = {"byol", "simsiam"}  # the target branch is detached by design
 BAD_HYPERPARAMETERS = {
-    "mmcr": [{"lmbda": -0.1}, {"lmbda": math.nan}, {"local_views": "momentum"}],
-    "multimodal_mmcr": [{"lmbda": -1.0}],
+    "mmcr": [
+        {"lmbda": -0.1},
+        {"lmbda": math.nan},
+        {"local_views": "momentum"},
+        {"nuclear": "svd"},
+        {"polar_steps": 0},
+    ],
+    "multimodal_mmcr": [{"lmbda": -1.0}, {"nuclear": "eigh"}, {"polar_steps": 2.5}],
     "clamp": [{"r_s": 0.0}, {"r_s": -7.0}, {"covariance": "sample"}, {"form": "jammed"}],
     "matrix_ssl": [
         {"gamma": -1.0},

@@ -88,6 +88,13 @@ def test_no_host_read_outside_logging_steps(tmp_path, folder, name, k, loader):
     assert counts["host_reads"] == 0, counts["reads"]
 
 
+def test_the_polar_nuclear_norm_reads_nothing_back_even_on_the_cpu(tmp_path):
+    # the Gram path's CPU-only read (how many level-2 columns) and its eigh are both gone
+    overrides = ["--views.num_views=8", "--method.loss.nuclear=polar"]
+    counts = per_step_counts(_runner(tmp_path, "digits_mmcr", *overrides))
+    assert counts["host_reads"] == 0 and counts["cpu_only_reads"] == 0, counts
+
+
 def test_views_cost_the_same_launches_for_any_k(tmp_path):
     views = {}
     for k in (2, 8, 40):

@@ -89,6 +89,12 @@ _CLAMP_IMAGENET = replace(_IMAGENET, brightness=0.8, contrast=0.8, blur_p=0.8)
 PRESETS: dict[str, tuple[AugmentSpec, ...]] = {
     # Yerxa et al. App. D: Barlow Twins' augmentations without blur and solarisation
     "cifar": (_CIFAR,),
+    # SimCLR's CIFAR-10 setting (Chen et al. 2020, App. B.9: colour strength 0.5, no blur), as
+    # lightly's CIFAR-10 benchmark runs it (SimCLRTransform(cj_strength=0.5, gaussian_blur=0))
+    "simclr_cifar": (replace(_CIFAR, saturation=0.4),),
+    # BYOL's pair without blur at CIFAR size, as lightly's CIFAR-10 benchmark runs BYOL and
+    # Barlow Twins (BYOLView1/2Transform(gaussian_blur=0)): T2 solarises with p = 0.2
+    "byol_cifar": (_CIFAR, replace(_CIFAR, solarize_p=0.2)),
     # CLAMP App. B, Table 3: T1 = T2
     "clamp_cifar": (
         replace(

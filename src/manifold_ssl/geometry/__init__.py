@@ -25,6 +25,7 @@ from .matrix_info import (
     taylor_log,
     trace_p_log_p,
 )
+from .polar import nuclear_norm_polar, polar_factor
 from .spectra import PowerLawFit, class_effective_ranks, covariance_spectrum, powerlaw_decay, rankme
 from .spectral import (
     effective_rank,
@@ -54,10 +55,12 @@ __all__ = [
     "nuclear_norm",
     "nuclear_norm_bound",
     "nuclear_norm_from_gram",
+    "nuclear_norm_polar",
     "packing_statistics",
     "participation_ratio",
     "percent_error",
     "point_capacity",
+    "polar_factor",
     "powerlaw_decay",
     "rankme",
     "singular_values",

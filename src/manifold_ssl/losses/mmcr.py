@@ -14,6 +14,7 @@ from torch import nn
 from .. import distributed as dist_utils
 from .._validation import check_choice, check_positive
 from ..geometry._precision import full_precision, to_float64
+from ..geometry.polar import DEFAULT_POLAR_STEPS, nuclear_norm_polar
 from ..geometry.spectral import nuclear_norm, nuclear_norm_bound, nuclear_norm_of_rows
 from ._common import (
     Terms,
@@ -29,18 +30,35 @@ from ._registry import register_loss
 __all__ = ["MMCRLoss", "MultimodalMMCRLoss", "mmcr_loss", "multimodal_mmcr_loss"]
 
 _LOCAL_VIEWS = ("online", "all")
+#: How the nuclear norms are computed: ``"gram"`` a float64 Gram eigensystem in two levels
+#: (:mod:`manifold_ssl.geometry.spectral`), ``"polar"`` Newton–Schulz matrix products in the
+#: input's precision (:mod:`manifold_ssl.geometry.polar`).
+NUCLEAR_METHODS = ("gram", "polar")
 
 
-def _global_centroid_nuclear_norm(c: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _check_nuclear(nuclear: str, polar_steps: int) -> tuple[str, int]:
+    check_choice(nuclear, "nuclear", NUCLEAR_METHODS)
+    if isinstance(polar_steps, bool) or not isinstance(polar_steps, int) or polar_steps < 1:
+        raise ValueError(f"polar_steps must be a positive int, got {polar_steps!r}")
+    return nuclear, polar_steps
+
+
+def _global_centroid_nuclear_norm(
+    c: torch.Tensor, polar_steps: int | None = None
+) -> tuple[torch.Tensor, int]:
     """``‖C‖*`` of the global centroid matrix and the global number of centroids.
 
-    One process: :func:`~manifold_ssl.geometry.nuclear_norm` of ``c`` (B, D). Distributed, with
-    ``B_global`` centroids: if ``D <= B_global`` the D×D Grams of the two-level spectrum are
-    summed over ranks (D² numbers travel, whatever the batch, and the result is the one
-    process's: both levels are Grams of row blocks); otherwise the centroids themselves are
-    gathered (``B_global·D < D²`` numbers).
+    One process: :func:`~manifold_ssl.geometry.nuclear_norm` of ``c`` (B, D), or
+    :func:`~manifold_ssl.geometry.polar.nuclear_norm_polar` with ``polar_steps``. Distributed,
+    with ``B_global`` centroids: for the Gram path, if ``D <= B_global`` the D×D Grams of the
+    two-level spectrum are summed over ranks (D² numbers travel, whatever the batch, and the
+    result is the one process's: both levels are Grams of row blocks); otherwise, and always
+    for the polar path (whose every step would need a reduction), the centroids themselves are
+    gathered (``B_global·D`` numbers).
     """
     n_global = dist_utils.global_count(c.shape[0], c.device)
+    if polar_steps is not None:
+        return nuclear_norm_polar(dist_utils.gather(c), polar_steps), n_global
     if not dist_utils.is_distributed():
         return nuclear_norm(c), n_global
     if c.shape[1] <= n_global:
@@ -54,6 +72,8 @@ def mmcr_loss(
     z_momentum: torch.Tensor | None = None,
     *,
     local_views: str = "online",
+    nuclear: str = "gram",
+    polar_steps: int = DEFAULT_POLAR_STEPS,
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
     """MMCR loss ``−‖C‖* + λ · (1/B) Σ_b ‖Z_b‖*`` (Yerxa Eq. 2 and App. B).
@@ -73,6 +93,16 @@ def mmcr_loss(
             (``mmcr/imagenet/loss_mmcr_momentum.py``) computes it; ``"all"`` the K + K'
             concatenated views, as App. B's pseudocode writes it. The two agree when λ = 0
             (the setting of every published momentum run) or without ``z_momentum``.
+        nuclear: ``"gram"`` (default) computes every nuclear norm from a float64 Gram
+            eigensystem (exact to ~10⁻¹¹·σ_max, two host synchronisations per step on a GPU in
+            ``eigh``'s convergence check); ``"polar"`` by ``polar_steps`` Newton–Schulz steps,
+            matrix products only, in float32 for float32/bf16 input (float64 for float64): the
+            choice for GPUs with slow float64, exact for singular values above
+            ``~10⁻⁴·σ_max`` at the default 30 steps, weaker directions counted less
+            (:mod:`manifold_ssl.geometry.polar` gives the limits). The centroids are formed in
+            float64 either way.
+        polar_steps: Newton–Schulz steps of the ``"polar"`` path; each adds a factor 1.5 to
+            the range of singular values it resolves.
         return_terms: also return a dict of named terms for logging.
 
     Returns:
@@ -95,6 +125,7 @@ def mmcr_loss(
     """
     lmbda = check_positive(lmbda, "lmbda", allow_zero=True)
     check_choice(local_views, "local_views", _LOCAL_VIEWS)
+    _check_nuclear(nuclear, polar_steps)
     n_online = z.shape[1] if isinstance(z, torch.Tensor) and z.ndim == 3 else 0
     z = check_views(z, "z", min_views=1 if z_momentum is not None else 2, finite=False)
     if z_momentum is not None:
@@ -110,13 +141,19 @@ def mmcr_loss(
         # (B, K, D) views on the unit sphere (λ > 0) and their (B, D) float64 centroids; bf16
         # views in float32 first, so that both paths' gradients add up before one rounding
         zn, centroids = unit_views_and_centroids(at_least_float32(z), views=lmbda > 0)
-        nuc, n_global = _global_centroid_nuclear_norm(centroids)
+        if nuclear == "polar":  # matrix products in the input's precision (float32 for bf16)
+            work = result_dtype(z)
+            centroids = centroids.to(work)
+            zn = None if zn is None else zn.to(work)
+        steps = polar_steps if nuclear == "polar" else None
+        nuc, n_global = _global_centroid_nuclear_norm(centroids, steps)
         loss = -nuc
         terms: Terms = {"centroid_nuclear_norm": nuc.detach()}
         if lmbda > 0:
             assert zn is not None
             views = zn[:, :n_online] if local_views == "online" else zn  # (B, K or K+K', D)
-            local = nuclear_norm(views)  # (B,) nuclear norms of the view matrices
+            # (B,) nuclear norms of the view matrices
+            local = nuclear_norm(views) if steps is None else nuclear_norm_polar(views, steps)
             local_mean = dist_utils.global_mean(local.sum(), z.shape[0])
             loss = loss + lmbda * local_mean
             terms["local_nuclear_norm"] = local_mean.detach()
@@ -135,10 +172,17 @@ class MMCRLoss(nn.Module):
 
     inputs = "views"
 
-    def __init__(self, lmbda: float = 0.0, local_views: str = "online") -> None:
+    def __init__(
+        self,
+        lmbda: float = 0.0,
+        local_views: str = "online",
+        nuclear: str = "gram",
+        polar_steps: int = DEFAULT_POLAR_STEPS,
+    ) -> None:
         super().__init__()
         self.lmbda = check_positive(lmbda, "lmbda", allow_zero=True)
         self.local_views = check_choice(local_views, "local_views", _LOCAL_VIEWS)
+        self.nuclear, self.polar_steps = _check_nuclear(nuclear, polar_steps)
 
     def forward(
         self,
@@ -148,11 +192,17 @@ class MMCRLoss(nn.Module):
         return_terms: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
         return mmcr_loss(
-            z, self.lmbda, z_momentum, local_views=self.local_views, return_terms=return_terms
+            z,
+            self.lmbda,
+            z_momentum,
+            local_views=self.local_views,
+            nuclear=self.nuclear,
+            polar_steps=self.polar_steps,
+            return_terms=return_terms,
         )
 
     def extra_repr(self) -> str:
-        return f"lmbda={self.lmbda}, local_views={self.local_views!r}"
+        return f"lmbda={self.lmbda}, local_views={self.local_views!r}, nuclear={self.nuclear!r}"
 
 
 def multimodal_mmcr_loss(
@@ -160,19 +210,21 @@ def multimodal_mmcr_loss(
     text_features: torch.Tensor,
     lmbda: float = 0.0,
     *,
+    nuclear: str = "gram",
+    polar_steps: int = DEFAULT_POLAR_STEPS,
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
     """Multimodal MMCR (Schaeffer et al. 2024, Sec. 7): an image and its caption are two views.
 
     ``image_features`` and ``text_features`` are (B, D) outputs of the two towers; the loss is
-    :func:`mmcr_loss` of the (B, 2, D) stack, so each centroid is the mean of the normalised
-    image and text embeddings of one pair.
+    :func:`mmcr_loss` of the (B, 2, D) stack (``nuclear`` and ``polar_steps`` as there), so each
+    centroid is the mean of the normalised image and text embeddings of one pair.
     """
     image_features, text_features = check_pair(
         image_features, text_features, ("image_features", "text_features")
     )
     z = torch.stack([image_features, text_features], dim=1)  # (B, 2, D)
-    return mmcr_loss(z, lmbda, return_terms=return_terms)
+    return mmcr_loss(z, lmbda, nuclear=nuclear, polar_steps=polar_steps, return_terms=return_terms)
 
 
 @register_loss("multimodal_mmcr")
@@ -189,9 +241,12 @@ class MultimodalMMCRLoss(nn.Module):
 
     inputs = "pair"
 
-    def __init__(self, lmbda: float = 0.0) -> None:
+    def __init__(
+        self, lmbda: float = 0.0, nuclear: str = "gram", polar_steps: int = DEFAULT_POLAR_STEPS
+    ) -> None:
         super().__init__()
         self.lmbda = check_positive(lmbda, "lmbda", allow_zero=True)
+        self.nuclear, self.polar_steps = _check_nuclear(nuclear, polar_steps)
 
     def forward(
         self,
@@ -202,7 +257,13 @@ class MultimodalMMCRLoss(nn.Module):
         output_dict: bool = False,
         **unused: object,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
-        loss = multimodal_mmcr_loss(image_features, text_features, self.lmbda)
+        loss = multimodal_mmcr_loss(
+            image_features,
+            text_features,
+            self.lmbda,
+            nuclear=self.nuclear,
+            polar_steps=self.polar_steps,
+        )
         assert isinstance(loss, torch.Tensor)
         loss = loss + zero_gradient(logit_scale, logit_bias)
         return {"mmcr_loss": loss} if output_dict else loss

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -60,11 +60,14 @@ class SSLMethod(nn.Module):
         predictor: str = "",
         momentum: float = 0.0,
         loss_kwargs: dict[str, Any] | None = None,
+        ema: str = "auto",
     ) -> None:
         super().__init__()
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; expected one of {sorted(METHODS)}")
-        spec = METHODS[name]
+        if ema not in ("auto", "cosine", "constant"):
+            raise ValueError(f"ema must be 'auto', 'cosine' or 'constant', got {ema!r}")
+        spec = METHODS[name] if ema == "auto" else replace(METHODS[name], ema=ema)
         self.name, self.spec = name, spec
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")

@@ -126,6 +126,7 @@ def build_method_for(
             cfg.model.projector,
             predictor=cfg.model.predictor,
             momentum=cfg.method.momentum,
+            ema=cfg.method.ema,
             loss_kwargs=cfg.method.loss,
         )
 

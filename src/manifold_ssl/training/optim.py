@@ -62,9 +62,12 @@ class LARS(torch.optim.Optimizer):
                 p.add_(mu, alpha=-group["lr"])
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
-    """Weights (≥ 2-D) get weight decay and LARS adaptation; biases and norm parameters not.
-    An online linear head (``online_head``) is left to its own optimiser."""
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_all: bool = False
+) -> list[dict[str, object]]:
+    """Weights (≥ 2-D) get weight decay and LARS adaptation; biases and norm parameters not
+    (weight decay too with ``decay_all``, as a plain ``SGD(model.parameters(), ...)``). An
+    online linear head (``online_head``) is left to its own optimiser."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
@@ -72,14 +75,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object
             (decay if p.ndim > 1 else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay, "lars": True},
-        {"params": no_decay, "weight_decay": 0.0, "lars": False},
+        {"params": no_decay, "weight_decay": weight_decay if decay_all else 0.0, "lars": False},
     ]
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     o = cfg.optim
     lr = effective_lr(cfg)
-    groups = param_groups(model, o.weight_decay)
+    groups = param_groups(model, o.weight_decay, o.decay_all)
     if o.name == "lars":
         return LARS(groups, lr=lr, momentum=o.momentum, eta=o.lars_eta)
     for g in groups:
@@ -103,6 +106,9 @@ def lr_at_step(cfg: Config, step: int, steps_per_epoch: int) -> float:
         return peak * (step + 1) / warmup
     if cfg.optim.schedule == "constant":
         return peak
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if cfg.optim.schedule == "cosine_epoch":  # constant within an epoch, as an epoch scheduler
+        progress = min(1.0, (step // steps_per_epoch) / cfg.train.epochs)
+    else:
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
     floor = peak * cfg.optim.min_lr_ratio
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
