@@ -27,10 +27,9 @@ from manifold_ssl.config import apply_overrides, load_recipe
 from manifold_ssl.data.splits import load_splits
 from manifold_ssl.data.views import MultiViewAugment, preset
 from manifold_ssl.evaluation.protocol import evaluate_encoder
-from manifold_ssl.run import pretrain
+from manifold_ssl.run import build_method_for, pretrain
+from manifold_ssl.run.build import optimizer_for
 from manifold_ssl.runinfo import run_metadata
-from manifold_ssl.training.loop import build_method_for
-from manifold_ssl.training.optim import build_optimizer
 
 METHODS = ["mmcr", "clamp", "matrix_ssl", "simclr", "barlow_twins", "byol"]
 
@@ -38,7 +37,7 @@ METHODS = ["mmcr", "clamp", "matrix_ssl", "simclr", "barlow_twins", "byol"]
 def seconds_per_step(cfg, images: torch.Tensor, steps: int = 3) -> float:
     torch.manual_seed(0)
     method = build_method_for(cfg, images.shape[1])
-    opt = build_optimizer(method, cfg)
+    opt = optimizer_for(cfg, method)
     aug = MultiViewAugment(preset(cfg.views.preset), cfg.views.num_views)
     gen = torch.Generator().manual_seed(0)
     times = []

@@ -22,6 +22,7 @@ import torch
 
 from manifold_ssl.config import apply_overrides, load_recipe
 from manifold_ssl.dispatch import DispatchCounter
+from manifold_ssl.run import train as run_train
 from manifold_ssl.training import loop
 
 QUIET = [
@@ -57,7 +58,7 @@ def counts(recipe: str, overrides: list[str], steps: int, root: str) -> dict[str
     loop._Trainer.train_step = train_step  # type: ignore[method-assign]
     try:
         with DispatchCounter() as total:
-            loop.pretrain(cfg, progress=False)
+            run_train(cfg, progress=False)
     finally:
         loop._Trainer.train_step = original  # type: ignore[method-assign]
     return {"ops": total.ops, "reads": total.host_reads, "view_ops": views.ops}

@@ -25,10 +25,9 @@ from manifold_ssl.config import apply_overrides, config_from_dict, load_recipe
 from manifold_ssl.data.splits import load_splits
 from manifold_ssl.evaluation.features import extract_features, normalise_images
 from manifold_ssl.evaluation.protocol import evaluate_features
-from manifold_ssl.run import pretrain
+from manifold_ssl.run import build_method_for, pretrain
 from manifold_ssl.runinfo import run_metadata, write_json
 from manifold_ssl.training import load_checkpoint
-from manifold_ssl.training.loop import build_method_for
 
 
 def make_run(data: str, root: Path, steps: int) -> Path:

@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from manifold_ssl.config import Config, apply_overrides, load_recipe  # noqa: E402
+from manifold_ssl.run import build_method_for  # noqa: E402
+from manifold_ssl.run import train as run_train  # noqa: E402
 from manifold_ssl.runinfo import read_metrics  # noqa: E402
 from manifold_ssl.training import loop  # noqa: E402
 
@@ -125,7 +127,7 @@ def throughput(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     loop._Trainer.train_step = counted  # type: ignore[method-assign]
     try:
         t0 = time.perf_counter()
-        result = loop.pretrain(cfg, progress=False)
+        result = run_train(cfg, progress=False)
         wall = time.perf_counter() - t0
     finally:
         loop._Trainer.train_step = original  # type: ignore[method-assign]
@@ -213,7 +215,7 @@ def baseline(args: argparse.Namespace, cfg: Config, splits: Any) -> dict[str, An
         persistent_workers=args.workers > 0,
     )
     device = torch.device(args.device)
-    method = loop.build_method_for(cfg, 3, image_size=32).to(device)
+    method = build_method_for(cfg, 3, image_size=32).to(device)
     if cuda:
         method.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(method.parameters(), lr=1e-3)
@@ -245,7 +247,7 @@ def evaluate_seconds(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     from manifold_ssl.run import evaluate_run
 
     ecfg = apply_overrides(cfg, ["--eval.baselines=false"])
-    result = loop.pretrain(apply_overrides(ecfg, ["--train.max_steps=1"]), progress=False)
+    result = run_train(apply_overrides(ecfg, ["--train.max_steps=1"]), progress=False)
     t0 = time.perf_counter()
     results = evaluate_run(
         ecfg, result.method, result.splits, result.run_dir, args.device, {}, progress=False
@@ -356,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         cfg = config(args, "cifar10_mmcr", k)
         if splits is None:
-            from manifold_ssl.data.splits import splits_of
+            from manifold_ssl.run import splits_of
 
             splits = splits_of(cfg)
         say(f"baseline loop (torchvision v2 per image, {args.workers} workers) MMCR K={k}")

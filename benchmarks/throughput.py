@@ -32,9 +32,9 @@ import torch
 
 from manifold_ssl.config import apply_overrides, load_recipe
 from manifold_ssl.data.views import MultiViewAugment, preset
+from manifold_ssl.run import build_method_for
+from manifold_ssl.run.build import optimizer_for
 from manifold_ssl.runinfo import run_metadata
-from manifold_ssl.training.loop import build_method_for
-from manifold_ssl.training.optim import build_optimizer
 
 
 def median_time(fn, repeats: int) -> float:
@@ -100,7 +100,7 @@ def bench(recipe: str, views: int, batch: int, repeats: int, images_u8: torch.Te
     k = cfg.views.num_views
     torch.manual_seed(0)
     method = build_method_for(cfg, 3)
-    opt = build_optimizer(method, cfg)
+    opt = optimizer_for(cfg, method)
     aug = MultiViewAugment(preset(cfg.views.preset), k)
     gen = torch.Generator().manual_seed(0)
     n = images_u8.shape[0]

@@ -27,7 +27,7 @@ def _ddp_pretrain_worker(rank: int, rendezvous: str, cfg_dict: dict, run_dir: st
     import torch
 
     from manifold_ssl.config import config_from_dict
-    from manifold_ssl.training import pretrain
+    from manifold_ssl.run import train as pretrain
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -45,7 +45,7 @@ def one_and_two_process_losses(cfg, tmp_path) -> tuple[dict[int, float], dict[in
     import torch.multiprocessing as mp
 
     from manifold_ssl.config import config_to_dict
-    from manifold_ssl.training import pretrain
+    from manifold_ssl.run import train as pretrain
     from manifold_ssl.training.metrics import read_metrics
 
     def losses(run_dir):

@@ -20,7 +20,7 @@ import torch
 
 from manifold_ssl.config import apply_overrides, load_recipe
 from manifold_ssl.data.views import MultiViewAugment
-from manifold_ssl.training import pretrain
+from manifold_ssl.run import train as pretrain
 from manifold_ssl.training.metrics import read_metrics
 
 GOLDEN = Path(__file__).parent / "golden" / "digits_mmcr.json"

@@ -165,33 +165,25 @@ def _print_run(
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from .config import apply_overrides, config_from_dict, load_recipe
+    from .config import apply_overrides, load_recipe
     from .run import evaluate_run, final_percent_error, pretrain
     from .training.distributed import resolve_device, teardown_distributed
 
     if args.resume:
-        import yaml
-
-        from .config import RESUME_FREE_KEYS, is_free
+        from .config import RESUME_FREE_KEYS, is_free, read_run_config
 
         if args.recipe or not all(is_free(o, RESUME_FREE_KEYS) for o in args.overrides):
             raise ValueError(
                 "--resume continues a run with its own config: give no recipe, and no overrides "
                 f"but {', '.join(RESUME_FREE_KEYS)}"
             )
-        config_file = Path(args.resume) / "config.yaml"
-        if not config_file.exists():
-            raise FileNotFoundError(f"{args.resume} is not a run directory (no config.yaml)")
-        saved = yaml.safe_load(config_file.read_text())
-        for dotted in RESUME_FREE_KEYS:  # a stop condition holds for the invocation that gave it
-            section, _, key = dotted.partition(".")
-            if section == "train":
-                saved["train"].pop(key, None)
-        cfg = apply_overrides(config_from_dict(saved), args.overrides)
+        # a stop condition holds for the invocation that gave it
+        stops = [k for k in RESUME_FREE_KEYS if k.startswith("train.")]
+        cfg = apply_overrides(read_run_config(args.resume, without=stops), args.overrides)
     else:
         cfg = apply_overrides(load_recipe(args.recipe or "digits_mmcr"), args.overrides)
     if not args.no_eval:  # evaluation after training prompts a multimodal method
-        from .data.splits import check_zero_shot_words
+        from .run.build import check_zero_shot_words
 
         check_zero_shot_words(cfg)
     result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
@@ -228,11 +220,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import EVAL_FREE_KEYS, RESUME_FREE_KEYS, apply_overrides, is_free
-    from .data.splits import check_same_data, splits_of
-    from .run import evaluate_run, final_percent_error, result_stem
+    from .data.splits import check_same_data
+    from .run import build_method_for, evaluate_run, final_percent_error, splits_of, view_size
+    from .run.evaluate import result_stem
     from .runinfo import run_lock
     from .training.distributed import DistContext, resolve_device
-    from .training.loop import build_method_for, view_size
 
     run_dir = Path(args.run_dir)
     cfg, state = _run_checkpoint(run_dir, args.checkpoint)
@@ -272,14 +264,10 @@ def _run_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Config, dict[str, A
     """A run's config as its checkpoint ``checkpoint`` trained it, and the checkpoint; an error
     when the checkpoint belongs to another config than the run's (beyond what a resume may
     change: a run stopped by ``max_steps`` and resumed is the same run)."""
-    import yaml
-
-    from .config import RESUME_FREE_KEYS, config_from_dict, differing_keys
+    from .config import RESUME_FREE_KEYS, config_from_dict, differing_keys, read_run_config
     from .training.checkpoint import load_checkpoint
 
-    if not (run_dir / "config.yaml").exists():
-        raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = read_run_config(run_dir)
     state = load_checkpoint(run_dir / "checkpoints" / checkpoint)
     trained = config_from_dict(state["config"])
     changed = differing_keys(trained, cfg, RESUME_FREE_KEYS)
@@ -300,13 +288,14 @@ def _analyze(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
     import numpy as np
 
     from .config import config_from_dict, load_recipe
-    from .data.splits import as_tensors, check_same_data, splits_of
-    from .data.views import MultiViewAugment, dataset_preset
+    from .data.splits import as_tensors, check_same_data
+    from .data.views import MultiViewAugment
     from .experiments.analyze import analyze_features, analyze_model, write_analysis_report
     from .methods import SSLMethod
+    from .run import build_method_for, splits_of, view_size
+    from .run.build import view_specs
     from .runinfo import run_lock
     from .training.checkpoint import load_checkpoint
-    from .training.loop import build_method_for, view_size
 
     path = Path(args.path) if args.path else None
     if path is not None and path.suffix == ".npy":
@@ -346,7 +335,7 @@ def _analyze(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
         method = build_method_for(cfg, splits.channels, image_size=view_size(cfg, splits))
         if state is not None:
             method.load_state_dict(state["model"])
-        specs = dataset_preset(cfg.views.preset, *splits.normalisation, size=cfg.data.image_size)
+        specs = view_specs(cfg, splits)
         aug = MultiViewAugment(specs, args.n_augment)
         result = analyze_model(
             method.backbone,

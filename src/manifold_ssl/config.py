@@ -16,7 +16,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -646,6 +646,21 @@ def effective_lr(cfg: Config) -> float:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from .runinfo import atomic_write_text
+    """Write ``cfg`` as a run's ``config.yaml`` (atomically): :func:`read_run_config` reads it."""
+    from ._atomic import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def read_run_config(run_dir: str | Path, without: Iterable[str] = ()) -> Config:
+    """The config a run directory was started with (its ``config.yaml``), with the dotted keys
+    ``without`` back at their defaults (a resume drops the stop conditions of the invocation
+    that gave them); an error naming the directory when it is not a run's."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
+    saved = yaml.safe_load(path.read_text()) or {}
+    for dotted in without:
+        section, _, key = dotted.partition(".")
+        saved.get(section, {}).pop(key, None)
+    return config_from_dict(saved)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from ._atomic import atomic_write_text
 
 
 def git_hash() -> str | None:
@@ -65,17 +66,6 @@ def make_run_dir(root: str | os.PathLike[str], name: str) -> Path:
         n += 1
     path.mkdir(parents=True)
     return path
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write atomically (temporary file, fsync, rename), so a crash leaves no half file."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

@@ -26,7 +26,7 @@ from manifold_ssl.data.views import (
     sample_params,
 )
 from manifold_ssl.methods import METHODS
-from manifold_ssl.training import pretrain
+from manifold_ssl.run import train as pretrain
 from manifold_ssl.training.metrics import read_metrics
 
 

@@ -35,8 +35,7 @@ from manifold_ssl.evaluation.zeroshot import class_text_embeddings, zero_shot_ac
 from manifold_ssl.losses import clip_loss, multimodal_mmcr_loss
 from manifold_ssl.methods import MULTIMODAL, MultimodalMethod
 from manifold_ssl.models.text import build_tokenizer
-from manifold_ssl.run import evaluate_run, pretrain
-from manifold_ssl.training.loop import build_method_for
+from manifold_ssl.run import build_method_for, evaluate_run, pretrain
 from manifold_ssl.training.metrics import read_metrics
 
 TINY = [
@@ -428,7 +427,7 @@ def test_recipe_axis_and_zero_shot_figures(tmp_path):
 def test_class_ids_with_caption_files_need_class_names_before_training(tmp_path, capsys):
     # issue 18.4: WebDataset .cls ids prompted as words ("a photo of the 0.") gave chance level
     from manifold_ssl.cli import main
-    from manifold_ssl.data.splits import zero_shot_words
+    from manifold_ssl.run.build import zero_shot_words
 
     folder = write_image_folder(tmp_path / "set", 3, {"train": 12, "test": 4}, (20, 32))
     colours = ("red", "green", "blue")

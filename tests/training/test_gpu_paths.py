@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from manifold_ssl.training import pretrain
+from manifold_ssl.run import train as pretrain
 from manifold_ssl.training.metrics import read_metrics
 
 

@@ -15,8 +15,8 @@ from torch import nn
 from manifold_ssl.config import apply_overrides, effective_lr, load_recipe
 from manifold_ssl.data.synthetic import write_image_folder
 from manifold_ssl.methods import build_method
+from manifold_ssl.run import train as run_train
 from manifold_ssl.runinfo import read_metrics
-from manifold_ssl.training import loop
 
 LIGHTLY = [
     "lightly_cifar10_simclr",
@@ -131,7 +131,7 @@ def test_each_recipe_trains(name, folder, tmp_path):
             "--train.online_linear=false",
         ],
     )
-    result = loop.pretrain(cfg, progress=False)
+    result = run_train(cfg, progress=False)
     records = read_metrics(result.run_dir / "metrics.jsonl")
     lrs = [r["lr"] for r in records if "lr" in r]
     # the epoch cosine: flat within an epoch, lower in the second

@@ -14,7 +14,8 @@ from helpers import tiny_run_args
 from manifold_ssl.config import apply_overrides
 from manifold_ssl.methods import build_method
 from manifold_ssl.models import build_backbone
-from manifold_ssl.training import load_checkpoint, pretrain, save_checkpoint
+from manifold_ssl.run import train as pretrain
+from manifold_ssl.training import load_checkpoint, save_checkpoint
 from manifold_ssl.training.metrics import read_metrics
 
 
@@ -243,7 +244,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 def test_metrics_carry_the_cumulative_training_flops(tiny_cfg):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from manifold_ssl.training.loop import build_method_for
+    from manifold_ssl.run import build_method_for
 
     cfg = tiny_cfg("--train.max_steps=4")
     result = pretrain(cfg, progress=False)
@@ -277,7 +278,7 @@ def test_the_loop_reads_in_short_functions():
 
 
 def test_models_are_built_from_their_own_seed_without_touching_the_global_rng(tiny_cfg):
-    from manifold_ssl.training.loop import build_method_for
+    from manifold_ssl.run import build_method_for
 
     torch.manual_seed(123)
     before = torch.get_rng_state()

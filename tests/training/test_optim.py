@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from manifold_ssl.config import config_from_dict
-from manifold_ssl.training.optim import LARS, lr_at_step, param_groups
+from manifold_ssl.run.build import lr_at_step
+from manifold_ssl.training.optim import LARS, param_groups
 
 
 def test_lars_adapts_weights_and_leaves_biases_and_norms_alone():
@@ -66,7 +67,7 @@ def test_cosine_epoch_is_torchs_epoch_scheduler():
 
 
 def test_decay_all_is_plain_sgd_on_every_parameter():
-    from manifold_ssl.training.optim import build_optimizer
+    from manifold_ssl.run.build import optimizer_for
 
     cfg = config_from_dict(
         {"optim": {"name": "sgd", "lr": 0.1, "weight_decay": 0.05, "decay_all": True}}
@@ -76,7 +77,7 @@ def test_decay_all_is_plain_sgd_on_every_parameter():
     theirs = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
     theirs.load_state_dict(ours.state_dict())
     opts = [
-        build_optimizer(ours, cfg),
+        optimizer_for(cfg, ours),
         torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, weight_decay=0.05),
     ]
     for step in range(3):

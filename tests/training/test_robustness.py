@@ -19,8 +19,9 @@ from helpers import tiny_run_args
 from manifold_ssl.cli import main
 from manifold_ssl.config import apply_overrides, load_recipe
 from manifold_ssl.data import load_dataset
+from manifold_ssl.run import train as pretrain
 from manifold_ssl.runinfo import run_lock
-from manifold_ssl.training import load_checkpoint, pretrain, save_checkpoint
+from manifold_ssl.training import load_checkpoint, save_checkpoint
 from manifold_ssl.training.metrics import read_metrics
 
 

@@ -15,6 +15,7 @@ from manifold_ssl.config import apply_overrides, load_recipe
 from manifold_ssl.data.synthetic import write_image_folder
 from manifold_ssl.dispatch import DispatchCounter, per_step_counts
 from manifold_ssl.methods import METHODS, MULTIMODAL
+from manifold_ssl.run import train as run_train
 from manifold_ssl.runinfo import read_metrics
 from manifold_ssl.training import loop
 
@@ -47,7 +48,7 @@ def _runner(tmp_path, recipe: str, *overrides: str):
                 *overrides,
             ],
         )
-        loop.pretrain(cfg, progress=False)
+        run_train(cfg, progress=False)
 
     return run
 
@@ -171,7 +172,7 @@ def test_a_non_finite_loss_ends_the_run_with_its_last_good_checkpoint(
         ],
     )
     with pytest.raises(FloatingPointError, match="between 5 and [678];"):
-        loop.pretrain(cfg, progress=False)
+        run_train(cfg, progress=False)
     (run,) = (tmp_path / "runs").iterdir()
     # the command line says it in one line, no traceback, and exits 1
     from manifold_ssl.cli import main
@@ -265,7 +266,7 @@ def _ddp_non_finite(rank: int, world: int, out: str) -> None:
         ],
     )
     try:
-        loop.pretrain(cfg, progress=False)
+        run_train(cfg, progress=False)
         outcome = "finished"
     except FloatingPointError as err:
         outcome = str(err)
@@ -327,7 +328,7 @@ def test_the_training_clock_leaves_out_the_monitor_bounds_the_budget_and_survive
                 *extra,
             ],
         )
-        return loop.pretrain(cfg, progress=False, resume=resume, monitor=slow_monitor)
+        return run_train(cfg, progress=False, resume=resume, monitor=slow_monitor)
 
     result = run("--train.max_steps=45")
     records = read_metrics(result.run_dir / "metrics.jsonl")

@@ -3,7 +3,7 @@ memory or streamed) and batched multi-view augmentation."""
 
 from .datasets import DATASETS, ImageTensors, load_dataset
 from .files import ImageFiles, index_images, index_shards
-from .splits import DataSplits, as_tensors, load_splits, splits_of, stratified_split
+from .splits import DataSplits, as_tensors, load_splits, stratified_split
 from .stream import Layout, StreamBatches, TensorBatches, make_batches
 from .synthetic import write_image_folder
 from .views import PRESETS, AugmentSpec, MultiViewAugment, preset
@@ -26,7 +26,6 @@ __all__ = [
     "load_splits",
     "make_batches",
     "preset",
-    "splits_of",
     "stratified_split",
     "write_image_folder",
 ]

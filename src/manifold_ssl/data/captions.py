@@ -37,8 +37,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .datasets import ImageTensors
 from .files import ImageFiles
+from .tensors import ImageTensors
 
 __all__ = [
     "CAPTION_TEMPLATES",

@@ -25,52 +25,19 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from .files import ImageFiles
+from .cache import cache_prefix, save_cache
+from .files import FILE_SETS, ImageFiles, centre_view, index_images, index_shards, read_class_list
+from .tensors import ImageTensors
 
 __all__ = ["DATASETS", "ImageTensors", "load_dataset"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-
-
-@dataclass
-class ImageTensors:
-    """A labelled image set held as tensors."""
-
-    images: torch.Tensor  # (N, C, H, W) uint8
-    labels: torch.Tensor  # (N,) int64; -1 where unlabeled
-    classes: list[str]
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(
-                f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
-                f"{tuple(self.images.shape)}"
-            )
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(
-                f"labels must be ({self.images.shape[0]},), got {tuple(self.labels.shape)}"
-            )
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def subset(self, index: torch.Tensor) -> ImageTensors:
-        return ImageTensors(self.images[index], self.labels[index], self.classes)
-
-    def to(self, device: torch.device | str) -> ImageTensors:
-        return ImageTensors(self.images.to(device), self.labels.to(device), self.classes)
-
 
 Loader = Callable[..., ImageTensors]  # (root, split, path, **options)
 DATASETS: dict[str, Loader] = {}
@@ -127,21 +94,16 @@ def load_dataset(
             )
     opts = {"size": size, "classes_file": classes_file, "crop_fraction": crop_fraction}
     data = DATASETS[name](root, split, path, **opts, workers=workers)
-    if name not in _FILE_SETS:
+    if name not in FILE_SETS:
         data = _resize_and_select(data, size, crop_fraction, classes_file)
     blob = {"images": data.images, "labels": data.labels, "classes": data.classes}
     save_cache(blob, cache, content)
     return data
 
 
-_FILE_SETS = ("imagefolder", "webdataset")  # resized and selected while decoded
-
-
 def _resize_and_select(
     data: ImageTensors, size: int | None, crop_fraction: float, classes_file: str | None
 ) -> ImageTensors:
-    from .files import centre_view, read_class_list
-
     subset = read_class_list(classes_file)
     if subset is not None:
         missing = sorted(set(subset) - set(data.classes))
@@ -199,38 +161,6 @@ def _pattern_files(path: str) -> list[Path]:
         for name in names:
             found.update(Path(p).resolve() for p in glob.glob(name) if Path(p).is_file())
     return sorted(found)
-
-
-def cache_prefix(label: str, where: str) -> str:
-    """``<label>-<hash of where>-``: the start of a cache file's name, safe in any file system
-    (a pattern's braces and globs removed), the same for every version of one source."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_.") or "data"
-    return f"{safe}-{hashlib.sha1(where.encode()).hexdigest()[:6]}-"
-
-
-def save_cache(blob: object, cache: Path, content: str) -> None:
-    """``torch.save`` ``blob`` to ``cache`` atomically; then remove the caches of the same
-    source and options with another ``content`` fingerprint (an edited data set's)."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, cache)
-    finally:
-        tmp.unlink(missing_ok=True)
-    remove_stale(cache, content)
-
-
-def remove_stale(cache: Path, content: str) -> None:
-    """Remove the siblings of ``cache`` whose name differs only in the ``content`` hash."""
-    if not content:  # a packaged data set: one version
-        return
-    head, sep, tail = cache.name.rpartition(content)
-    if not sep:
-        return
-    for old in cache.parent.glob(f"{glob.escape(head)}{'?' * len(content)}{glob.escape(tail)}"):
-        if old != cache:
-            old.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- digits
@@ -312,28 +242,23 @@ def _stl10(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensor
 
 
 # --------------------------------------------------------------------------- image files
-@_register("imagefolder")
-def _imagefolder(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
-    from .files import index_images
+def _file_set(kind: str, index: Callable[..., ImageFiles], expected: str) -> Loader:
+    def load(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
+        if path is None:
+            raise ValueError(f"{kind} needs data.path: {expected}")
+        return _decode_all(index(path, split, root, opts.get("classes_file")), opts)
 
-    if path is None:
-        raise ValueError(
-            "imagefolder needs data.path: a folder or .tar/.tar.gz of <split>/<class>/<image>"
-        )
-    files = index_images(path, split, root, opts.get("classes_file"))
-    return _decode_all(files, opts)
+    return load
 
 
-@_register("webdataset")
-def _webdataset(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
-    from .files import index_shards
-
-    if path is None:
-        raise ValueError(
-            "webdataset needs data.path: a shard pattern such as shards/{split}-{000000..000099}.tar"
-        )
-    files = index_shards(path, split, root, opts.get("classes_file"))
-    return _decode_all(files, opts)
+_register("imagefolder")(
+    _file_set("imagefolder", index_images, "a folder or .tar/.tar.gz of <split>/<class>/<image>")
+)
+_register("webdataset")(
+    _file_set(
+        "webdataset", index_shards, "a shard pattern such as shards/{split}-{000000..000099}.tar"
+    )
+)
 
 
 def _decode_all(files: ImageFiles, opts: dict[str, Any]) -> ImageTensors:

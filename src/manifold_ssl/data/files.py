@@ -42,7 +42,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .datasets import IMAGE_SUFFIXES, ImageTensors, cache_prefix, remove_stale, save_cache
+from .._atomic import atomic_file
+from .cache import cache_prefix, remove_stale, save_cache
+from .tensors import ImageTensors
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+#: The data sources read from files (indexed here; decoded or streamed), the rest are tensors.
+FILE_SETS = ("imagefolder", "webdataset")
 
 __all__ = [
     "ImageFiles",
@@ -282,20 +288,15 @@ def _seekable(path: Path, root: Path) -> Path:
         / f"{cache_prefix(path.name.split('.')[0], str(path.resolve()))}{content}.tar"
     )
     if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
         try:
-            with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+            with gzip.open(path, "rb") as src, atomic_file(out, "wb", shared=True) as dst:
                 shutil.copyfileobj(src, dst, 1 << 22)
-            os.replace(tmp, out)
             remove_stale(out, content)  # an edited archive's old copy
         except (OSError, EOFError) as err:
             raise ValueError(
                 f"imagefolder: data.path {path} is neither a folder nor a readable .tar/.tar.gz "
                 f"archive ({err})"
             ) from None
-        finally:
-            tmp.unlink(missing_ok=True)
     return out
 
 

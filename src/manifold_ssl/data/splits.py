@@ -8,39 +8,23 @@ import hashlib
 import os
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from .captions import (
-    ZERO_SHOT_TEMPLATES,
-    Captions,
-    GeneratedCaptions,
-    ImageAttributes,
-    class_words,
-    read_captions,
-)
 from .datasets import ImageTensors, load_dataset
-from .files import ImageFiles, index_images, index_shards
-from .stream import resolve_workers
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .files import FILE_SETS, ImageFiles, index_images, index_shards
 
 __all__ = [
     "DataSplits",
     "Split",
     "as_tensors",
-    "captions_of",
     "check_same_data",
-    "check_zero_shot_words",
     "data_identity",
+    "index_files",
     "load_splits",
-    "splits_of",
     "stratified_split",
-    "zero_shot_prompts",
-    "zero_shot_words",
 ]
 
 Split = ImageTensors | ImageFiles
@@ -183,12 +167,10 @@ def check_same_data(recorded: dict[str, Any] | None, splits: DataSplits, what: s
         )
 
 
-FILE_SETS = ("imagefolder", "webdataset")
-
-
-def _index(
+def index_files(
     name: str, split: str, root: str, path: str | None, classes_file: str | None
 ) -> ImageFiles:
+    """The index of ``split`` of a data set read from files (``imagefolder``, ``webdataset``)."""
     if name not in FILE_SETS:
         raise ValueError(
             f"data.loader=stream reads files: data.name must be one of {list(FILE_SETS)}, got "
@@ -223,17 +205,17 @@ def load_splits(
     if loader == "auto":
         loader = "memory"
         if name in FILE_SETS:
-            files = _index(name, "train", root, path, classes_file)
+            files = index_files(name, "train", root, path, classes_file)
             side = image_size or max(files.open(0).size)
             if len(files) * 3 * side * side > memory_limit_gb * 1e9:
                 loader = "stream"
     if loader == "stream":
         if unlabeled:
             raise ValueError("data.unlabeled is supported by the memory loader only")
-        files = _index(name, "train", root, path, classes_file)
+        files = index_files(name, "train", root, path, classes_file)
         image_size = image_size or _common_side(files)
         full: Split = files.with_view(image_size, crop_fraction)
-        test: Split = _index(name, test_split, root, path, classes_file).with_view(
+        test: Split = index_files(name, test_split, root, path, classes_file).with_view(
             image_size, crop_fraction
         )
     else:
@@ -259,93 +241,3 @@ def _common_side(files: ImageFiles, sample: int = 64) -> int:
             "data.image_size, the side the stream loader resizes them to"
         )
     return int(next(iter(sizes))[0])
-
-
-def captions_of(cfg: Config, splits: DataSplits) -> Captions:
-    """The captions of the pretraining images (``text.captions``; see
-    :mod:`manifold_ssl.data.captions`), in the order of ``splits.pretraining()``."""
-    d = cfg.data
-    mode = _caption_mode(cfg)
-    if d.unlabeled:
-        raise ValueError("multimodal pretraining does not read data.unlabeled (no captions)")
-    if mode == "files":
-        # the training split's files, in the order both loaders keep them
-        files = _index(d.name, "train", d.root, d.path, d.classes_file)
-        keep, _ = stratified_split(files.labels, d.val_fraction, d.split_seed)
-        return read_captions(files.subset(keep))
-    train = splits.train
-    if not isinstance(train, ImageTensors):
-        raise ValueError(
-            "text.captions=generated measures the images in memory: use data.loader=memory "
-            "(or text.captions=files with <key>.txt captions)"
-        )
-    return GeneratedCaptions(train, ImageAttributes.fit(train.images, train.labels))
-
-
-def zero_shot_prompts(cfg: Config, splits: DataSplits) -> tuple[list[str], list[str]]:
-    """The class words and the prompt templates of zero-shot evaluation (``{label}`` in each):
-    ``text.zero_shot_templates``, else the held-out templates of the images' kind; the words
-    as :func:`zero_shot_words` gives them."""
-    kind = "grey" if splits.channels == 1 else "colour"
-    templates = cfg.text.zero_shot_templates or list(ZERO_SHOT_TEMPLATES[kind])
-    return zero_shot_words(cfg, splits.train.classes), templates
-
-
-def zero_shot_words(cfg: Config, classes: list[str]) -> list[str]:
-    """The class words prompts use: ``text.class_names`` (in label order), else the class
-    names as words. Captions read from files are written in words, so class names that are
-    ids (WebDataset ``.cls`` numbers) cannot prompt them: that is an error naming
-    ``text.class_names``, not a chance-level accuracy. (Generated captions are made from the
-    same names, ids or not, so they prompt them.)"""
-    names = cfg.text.class_names
-    if names:
-        if len(names) != len(classes):
-            raise ValueError(
-                f"text.class_names has {len(names)} names, but the data set has "
-                f"{len(classes)} classes ({', '.join(classes[:10])})"
-            )
-        return list(names)
-    if _caption_mode(cfg) == "files" and all(c.lstrip("-").isdigit() for c in classes):
-        raise ValueError(
-            f"zero-shot prompts need class words, but the classes of {cfg.data.path} are the "
-            f"ids {', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''} and its captions "
-            "are files: set text.class_names to their names in label order (e.g. "
-            "--text.class_names='[airplane, automobile, ...]'), or pretrain with --no-eval "
-            "--train.knn_every=0"
-        )
-    return class_words(classes)
-
-
-def check_zero_shot_words(cfg: Config) -> None:
-    """:func:`zero_shot_words` before a run starts (from the files' index: no decoding), so
-    that a multimodal run without class words is refused before it trains, not after."""
-    from ..methods import MULTIMODAL
-
-    if cfg.method.name in MULTIMODAL and _caption_mode(cfg) == "files":
-        d = cfg.data
-        zero_shot_words(cfg, _index(d.name, "train", d.root, d.path, d.classes_file).classes)
-
-
-def _caption_mode(cfg: Config) -> str:
-    mode = cfg.text.captions
-    return ("files" if cfg.data.name in FILE_SETS else "generated") if mode == "auto" else mode
-
-
-def splits_of(cfg: Config) -> DataSplits:
-    """The splits ``cfg.data`` describes."""
-    d = cfg.data
-    return load_splits(
-        d.name,
-        d.root,
-        d.path,
-        d.val_fraction,
-        d.split_seed,
-        loader=d.loader,
-        image_size=d.image_size,
-        crop_fraction=d.crop_fraction,
-        classes_file=d.classes_file,
-        test_split=d.test_split,
-        unlabeled=d.unlabeled,
-        memory_limit_gb=d.memory_limit_gb,
-        workers=resolve_workers(d.workers),
-    )

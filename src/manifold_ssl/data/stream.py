@@ -36,8 +36,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..dispatch import host_side
-from .datasets import ImageTensors
 from .files import ImageFiles, resolve_workers
+from .tensors import ImageTensors
 from .views import AugmentSpec, MultiViewAugment, ViewParams, crop_boxes
 
 __all__ = [

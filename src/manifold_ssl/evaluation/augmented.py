@@ -15,7 +15,6 @@ epoch runs the backbone over the training set, which streams from files like pre
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from ..config import Config
 from ..data.splits import DataSplits
 from ..data.stream import Layout, make_batches
 from ..data.views import MultiViewAugment, dataset_preset
+from ..schedules import cosine
 from .features import extract_features, inference_copy
 
 __all__ = ["augmented_linear_probe"]
@@ -68,10 +68,6 @@ def augmented_linear_probe(
     bar = tqdm(total=total, disable=not progress, desc="augmented probe", unit="step", leave=False)
     for epoch in range(e.augmented_epochs):
         source.start_epoch(epoch, 0)
-        for group in opt.param_groups:  # cosine over epochs (CosineAnnealingLR, T_max = epochs)
-            group["lr"] = (
-                e.augmented_lr * 0.5 * (1 + math.cos(math.pi * epoch / e.augmented_epochs))
-            )
         for k in range(steps):
             all_views = source.next_views()
             assert isinstance(all_views, torch.Tensor)  # image views only
@@ -79,10 +75,8 @@ def augmented_linear_probe(
             y = labels[source.last_index].to(device)
             with torch.no_grad():
                 x = model(views.contiguous(memory_format=torch.channels_last)).float()
-            for group in opt.param_groups:
-                group["lr"] = (
-                    e.augmented_lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps + k) / total))
-                )
+            for group in opt.param_groups:  # cosine over the steps
+                group["lr"] = cosine((epoch * steps + k) / total, e.augmented_lr)
             loss = F.cross_entropy(head(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -8,8 +8,8 @@ from copy import deepcopy
 import torch
 from torch import nn
 
-from ..data.datasets import ImageTensors
 from ..data.files import ImageFiles
+from ..data.tensors import ImageTensors
 
 __all__ = [
     "augmentation_manifolds",

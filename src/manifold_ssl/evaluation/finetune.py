@@ -10,7 +10,6 @@ reported after the last epoch (the test split is evaluated once).
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 from ..config import Config
 from ..data.splits import DataSplits, as_tensors, stratified_split
 from ..data.views import MultiViewAugment, dataset_preset
+from ..schedules import cosine
 from .features import normalise_images
 
 __all__ = ["finetune"]
@@ -91,7 +91,7 @@ def finetune(
             idx = perm[start : start + batch].to(device)
             x = aug(images[idx], gen)[:, 0]
             for g, b in zip(opt.param_groups, base, strict=True):
-                g["lr"] = b * 0.5 * (1 + math.cos(math.pi * step / steps))
+                g["lr"] = cosine(step / steps, b)
             loss = F.cross_entropy(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

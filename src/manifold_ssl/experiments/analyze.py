@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..geometry.capacity import elliptical_geometry, manifold_capacity
 from ..geometry.manifold_stats import manifold_similarities, split_by_class
 from ..geometry.spectra import class_effective_ranks, covariance_spectrum, powerlaw_decay, rankme
-from ..runinfo import write_json
+from ..runinfo import atomic_write_text, write_json
 
 __all__ = [
     "analyze_features",
@@ -402,5 +402,5 @@ def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> 
             f"- intra-class erank {cer['intra_class_erank']:.2f}, inter-class erank {cer['inter_class_erank']:.2f}"
         )
     lines += ["", *[f"![{f.stem}]({f.name})" for f in figures]]
-    (out_dir / "analysis.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "analysis.md", "\n".join(lines) + "\n")
     return figures

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runinfo import read_metrics, write_json
+from ..runinfo import atomic_write_text, read_metrics, write_json
 
 __all__ = [
     "double_descent_tables",
@@ -473,7 +473,7 @@ def _plot_group(
         write_json(
             out / "scaling.json", [{k: v for k, v in f.items() if k != "curve"} for f in fits]
         )
-        (out / "scaling.md").write_text(_scaling_table(fits))
+        atomic_write_text(out / "scaling.md", _scaling_table(fits))
         written += [out / "scaling.json", out / "scaling.md"]
         written.append(_plot_scaling(fits, out / "fig4_scaling.png", plt, methods + context))
     return written

@@ -43,7 +43,16 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import Config, config_from_dict, config_to_dict, load_recipe, read_packaged_yaml
+from .._atomic import atomic_file
+from ..config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    load_recipe,
+    read_packaged_yaml,
+    read_run_config,
+)
+from ..models.heads import embedding_dim
 from ..runinfo import RunInUse, read_metrics, run_lock, run_metadata, write_json
 
 __all__ = [
@@ -460,7 +469,7 @@ def summarise(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 error = _error_file(trial_dir).read_text().strip()
                 rows.append({"trial": trial_dir.name, "status": "failed", **point, "error": error})
             continue
-        cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
+        cfg = read_run_config(trial_dir)
         records = [r for r in read_metrics(trial_dir / "metrics.jsonl") if "loss" in r]
         row: dict[str, Any] = {
             "trial": trial_dir.name,
@@ -468,7 +477,7 @@ def summarise(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
             **point,
             "method": cfg.method.name,
             "P": cfg.train.batch_size,
-            "D": int(cfg.model.projector.split("-")[-1]) if cfg.model.projector else None,
+            "D": embedding_dim(cfg.model.projector, 0) or None,
             "K": cfg.views.num_views,
             "steps": records[-1]["step"] if records else 0,
             "flops": records[-1].get("flops") if records else None,
@@ -485,11 +494,10 @@ def summarise(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
         rows.append(row)
     write_json(out / "summary.json", rows)
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    with open(out / "summary.csv.tmp", "w", newline="") as f:
+    with atomic_file(out / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(out / "summary.csv.tmp", out / "summary.csv")
     return rows
 
 

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..losses.mce_lm import mce_lm_loss
-from ..runinfo import run_metadata, write_json
+from ..runinfo import atomic_write_text, run_metadata, write_json
+from ..schedules import warmup_cosine
 from ..training.checkpoint import load_checkpoint, save_checkpoint
 from .model import GPT
 from .tasks import CharVocab, arithmetic_problems, text_splits
@@ -112,13 +113,7 @@ def _loss(
 
 
 def _lr(cfg: LMConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    return (
-        cfg.lr
-        * 0.5
-        * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
-    )
+    return warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup)
 
 
 @torch.no_grad()
@@ -182,7 +177,7 @@ def train_lm(cfg: LMConfig, out: str | Path, progress: bool = False) -> dict[str
         if metrics.exists()
         else []
     )
-    metrics.write_text("".join(f"{ln}\n" for ln in kept))
+    atomic_write_text(metrics, "".join(f"{ln}\n" for ln in kept))
     train, c = data["train"], cfg.context
     bar = tqdm(
         total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.objective} seed {cfg.seed}"
@@ -276,5 +271,5 @@ def compare(
             )
             + " |"
         )
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     return summary

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import LOSSES
-from ..models.heads import MomentumEncoder, cosine_momentum, mlp_from_spec
+from ..models.heads import MomentumEncoder, cosine_momentum, embedding_dim, mlp_from_spec
 
 __all__ = ["METHODS", "MethodSpec", "SSLMethod", "build_method"]
 
@@ -80,7 +80,7 @@ class SSLMethod(nn.Module):
         self.backbone = backbone
         out_dim: int = backbone.out_dim  # type: ignore[assignment]
         self.projector = mlp_from_spec(out_dim, projector, last_bn=spec.last_bn)
-        proj_dim = int(projector.split("-")[-1]) if projector else out_dim
+        proj_dim = embedding_dim(projector, out_dim)
         self.predictor = mlp_from_spec(proj_dim, predictor) if spec.predictor else None
         try:
             self.loss_fn = LOSSES[spec.loss](**(loss_kwargs or {}))

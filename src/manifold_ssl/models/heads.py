@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
 
-__all__ = ["MomentumEncoder", "cosine_momentum", "mlp_from_spec"]
+from ..schedules import cosine
+
+__all__ = ["MomentumEncoder", "cosine_momentum", "embedding_dim", "mlp_from_spec"]
+
+
+def embedding_dim(spec: str, default: int) -> int:
+    """The output width of the MLP ``spec`` (``"2048-512-128"`` → 128); ``default`` (the
+    input width) for ``""``, no MLP."""
+    return int(spec.split("-")[-1]) if spec else default
 
 
 def mlp_from_spec(in_dim: int, spec: str, last_bn: bool = False) -> nn.Module:
@@ -42,7 +49,7 @@ def cosine_momentum(base: float, step: int, total: int) -> float:
     """BYOL's schedule: τ = 1 − (1 − τ_base)(cos(π·step/total) + 1)/2, rising from τ_base to 1."""
     if total <= 0:
         return base
-    return 1 - (1 - base) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
+    return cosine(step / total, base, 1.0)
 
 
 class MomentumEncoder(nn.Module):

@@ -1,16 +1,19 @@
-"""Training: the pretraining loop, optimisers and schedules, checkpoints, process groups."""
+"""Training: the bare pretraining loop (:func:`fit`, on a method, its batches and
+:class:`LoopSettings`), optimisers, checkpoints, process groups. A config becomes these parts
+in :mod:`manifold_ssl.run` (:func:`manifold_ssl.run.train`)."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import PretrainResult, build_method_for, pretrain
-from .optim import LARS, build_optimizer, lr_at_step
+from .loop import LoopSettings, Parts, PretrainResult, fit
+from .optim import LARS, make_optimizer, param_groups
 
 __all__ = [
     "LARS",
+    "LoopSettings",
+    "Parts",
     "PretrainResult",
-    "build_method_for",
-    "build_optimizer",
+    "fit",
     "load_checkpoint",
-    "lr_at_step",
-    "pretrain",
+    "make_optimizer",
+    "param_groups",
     "save_checkpoint",
 ]

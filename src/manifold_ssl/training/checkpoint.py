@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from .._atomic import atomic_file
+
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
 
@@ -18,16 +20,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
     its temporary file and leaves the previous checkpoint in place; a full disk is reported as
     such, with the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(path, "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
         if _disk_full(err):
             raise OSError(
                 errno.ENOSPC,

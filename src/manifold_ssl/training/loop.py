@@ -1,7 +1,9 @@
-"""Pretraining: the loop on one screen (``_pretrain``), its steps in ``_Trainer``.
+"""Pretraining: the loop on one screen (:func:`fit`), its steps in ``_Trainer``.
 
-Evaluation is not here: ``manifold_ssl.run`` passes a ``monitor`` and ``probes`` in, and
-evaluates the result afterwards.
+The loop takes parts, not a config: a method, its batches, the splits and
+:class:`LoopSettings`; :mod:`manifold_ssl.run` makes them from a config
+(:func:`manifold_ssl.run.train`) and passes a ``monitor`` and ``probes`` in. Evaluation is not
+here: the run evaluates the result afterwards.
 
 Batches come from :mod:`manifold_ssl.data.stream`: one uint8 tensor on the device
 (``data.loader: memory``) or files decoded by DataLoader workers (``stream``); either way a
@@ -13,9 +15,8 @@ had, also mid-epoch. Under DDP every rank draws the global batch's permutation a
 parameters and takes its contiguous slice: the global batch, and hence the loss, equals one
 process's.
 
-GPU paths, all testable on the CPU: bf16 autocast (``train.amp``; ``train.amp_cpu`` on the
-CPU), channels-last views and weights (``train.channels_last``), ``torch.compile``
-(``train.compile``).
+GPU paths, all testable on the CPU: bf16 autocast (``amp``; ``amp_cpu`` on the CPU),
+channels-last views and weights (``channels_last``), ``torch.compile`` (``compile``).
 
 Every metrics line carries ``flops``, the cumulative training FLOPs (the compute axis of
 Schaeffer et al. Fig. 4): forward + backward of backbone, heads and loss, counted once per
@@ -27,12 +28,11 @@ normalisation, the loss's eigen/SVD solves, augmentation, the optimiser and the 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,32 +44,18 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from .._validation import finiteness_deferred
-from ..config import (
-    RESUME_FREE_KEYS,
-    Config,
-    config_from_dict,
-    config_to_dict,
-    differing_keys,
-    save_config,
-)
-from ..data.pairs import CaptionBatches
-from ..data.splits import DataSplits, captions_of, check_same_data, data_identity, splits_of
-from ..data.stream import Layout, TrainBatches, make_batches
-from ..data.views import MultiViewAugment, dataset_preset, preset
+from ..data.splits import DataSplits, check_same_data, data_identity
+from ..data.stream import TrainBatches
 from ..dispatch import host_side
 from ..distributed import fixed_batch_sizes
 from ..geometry.spectral import effective_rank, percent_error
-from ..methods import MULTIMODAL, MultimodalMethod, SSLMethod, build_method
-from ..models.backbones import build_backbone
+from ..methods import MultimodalMethod, SSLMethod
 from ..models.sync_bn import convert_sync_batchnorm
-from ..models.text import build_text_tower, build_tokenizer
-from ..runinfo import make_run_dir, run_lock, run_metadata, write_json
-from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import DistContext, resolve_device, setup_distributed, teardown_distributed
+from .checkpoint import save_checkpoint
+from .distributed import DistContext
 from .metrics import MetricsLog
-from .optim import build_optimizer, lr_at_step
 
-__all__ = ["Method", "PretrainResult", "build_method_for", "pretrain", "view_size"]
+__all__ = ["RESUME_KEYS", "LoopSettings", "Method", "Parts", "PretrainResult", "fit"]
 
 Method = SSLMethod | MultimodalMethod
 
@@ -84,51 +70,33 @@ class PretrainResult:
     ctx: DistContext  # this process's rank; the process group is gone when it returns
 
 
-def view_size(cfg: Config, splits: DataSplits) -> int:
-    """The side of the training views: ``data.image_size``, else the preset's, else the
-    images' own."""
-    spec = preset(cfg.views.preset)[0]
-    return cfg.data.image_size or spec.size or splits.image_size
+@dataclass
+class LoopSettings:
+    """What the loop needs besides its parts (the ``train`` section of a config, with the
+    optimiser and schedule it asks for): see :func:`manifold_ssl.run.build.loop_settings`."""
 
-
-def build_method_for(
-    cfg: Config, in_channels: int, seed: int | None = None, image_size: int | None = None
-) -> Method:
-    """``cfg``'s method, initialised from ``seed`` (default ``train.seed``) in a forked RNG:
-    the same weights on every call, and the caller's global RNG state left as it was.
-    ``image_size``: the views' side (:func:`view_size`), which ViT backbones are built for."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed if seed is None else seed)
-        backbone = build_backbone(
-            cfg.model.backbone,
-            in_channels,
-            cfg.model.small_images,
-            cfg.model.width,
-            image_size=image_size or cfg.data.image_size,
-            kwargs=cfg.model.kwargs,
-        )
-        if cfg.method.name in MULTIMODAL:
-            t = cfg.text
-            dim = int(cfg.model.projector.split("-")[-1]) if cfg.model.projector else None
-            text = build_text_tower(
-                dim or backbone.out_dim,  # type: ignore[arg-type]
-                t.width,
-                t.layers,
-                t.heads,
-                t.context_length,
-            )
-            return MultimodalMethod(
-                cfg.method.name, backbone, cfg.model.projector, text, cfg.method.loss
-            )
-        return build_method(
-            cfg.method.name,
-            backbone,
-            cfg.model.projector,
-            predictor=cfg.model.predictor,
-            momentum=cfg.method.momentum,
-            ema=cfg.method.ema,
-            loss_kwargs=cfg.method.loss,
-        )
+    epochs: int
+    batch_size: int  # global
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer]  # over the method's parameters
+    lr: Callable[[int, int], float]  # (step, steps per epoch) -> learning rate
+    seed: int = 0  # of the online head's initialisation
+    log_every: int = 10
+    knn_every: int = 0  # epochs between monitor calls (0: never)
+    checkpoint_every: int = 1  # epochs
+    checkpoint_every_steps: int = 0
+    max_steps: int = 0
+    time_budget_s: float = 0.0
+    amp: bool = True
+    amp_cpu: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    online_linear: bool = True
+    online_lr: float = 0.1
+    num_threads: int = 0
+    tensorboard: bool = False
+    record: dict[str, Any] = field(default_factory=dict)  # every checkpoint's "config"
+    name: str = "pretrain"  # the progress bar's label
 
 
 class _StopFlag:
@@ -190,100 +158,49 @@ class Probe(Protocol):
 ProbeFactory = Callable[[DataSplits, torch.device, Path], Probe]
 
 
-def pretrain(
-    cfg: Config,
-    resume: str | Path | None = None,
-    progress: bool = True,
-    run_dir: str | Path | None = None,
-    monitor: Monitor | None = None,
-    probes: ProbeFactory | None = None,
-) -> PretrainResult:
-    """Pretrain ``cfg.method`` on ``cfg.data``; checkpoint, log, and call ``monitor`` every
-    ``train.knn_every`` epochs and the probe when due (neither if not given). See the module
-    doc.
-
-    Under ``torchrun`` the process group is created here and destroyed on every rank before
-    returning (after a barrier when training ended normally), so whatever runs next on rank 0
-    alone meets no collective.
-    """
-    ctx = setup_distributed(cfg.train.device)
-    ok, created = False, None
-    try:
-        state: dict[str, Any] | None = None
-        if resume is not None:
-            run_path = Path(resume)
-            state = load_checkpoint(run_path / "checkpoints" / "last.pt", map_location="cpu")
-            missing = sorted(set(RESUME_KEYS) - set(state))
-            if missing:
-                raise ValueError(
-                    f"checkpoint in {run_path} cannot resume training: it lacks {missing} "
-                    "(a weights-only checkpoint can be evaluated or analysed, not resumed)"
-                )
-            changed = differing_keys(config_from_dict(state["config"]), cfg, RESUME_FREE_KEYS)
-            if changed:
-                raise ValueError(
-                    f"checkpoint in {run_path} was written with other values of {changed}; "
-                    f"resume with the run's own config (manifold-ssl pretrain --resume "
-                    f"{run_path}), changing at most {', '.join(RESUME_FREE_KEYS)}"
-                )
-        else:
-            run_path = created = _new_run_dir(cfg, ctx, run_dir)
-        with run_lock(run_path) if ctx.is_main else contextlib.nullcontext():
-            result = _pretrain(cfg, ctx, run_path, state, progress, monitor, probes)
-        ok = True
-        return result
-    except BaseException:
-        if created is not None and ctx.is_main and not (created / "checkpoints").exists():
-            shutil.rmtree(created, ignore_errors=True)  # a run that failed before any step
-        raise
-    finally:
-        teardown_distributed(ctx, synchronise=ok)
-
-
 class _Trainer:
     """One run's data, model, optimiser and position; the steps of :func:`_pretrain`."""
 
-    def __init__(self, cfg: Config, ctx: DistContext, run_path: Path, log: MetricsLog) -> None:
-        self.cfg, self.ctx, self.run_path, self.log = cfg, ctx, run_path, log
-        self.device = resolve_device(cfg.train.device, ctx)
-        self.splits = _load_splits(cfg, ctx)
+    def __init__(self, parts: Parts, cfg: LoopSettings, run_path: Path, log: MetricsLog) -> None:
+        self.cfg, self.ctx, self.run_path, self.log = cfg, parts.ctx, run_path, log
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        ctx, self.device = parts.ctx, parts.device
+        self.splits, self.data, self.method = parts.splits, parts.batches, parts.method
         self.identity = data_identity(self.splits)  # recorded in every checkpoint
-        self.batch = cfg.train.batch_size
-        self.data = _train_batches(cfg, self.splits, ctx, self.device)
-        size = view_size(cfg, self.splits)
-        self.method = build_method_for(cfg, self.data.channels, image_size=size)
-        online = cfg.train.online_linear and self.splits.num_classes >= 2
+        self.batch = cfg.batch_size
+        online = cfg.online_linear and self.splits.num_classes >= 2
         if online and isinstance(self.method, SSLMethod):
-            self.method.attach_online_head(self.splits.num_classes, cfg.train.seed)
+            self.method.attach_online_head(self.splits.num_classes, cfg.seed)
             labels = self.splits.pretraining().labels  # -1: unlabelled (ignored)
             self.labels: torch.Tensor | None = labels.to(self.device)
         else:
             self.labels = None
         self.method.to(self.device)
-        self.memory_format = torch.channels_last if cfg.train.channels_last else None
+        self.memory_format = torch.channels_last if cfg.channels_last else None
         if self.memory_format is not None:
             self.method.to(memory_format=self.memory_format)
         self.model: nn.Module = self.method
         if ctx.world_size > 1:
-            if cfg.model.sync_bn:
+            if cfg.sync_bn:
                 self.model = convert_sync_batchnorm(self.model, self.device)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if cfg.train.compile:  # in place: keeps the module (and its state dict keys) as it is
+        if cfg.compile:  # in place: keeps the module (and its state dict keys) as it is
             self.model.compile()
-        self.opt = build_optimizer(self.method, cfg)
+        self.opt = cfg.optimizer(self.method)
         head = getattr(self.method, "online_head", None)
         self.head_opt = (
-            torch.optim.SGD(head.parameters(), lr=cfg.train.online_lr, momentum=0.9, foreach=True)
+            torch.optim.SGD(head.parameters(), lr=cfg.online_lr, momentum=0.9, foreach=True)
             if head is not None
             else None
         )
         self.steps_per_epoch = self.data.num_images // self.batch
-        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.total_steps = cfg.epochs * self.steps_per_epoch
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
         self.step_flops: int | None = None
-        cpu_amp = cfg.train.amp_cpu and self.device.type == "cpu"
-        self.use_amp = cfg.train.amp and (self.device.type == "cuda" or cpu_amp)
+        cpu_amp = cfg.amp_cpu and self.device.type == "cpu"
+        self.use_amp = cfg.amp and (self.device.type == "cuda" or cpu_amp)
         # set on the device when a step's loss is not finite; read at logging steps and
         # before each checkpoint (the only host reads of a training step)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -333,7 +250,7 @@ class _Trainer:
         self.check_finite()
         if self.ctx.is_main:
             state = {
-                "config": config_to_dict(self.cfg),
+                "config": self.cfg.record,
                 "model": self.method.state_dict(),
                 "optimizer": self.opt.state_dict(),
                 **(data_state if data_state is not None else self.data.state_dict()),
@@ -360,7 +277,7 @@ class _Trainer:
             else:
                 batch = _channels_last(batch)
         for group in self.opt.param_groups:
-            group["lr"] = lr_at_step(self.cfg, self.step, self.steps_per_epoch)
+            group["lr"] = self.cfg.lr(self.step, self.steps_per_epoch)
         # FLOPs of forward + backward, counted on the first step of each process
         counter = FlopCounterMode(display=False) if self.step_flops is None else None
         with counter or contextlib.nullcontext():
@@ -418,11 +335,11 @@ class _Trainer:
             self.mark = time.perf_counter()
 
     def log_step(self, record: dict[str, Any], bar: tqdm, last: bool) -> None:
-        """Every ``train.log_every`` steps, the first step and the run's ``last`` step (so that
+        """Every ``log_every`` steps, the first step and the run's ``last`` step (so that
         a run's final step and FLOPs are in its metrics whatever stopped it): check the losses'
         finiteness and log this step's values, the only host reads of a step. ``images_per_s``
         averages the steps since the previous logged one."""
-        if not (self.step % self.cfg.train.log_every == 0 or self.step == 1 or last):
+        if not (self.step % self.cfg.log_every == 0 or self.step == 1 or last):
             return
         self.check_finite()
         now, (then, since) = time.perf_counter(), self.clock
@@ -443,13 +360,13 @@ class _Trainer:
         bar.set_postfix(loss=f"{loss:.4g}")
 
     def end_epoch(self, monitor: Monitor | None, bar: tqdm) -> None:
-        """Count the epoch; monitor every ``train.knn_every`` and checkpoint every
-        ``train.checkpoint_every`` epochs, and after the last."""
+        """Count the epoch; monitor every ``knn_every`` and checkpoint every
+        ``checkpoint_every`` epochs, and after the last."""
         cfg = self.cfg
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.done = self.data.state_dict()
-        last = self.epoch == cfg.train.epochs
-        every = cfg.train.knn_every
+        last = self.epoch == cfg.epochs
+        every = cfg.knn_every
         if monitor and every and (self.epoch % every == 0 or last) and self.ctx.is_main:
             with self.paused():
                 values = monitor(self.method, self.splits, self.device)
@@ -457,54 +374,37 @@ class _Trainer:
             bar.write(
                 f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
             )
-        if self.epoch % cfg.train.checkpoint_every == 0 or last:
+        if self.epoch % cfg.checkpoint_every == 0 or last:
             self.checkpoint()
 
 
-def _load_splits(cfg: Config, ctx: DistContext) -> DataSplits:
-    """Rank 0 decodes or indexes (and caches) the dataset first; the other ranks then read the
-    cache."""
-    splits = splits_of(cfg) if ctx.is_main else None
-    if ctx.world_size > 1:
-        dist.barrier()
-    return splits or splits_of(cfg)
+@dataclass
+class Parts:
+    """What a run trains: the method, its batches (on ``device``) and the splits, in this
+    process ``ctx``."""
+
+    method: Method
+    batches: TrainBatches
+    splits: DataSplits
+    ctx: DistContext
+    device: torch.device
 
 
-def _train_batches(
-    cfg: Config, splits: DataSplits, ctx: DistContext, device: torch.device
-) -> TrainBatches:
-    """The pretraining images as batches of K views (memory or streamed)."""
-    specs = dataset_preset(cfg.views.preset, *splits.normalisation, size=cfg.data.image_size)
-    d = cfg.data
-    layout = Layout(cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, device)
-    images = make_batches(
-        splits.pretraining(),
-        MultiViewAugment(specs, cfg.views.num_views),
-        layout,
-        view_size(cfg, splits),
-        d.workers,
-        d.prefetch,
-        d.views_on,
-    )
-    if cfg.method.name not in MULTIMODAL:
-        return images
-    tokenize = build_tokenizer(cfg.text.context_length)
-    return CaptionBatches(images, captions_of(cfg, splits), tokenize, layout)
-
-
-def _pretrain(
-    cfg: Config,
-    ctx: DistContext,
+def fit(
+    parts: Parts,
+    cfg: LoopSettings,
     run_path: Path,
-    state: dict[str, Any] | None,
-    progress: bool,
-    monitor: Monitor | None,
-    probes: ProbeFactory | None,
+    state: dict[str, Any] | None = None,
+    progress: bool = True,
+    monitor: Monitor | None = None,
+    probes: ProbeFactory | None = None,
 ) -> PretrainResult:
-    if cfg.train.num_threads > 0:
-        torch.set_num_threads(cfg.train.num_threads)
-    log = MetricsLog(run_path, enabled=ctx.is_main, tensorboard=cfg.train.tensorboard)
-    t = _Trainer(cfg, ctx, run_path, log)
+    """Train ``parts`` as ``cfg`` says, logging and checkpointing into ``run_path``, from the
+    checkpoint ``state`` when resuming; call ``monitor`` every ``knn_every`` epochs and the
+    probe when due (neither if not given). See the module doc."""
+    ctx = parts.ctx
+    log = MetricsLog(run_path, enabled=ctx.is_main, tensorboard=cfg.tensorboard)
+    t = _Trainer(parts, cfg, run_path, log)
     if state is not None:
         t.restore(state)
     probe = probes(t.splits, t.device, run_path) if probes and ctx.is_main else None
@@ -518,10 +418,9 @@ def _pretrain(
 
     status, start_time = "finished", t.trained_seconds()  # this invocation's start
     show = progress and ctx.is_main
-    desc = f"{cfg.method.name} {cfg.data.name}"
-    bar = tqdm(total=t.total_steps, initial=t.step, disable=not show, desc=desc, **_BAR)
+    bar = tqdm(total=t.total_steps, initial=t.step, disable=not show, desc=cfg.name, **_BAR)
     with _StopFlag() as stop, _checkpoint_on_error(t), fixed_batch_sizes():
-        while t.epoch < cfg.train.epochs and status == "finished":
+        while t.epoch < cfg.epochs and status == "finished":
             if t.step == 0:
                 maybe_probe()
             t.data.start_epoch(t.epoch, t.step_in_epoch)
@@ -533,7 +432,7 @@ def _pretrain(
                 reason = _stop_reason(cfg, stop, t.step, trained, ctx, t.device)
                 t.log_step(record, bar, last=bool(reason) or t.step == t.total_steps)
                 maybe_probe()
-                every = cfg.train.checkpoint_every_steps
+                every = cfg.checkpoint_every_steps
                 if every and t.step % every == 0:
                     t.checkpoint()
                 if reason:
@@ -582,7 +481,7 @@ RESUME_KEYS = ("model", "optimizer", "step", "epoch", "step_in_epoch")  # + the 
 
 
 def _stop_reason(
-    cfg: Config,
+    cfg: LoopSettings,
     stop: _StopFlag,
     step: int,
     trained: float,
@@ -591,42 +490,21 @@ def _stop_reason(
 ) -> str | None:
     """Why to stop after this step, if at all. ``trained``: the seconds this invocation has
     trained (the training clock: monitor, probes and checkpoints excluded), which
-    ``train.time_budget_s`` bounds. ``train.max_steps`` is the same on every rank; a signal or
-    the clock, seen by one rank, is agreed under DDP by one collective every ``train.log_every``
+    ``time_budget_s`` bounds. ``max_steps`` is the same on every rank; a signal or the clock,
+    seen by one rank, is agreed under DDP by one collective every ``log_every``
     steps (not every step: each is a host read), so all ranks stop at the same step, at most
     ``log_every − 1`` steps after the signal or the budget."""
-    if cfg.train.max_steps and step >= cfg.train.max_steps:
+    if cfg.max_steps and step >= cfg.max_steps:
         return "max_steps"
-    if ctx.world_size > 1 and step % cfg.train.log_every:
+    if ctx.world_size > 1 and step % cfg.log_every:
         return None
     code = 0
     if stop.raised:
         code = 1
-    elif cfg.train.time_budget_s and trained >= cfg.train.time_budget_s:
+    elif cfg.time_budget_s and trained >= cfg.time_budget_s:
         code = 2
     if ctx.world_size > 1:
         flag = torch.tensor([code], device=device)  # NCCL reduces CUDA tensors only
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         code = int(flag.item())
     return ("interrupted", "budget")[code - 1] if code else None
-
-
-def _new_run_dir(cfg: Config, ctx: DistContext, run_dir: str | Path | None) -> Path:
-    """Rank 0 creates the run directory and records config and provenance; others learn it."""
-    path: list[Any] = [None]
-    if ctx.is_main:
-        if run_dir is not None:
-            p = Path(run_dir)
-            p.mkdir(parents=True, exist_ok=False)
-        else:
-            p = make_run_dir(
-                cfg.train.out_dir, cfg.train.name or f"{cfg.method.name}-{cfg.data.name}"
-            )
-        save_config(cfg, p / "config.yaml")
-        meta = run_metadata(cfg.train.seed)
-        meta["world_size"] = ctx.world_size
-        write_json(p / "meta.json", meta)
-        path[0] = str(p)
-    if ctx.world_size > 1:
-        dist.broadcast_object_list(path, src=0)
-    return Path(path[0])

@@ -1,16 +1,15 @@
-"""Optimisers (LARS, SGD, Adam, AdamW) and the per-step warmup + cosine learning rate."""
+"""Optimisers: LARS by hand, SGD/Adam/AdamW from PyTorch, over parameter groups that keep
+weight decay and LARS off biases and norms. (The learning-rate schedule a run's config asks for
+is :func:`manifold_ssl.run.build.lr_at_step`, on :mod:`manifold_ssl.schedules`.)"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from ..config import Config, effective_lr
-
-__all__ = ["LARS", "build_optimizer", "lr_at_step", "param_groups"]
+__all__ = ["LARS", "make_optimizer", "param_groups"]
 
 
 class LARS(torch.optim.Optimizer):
@@ -79,36 +78,27 @@ def param_groups(
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    o = cfg.optim
-    lr = effective_lr(cfg)
-    groups = param_groups(model, o.weight_decay, o.decay_all)
-    if o.name == "lars":
-        return LARS(groups, lr=lr, momentum=o.momentum, eta=o.lars_eta)
+def make_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    decay_all: bool = False,
+    lars_eta: float = 0.001,
+) -> torch.optim.Optimizer:
+    """Optimiser ``name`` (``lars``, ``sgd``, ``adam``, ``adamw``) over :func:`param_groups`."""
+    groups = param_groups(model, weight_decay, decay_all)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, eta=lars_eta)
     for g in groups:
         g.pop("lars")
     # foreach: a few multi-tensor launches per step instead of a handful per parameter (the
     # default on CUDA already; the same numbers, so the CPU counts what a GPU runs)
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, foreach=True)
-    if o.name == "adam":
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, foreach=True)
+    if name == "adam":
         return torch.optim.Adam(groups, lr=lr, foreach=True)
-    return torch.optim.AdamW(groups, lr=lr, foreach=True)
-
-
-def lr_at_step(cfg: Config, step: int, steps_per_epoch: int) -> float:
-    """Linear warmup over ``warmup_steps`` or ``warmup_epochs`` (per step), then cosine to
-    ``min_lr_ratio`` or flat."""
-    peak = effective_lr(cfg)
-    total = cfg.train.epochs * steps_per_epoch
-    warmup = cfg.optim.warmup_steps or round(cfg.optim.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if cfg.optim.schedule == "constant":
-        return peak
-    if cfg.optim.schedule == "cosine_epoch":  # constant within an epoch, as an epoch scheduler
-        progress = min(1.0, (step // steps_per_epoch) / cfg.train.epochs)
-    else:
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    floor = peak * cfg.optim.min_lr_ratio
-    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+    raise ValueError(f"unknown optimiser {name!r}; expected lars, sgd, adam or adamw")

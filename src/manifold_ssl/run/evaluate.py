@@ -1,4 +1,6 @@
-"""From a pretrained run to its results: the evaluation protocol, ``eval.json`` and the report.
+"""The composition layer's evaluation half: from a pretrained run to its results (the
+evaluation protocol, ``eval.json`` and the report), the kNN monitor the loop calls, zero-shot
+classification.
 
 The CLI's ``pretrain`` and ``evaluate`` and the sweep's trials all end here, so a run evaluated
 from any of them holds the same files.
@@ -15,20 +17,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import Config, config_to_dict
-from .data.splits import DataSplits, check_zero_shot_words, zero_shot_prompts
-from .evaluation.features import extract_features
-from .evaluation.knn import knn_accuracy
-from .evaluation.protocol import evaluate_with_baselines
-from .evaluation.report import write_report
-from .evaluation.zeroshot import class_text_embeddings, zero_shot_accuracy
-from .methods import MultimodalMethod
-from .models.text import build_tokenizer
-from .runinfo import read_metrics, write_json
-from .training.loop import Method, Monitor, PretrainResult, build_method_for, view_size
-from .training.loop import pretrain as train
+from ..config import Config, config_to_dict
+from ..data.splits import DataSplits
+from ..evaluation.features import extract_features
+from ..evaluation.knn import knn_accuracy
+from ..evaluation.protocol import evaluate_with_baselines
+from ..evaluation.report import write_report
+from ..evaluation.zeroshot import class_text_embeddings, zero_shot_accuracy
+from ..methods import MultimodalMethod
+from ..models.text import build_tokenizer
+from ..runinfo import read_metrics, write_json
+from ..training.loop import Method, Monitor
+from .build import build_method_for, view_size, zero_shot_prompts
 
-__all__ = ["evaluate_run", "final_percent_error", "knn_monitor", "pretrain", "zero_shot"]
+__all__ = ["evaluate_run", "final_percent_error", "knn_monitor", "online_accuracy", "zero_shot"]
 
 
 def zero_shot(
@@ -105,25 +107,6 @@ def online_accuracy(method: Method, features: torch.Tensor, labels: torch.Tensor
     return float((pred == labels).double().mean())
 
 
-def pretrain(
-    cfg: Config,
-    resume: str | Path | None = None,
-    progress: bool = True,
-    run_dir: str | Path | None = None,
-) -> PretrainResult:
-    """:func:`manifold_ssl.training.pretrain` with the kNN monitor of ``train.knn_every`` and
-    the geometry probes of ``probes`` (:mod:`manifold_ssl.probes`)."""
-    from .probes import TrainingProbe
-
-    def probes(splits: DataSplits, device: torch.device, path: Path) -> TrainingProbe:
-        return TrainingProbe(cfg, splits, device, path)
-
-    factory = probes if cfg.probes.every_steps else None
-    if cfg.train.knn_every:  # the monitor prompts a multimodal method with the class words
-        check_zero_shot_words(cfg)
-    return train(cfg, resume, progress, run_dir, monitor=knn_monitor(cfg), probes=factory)
-
-
 def evaluate_run(
     cfg: Config,
     method: Method,
@@ -171,7 +154,7 @@ def evaluate_run(
             "templates": zero_shot_prompts(cfg, splits)[1],
         }
     if cfg.eval.augmented_probe:
-        from .evaluation.augmented import augmented_linear_probe
+        from ..evaluation.augmented import augmented_linear_probe
 
         if progress:
             print("the linear probe on augmented images (Yerxa App. G)")
@@ -179,7 +162,7 @@ def evaluate_run(
             cfg, method.backbone, splits, device, size, progress
         )
     if cfg.eval.semi_supervised:
-        from .evaluation.finetune import finetune
+        from ..evaluation.finetune import finetune
 
         for fraction in cfg.eval.semi_supervised:
             if progress:

@@ -1,0 +1,284 @@
+"""The composition layer's first half: a :class:`~manifold_ssl.config.Config` turned into the
+parts the libraries take, in one place. The data's splits and captions, the view
+distributions, the method, the batches, the optimiser and its schedule, the loop's settings:
+every ``cfg.<section>.<key>`` a run reads is read here (or in the evaluation and the CLI above
+it), so that :mod:`manifold_ssl.training`, :mod:`manifold_ssl.data` and the models take
+explicit arguments and never import the config.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import Config, effective_lr
+from ..data.captions import (
+    ZERO_SHOT_TEMPLATES,
+    Captions,
+    GeneratedCaptions,
+    ImageAttributes,
+    class_words,
+    read_captions,
+)
+from ..data.files import FILE_SETS
+from ..data.pairs import CaptionBatches
+from ..data.splits import DataSplits, index_files, load_splits, stratified_split
+from ..data.stream import Layout, TrainBatches, make_batches, resolve_workers
+from ..data.tensors import ImageTensors
+from ..data.views import AugmentSpec, MultiViewAugment, dataset_preset, preset
+from ..methods import MULTIMODAL, MultimodalMethod, build_method
+from ..models.backbones import build_backbone
+from ..models.heads import embedding_dim
+from ..models.text import build_text_tower, build_tokenizer
+from ..schedules import cosine, warmup_cosine
+from ..training.distributed import DistContext
+from ..training.loop import LoopSettings, Method
+from ..training.optim import make_optimizer
+
+__all__ = [
+    "build_method_for",
+    "captions_of",
+    "check_zero_shot_words",
+    "loop_settings",
+    "lr_at_step",
+    "optimizer_for",
+    "splits_of",
+    "train_batches",
+    "view_size",
+    "view_specs",
+    "zero_shot_prompts",
+    "zero_shot_words",
+]
+
+
+# --------------------------------------------------------------------------- data
+def splits_of(cfg: Config) -> DataSplits:
+    """The splits ``cfg.data`` describes."""
+    d = cfg.data
+    return load_splits(
+        d.name,
+        d.root,
+        d.path,
+        d.val_fraction,
+        d.split_seed,
+        loader=d.loader,
+        image_size=d.image_size,
+        crop_fraction=d.crop_fraction,
+        classes_file=d.classes_file,
+        test_split=d.test_split,
+        unlabeled=d.unlabeled,
+        memory_limit_gb=d.memory_limit_gb,
+        workers=resolve_workers(d.workers),
+    )
+
+
+def load_splits_ranked(cfg: Config, ctx: DistContext) -> DataSplits:
+    """:func:`splits_of` under DDP: rank 0 decodes or indexes (and caches) the dataset first;
+    the other ranks then read the cache."""
+    splits = splits_of(cfg) if ctx.is_main else None
+    if ctx.world_size > 1:
+        dist.barrier()
+    return splits or splits_of(cfg)
+
+
+# --------------------------------------------------------------------------- captions and prompts
+def captions_of(cfg: Config, splits: DataSplits) -> Captions:
+    """The captions of the pretraining images (``text.captions``; see
+    :mod:`manifold_ssl.data.captions`), in the order of ``splits.pretraining()``."""
+    d = cfg.data
+    mode = _caption_mode(cfg)
+    if d.unlabeled:
+        raise ValueError("multimodal pretraining does not read data.unlabeled (no captions)")
+    if mode == "files":
+        # the training split's files, in the order both loaders keep them
+        files = index_files(d.name, "train", d.root, d.path, d.classes_file)
+        keep, _ = stratified_split(files.labels, d.val_fraction, d.split_seed)
+        return read_captions(files.subset(keep))
+    train = splits.train
+    if not isinstance(train, ImageTensors):
+        raise ValueError(
+            "text.captions=generated measures the images in memory: use data.loader=memory "
+            "(or text.captions=files with <key>.txt captions)"
+        )
+    return GeneratedCaptions(train, ImageAttributes.fit(train.images, train.labels))
+
+
+def zero_shot_prompts(cfg: Config, splits: DataSplits) -> tuple[list[str], list[str]]:
+    """The class words and the prompt templates of zero-shot evaluation (``{label}`` in each):
+    ``text.zero_shot_templates``, else the held-out templates of the images' kind; the words
+    as :func:`zero_shot_words` gives them."""
+    kind = "grey" if splits.channels == 1 else "colour"
+    templates = cfg.text.zero_shot_templates or list(ZERO_SHOT_TEMPLATES[kind])
+    return zero_shot_words(cfg, splits.train.classes), templates
+
+
+def zero_shot_words(cfg: Config, classes: list[str]) -> list[str]:
+    """The class words prompts use: ``text.class_names`` (in label order), else the class
+    names as words. Captions read from files are written in words, so class names that are
+    ids (WebDataset ``.cls`` numbers) cannot prompt them: that is an error naming
+    ``text.class_names``, not a chance-level accuracy. (Generated captions are made from the
+    same names, ids or not, so they prompt them.)"""
+    names = cfg.text.class_names
+    if names:
+        if len(names) != len(classes):
+            raise ValueError(
+                f"text.class_names has {len(names)} names, but the data set has "
+                f"{len(classes)} classes ({', '.join(classes[:10])})"
+            )
+        return list(names)
+    if _caption_mode(cfg) == "files" and all(c.lstrip("-").isdigit() for c in classes):
+        raise ValueError(
+            f"zero-shot prompts need class words, but the classes of {cfg.data.path} are the "
+            f"ids {', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''} and its captions "
+            "are files: set text.class_names to their names in label order (e.g. "
+            "--text.class_names='[airplane, automobile, ...]'), or pretrain with --no-eval "
+            "--train.knn_every=0"
+        )
+    return class_words(classes)
+
+
+def check_zero_shot_words(cfg: Config) -> None:
+    """:func:`zero_shot_words` before a run starts (from the files' index: no decoding), so
+    that a multimodal run without class words is refused before it trains, not after."""
+    if cfg.method.name in MULTIMODAL and _caption_mode(cfg) == "files":
+        d = cfg.data
+        zero_shot_words(cfg, index_files(d.name, "train", d.root, d.path, d.classes_file).classes)
+
+
+def _caption_mode(cfg: Config) -> str:
+    mode = cfg.text.captions
+    return ("files" if cfg.data.name in FILE_SETS else "generated") if mode == "auto" else mode
+
+
+# --------------------------------------------------------------------------- views and batches
+def view_specs(cfg: Config, splits: DataSplits) -> tuple[AugmentSpec, ...]:
+    """``views.preset`` standardised with the data's statistics, at ``data.image_size``."""
+    return dataset_preset(cfg.views.preset, *splits.normalisation, size=cfg.data.image_size)
+
+
+def view_size(cfg: Config, splits: DataSplits) -> int:
+    """The side of the training views: ``data.image_size``, else the preset's, else the
+    images' own."""
+    spec = preset(cfg.views.preset)[0]
+    return cfg.data.image_size or spec.size or splits.image_size
+
+
+def train_batches(
+    cfg: Config, splits: DataSplits, ctx: DistContext, device: torch.device
+) -> TrainBatches:
+    """The pretraining images as batches of K views (memory or streamed), with their captions
+    for a multimodal method."""
+    d = cfg.data
+    layout = Layout(cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, device)
+    images = make_batches(
+        splits.pretraining(),
+        MultiViewAugment(view_specs(cfg, splits), cfg.views.num_views),
+        layout,
+        view_size(cfg, splits),
+        d.workers,
+        d.prefetch,
+        d.views_on,
+    )
+    if cfg.method.name not in MULTIMODAL:
+        return images
+    tokenize = build_tokenizer(cfg.text.context_length)
+    return CaptionBatches(images, captions_of(cfg, splits), tokenize, layout)
+
+
+# --------------------------------------------------------------------------- the method
+def build_method_for(
+    cfg: Config, in_channels: int, seed: int | None = None, image_size: int | None = None
+) -> Method:
+    """``cfg``'s method, initialised from ``seed`` (default ``train.seed``) in a forked RNG:
+    the same weights on every call, and the caller's global RNG state left as it was.
+    ``image_size``: the views' side (:func:`view_size`), which ViT backbones are built for."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed if seed is None else seed)
+        backbone = build_backbone(
+            cfg.model.backbone,
+            in_channels,
+            cfg.model.small_images,
+            cfg.model.width,
+            image_size=image_size or cfg.data.image_size,
+            kwargs=cfg.model.kwargs,
+        )
+        if cfg.method.name in MULTIMODAL:
+            t = cfg.text
+            dim = embedding_dim(cfg.model.projector, backbone.out_dim)  # type: ignore[arg-type]
+            text = build_text_tower(dim, t.width, t.layers, t.heads, t.context_length)
+            return MultimodalMethod(
+                cfg.method.name, backbone, cfg.model.projector, text, cfg.method.loss
+            )
+        return build_method(
+            cfg.method.name,
+            backbone,
+            cfg.model.projector,
+            predictor=cfg.model.predictor,
+            momentum=cfg.method.momentum,
+            ema=cfg.method.ema,
+            loss_kwargs=cfg.method.loss,
+        )
+
+
+# --------------------------------------------------------------------------- optimisation
+def optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """``cfg.optim``'s optimiser over ``model``'s parameters at the peak learning rate."""
+    o = cfg.optim
+    return make_optimizer(
+        model, o.name, effective_lr(cfg), o.momentum, o.weight_decay, o.decay_all, o.lars_eta
+    )
+
+
+def lr_at_step(cfg: Config, step: int, steps_per_epoch: int) -> float:
+    """Linear warmup over ``warmup_steps`` or ``warmup_epochs`` (per step), then cosine to
+    ``min_lr_ratio`` (per step, or per epoch with ``cosine_epoch``) or flat."""
+    peak = effective_lr(cfg)
+    total = cfg.train.epochs * steps_per_epoch
+    warmup = cfg.optim.warmup_steps or round(cfg.optim.warmup_epochs * steps_per_epoch)
+    floor = peak * cfg.optim.min_lr_ratio
+    if step < warmup or cfg.optim.schedule == "cosine":
+        return warmup_cosine(step, total, peak, warmup, floor)
+    if cfg.optim.schedule == "constant":
+        return peak
+    # cosine_epoch: constant within an epoch, as an epoch scheduler
+    return cosine((step // steps_per_epoch) / cfg.train.epochs, peak, floor)
+
+
+def loop_settings(cfg: Config) -> LoopSettings:
+    """What the training loop reads of ``cfg``: its ``train`` section, the optimiser and its
+    schedule, and the config itself as the record every checkpoint carries."""
+    from ..config import config_to_dict
+
+    t = cfg.train
+
+    def schedule(step: int, steps_per_epoch: int) -> float:
+        return lr_at_step(cfg, step, steps_per_epoch)
+
+    def optimizer(model: nn.Module) -> torch.optim.Optimizer:
+        return optimizer_for(cfg, model)
+
+    return LoopSettings(
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        seed=t.seed,
+        log_every=t.log_every,
+        knn_every=t.knn_every,
+        checkpoint_every=t.checkpoint_every,
+        checkpoint_every_steps=t.checkpoint_every_steps,
+        max_steps=t.max_steps,
+        time_budget_s=t.time_budget_s,
+        amp=t.amp,
+        amp_cpu=t.amp_cpu,
+        channels_last=t.channels_last,
+        compile=t.compile,
+        sync_bn=cfg.model.sync_bn,
+        online_linear=t.online_linear,
+        online_lr=t.online_lr,
+        num_threads=t.num_threads,
+        tensorboard=t.tensorboard,
+        optimizer=optimizer,
+        lr=schedule,
+        record=config_to_dict(cfg),
+        name=f"{cfg.method.name} {cfg.data.name}",
+    )

@@ -1,0 +1,116 @@
+"""The composition layer's training half: a config becomes a trained run directory.
+
+:func:`train` creates the run directory (``config.yaml``, ``meta.json``) or checks a resumed
+one against its checkpoint, loads the data, builds the method and its batches
+(:mod:`manifold_ssl.run.build`) and hands them to the bare loop,
+:func:`manifold_ssl.training.fit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from ..config import RESUME_FREE_KEYS, Config, config_from_dict, differing_keys, save_config
+from ..runinfo import make_run_dir, run_lock, run_metadata, write_json
+from ..training.checkpoint import load_checkpoint
+from ..training.distributed import (
+    DistContext,
+    resolve_device,
+    setup_distributed,
+    teardown_distributed,
+)
+from ..training.loop import RESUME_KEYS, Monitor, Parts, PretrainResult, ProbeFactory, fit
+from .build import build_method_for, load_splits_ranked, loop_settings, train_batches, view_size
+
+__all__ = ["resume_state", "train"]
+
+
+def train(
+    cfg: Config,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    run_dir: str | Path | None = None,
+    monitor: Monitor | None = None,
+    probes: ProbeFactory | None = None,
+) -> PretrainResult:
+    """Pretrain ``cfg.method`` on ``cfg.data`` into a new run directory (under
+    ``train.out_dir``, or ``run_dir``) or continue the run ``resume``; call ``monitor`` every
+    ``train.knn_every`` epochs and the probe when due (neither if not given).
+
+    Under ``torchrun`` the process group is created here and destroyed on every rank before
+    returning (after a barrier when training ended normally), so whatever runs next on rank 0
+    alone meets no collective.
+    """
+    ctx = setup_distributed(cfg.train.device)
+    ok, created = False, None
+    try:
+        state = resume_state(cfg, Path(resume)) if resume is not None else None
+        if resume is not None:
+            run_path = Path(resume)
+        else:
+            run_path = created = _new_run_dir(cfg, ctx, run_dir)
+        with run_lock(run_path) if ctx.is_main else contextlib.nullcontext():
+            parts = _parts(cfg, ctx)
+            result = fit(parts, loop_settings(cfg), run_path, state, progress, monitor, probes)
+        ok = True
+        return result
+    except BaseException:
+        if created is not None and ctx.is_main and not (created / "checkpoints").exists():
+            shutil.rmtree(created, ignore_errors=True)  # a run that failed before any step
+        raise
+    finally:
+        teardown_distributed(ctx, synchronise=ok)
+
+
+def resume_state(cfg: Config, run_path: Path) -> dict[str, Any]:
+    """The last checkpoint of ``run_path``, checked to be a training checkpoint of ``cfg``
+    (up to what a resume may change: ``RESUME_FREE_KEYS``)."""
+    state = load_checkpoint(run_path / "checkpoints" / "last.pt", map_location="cpu")
+    missing = sorted(set(RESUME_KEYS) - set(state))
+    if missing:
+        raise ValueError(
+            f"checkpoint in {run_path} cannot resume training: it lacks {missing} "
+            "(a weights-only checkpoint can be evaluated or analysed, not resumed)"
+        )
+    changed = differing_keys(config_from_dict(state["config"]), cfg, RESUME_FREE_KEYS)
+    if changed:
+        raise ValueError(
+            f"checkpoint in {run_path} was written with other values of {changed}; "
+            f"resume with the run's own config (manifold-ssl pretrain --resume "
+            f"{run_path}), changing at most {', '.join(RESUME_FREE_KEYS)}"
+        )
+    return state
+
+
+def _parts(cfg: Config, ctx: DistContext) -> Parts:
+    device = resolve_device(cfg.train.device, ctx)
+    splits = load_splits_ranked(cfg, ctx)
+    batches = train_batches(cfg, splits, ctx, device)
+    method = build_method_for(cfg, batches.channels, image_size=view_size(cfg, splits))
+    return Parts(method, batches, splits, ctx, device)
+
+
+def _new_run_dir(cfg: Config, ctx: DistContext, run_dir: str | Path | None) -> Path:
+    """Rank 0 creates the run directory and records config and provenance; others learn it."""
+    path: list[Any] = [None]
+    if ctx.is_main:
+        if run_dir is not None:
+            p = Path(run_dir)
+            p.mkdir(parents=True, exist_ok=False)
+        else:
+            p = make_run_dir(
+                cfg.train.out_dir, cfg.train.name or f"{cfg.method.name}-{cfg.data.name}"
+            )
+        save_config(cfg, p / "config.yaml")
+        meta = run_metadata(cfg.train.seed)
+        meta["world_size"] = ctx.world_size
+        write_json(p / "meta.json", meta)
+        path[0] = str(p)
+    if ctx.world_size > 1:
+        dist.broadcast_object_list(path, src=0)
+    return Path(path[0])
