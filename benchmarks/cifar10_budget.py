@@ -30,6 +30,7 @@ from manifold_ssl.evaluation.protocol import evaluate_encoder
 from manifold_ssl.run import build_method_for, pretrain
 from manifold_ssl.run.build import optimizer_for
 from manifold_ssl.runinfo import run_metadata
+from manifold_ssl.training import train_step
 
 METHODS = ["mmcr", "clamp", "matrix_ssl", "simclr", "barlow_twins", "byol"]
 
@@ -44,10 +45,8 @@ def seconds_per_step(cfg, images: torch.Tensor, steps: int = 3) -> float:
     for i in range(steps + 1):
         t = time.perf_counter()
         idx = torch.randint(0, images.shape[0], (cfg.train.batch_size,), generator=gen)
-        loss, _, _ = method(aug(images[idx], gen))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(method, opt, aug(images[idx], gen))  # the loop's step
+        method.update_target(i, steps + 1)
         if i:
             times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]
@@ -100,7 +99,7 @@ def main() -> None:
         result = pretrain(cfg, progress=False)
         train_s = time.perf_counter() - t
         t = time.perf_counter()
-        ev = evaluate_encoder(cfg, result.method.backbone, result.splits, "cpu")
+        ev = evaluate_encoder(cfg.eval, result.method.backbone, result.splits, "cpu")
         rows.append(
             {
                 "method": name,

@@ -80,7 +80,9 @@ def main() -> None:
         timings[f"{name}: features"] = time.perf_counter() - t0
         print(f"{name}: features {timings[f'{name}: features']:.1f} s", flush=True)
         t0 = time.perf_counter()
-        rows[name] = evaluate_features(cfg, (feats[0], feats[1], feats[2]), splits, progress=True)
+        rows[name] = evaluate_features(
+            cfg.eval, (feats[0], feats[1], feats[2]), splits, progress=True
+        )
         timings[f"{name}: kNN + linear probe"] = time.perf_counter() - t0
         print(f"{name}: kNN + probe {timings[f'{name}: kNN + linear probe']:.1f} s", flush=True)
     t0 = time.perf_counter()
@@ -89,7 +91,7 @@ def main() -> None:
         for s in (splits.train, splits.val, splits.test)
     ]
     rows["raw_pixels"] = evaluate_features(
-        cfg, (pixels[0], pixels[1], pixels[2]), splits, progress=True
+        cfg.eval, (pixels[0], pixels[1], pixels[2]), splits, progress=True
     )
     timings["raw pixels: kNN + linear probe"] = time.perf_counter() - t0
     total = sum(timings.values())

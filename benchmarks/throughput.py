@@ -35,6 +35,7 @@ from manifold_ssl.data.views import MultiViewAugment, preset
 from manifold_ssl.run import build_method_for
 from manifold_ssl.run.build import optimizer_for
 from manifold_ssl.runinfo import run_metadata
+from manifold_ssl.training import train_step
 
 
 def median_time(fn, repeats: int) -> float:
@@ -134,11 +135,8 @@ def bench(recipe: str, views: int, batch: int, repeats: int, images_u8: torch.Te
         out.float().square().mean().backward()
 
     def full_step():
-        v = data()
-        loss, _, _ = method(v)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(method, opt, data())  # the loop's step: forward, backward, optimiser
+        method.update_target(0, 1)
 
     t_data = median_time(data, repeats)
     t_fb = median_time(fwd_bwd, repeats)

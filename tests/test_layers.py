@@ -112,3 +112,14 @@ def test_training_and_evaluation_do_not_import_each_other():
         for module, deps in GRAPH.items():
             if top(module) == a:
                 assert not {d for d in deps if top(d) == b}, f"{module} imports {b}"
+
+
+#: Where a config may be read: the composition layer, the commands and the config itself.
+#: Every other package takes parts and settings (``EvalConfig`` and ``ProbesConfig`` are
+#: defined beside their readers, in ``evaluation.settings`` and ``probes.settings``).
+READS_CONFIG = {"config", "cli", "run", "experiments", "export"}
+
+
+def test_only_the_composition_layer_and_the_commands_import_the_config():
+    readers = {top(m) for m, deps in GRAPH.items() if "manifold_ssl.config" in deps}
+    assert readers <= READS_CONFIG, sorted(readers - READS_CONFIG)

@@ -220,14 +220,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import EVAL_FREE_KEYS, RESUME_FREE_KEYS, apply_overrides, is_free
-    from .data.splits import check_same_data
-    from .run import build_method_for, evaluate_run, final_percent_error, splits_of, view_size
+    from .run import evaluate_run, final_percent_error, splits_of
     from .run.evaluate import result_stem
-    from .runinfo import run_lock
+    from .run.record import RunDir, method_from_state
     from .training.distributed import DistContext, resolve_device
 
-    run_dir = Path(args.run_dir)
-    cfg, state = _run_checkpoint(run_dir, args.checkpoint)
+    run = RunDir(args.run_dir)
+    run_dir = run.path
+    cfg, state = run.trained(args.checkpoint)
     not_free = [o for o in args.overrides if not is_free(o, EVAL_FREE_KEYS)]
     if not_free:
         free = [k for k in EVAL_FREE_KEYS if k not in RESUME_FREE_KEYS]
@@ -238,12 +238,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     overrides = [o.removeprefix("--") for o in args.overrides]
     cfg = apply_overrides(cfg, args.overrides)
     device = str(resolve_device(args.device or cfg.train.device, DistContext()))
-    with run_lock(run_dir):  # not while the run trains: its checkpoint is still moving
+    with run.lock():  # not while the run trains: its checkpoint is still moving
         splits = splits_of(cfg)
-        check_same_data(state.get("data"), splits, "evaluate")
-        method = build_method_for(cfg, splits.channels, image_size=view_size(cfg, splits))
-        method.load_state_dict(state["model"])
-        method.to(device)
+        method = method_from_state(cfg, state, splits, device, "evaluate")
         extra: dict[str, object] = {
             "method": cfg.method.name,
             "dataset": cfg.data.name,
@@ -260,25 +257,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Config, dict[str, Any]]:
-    """A run's config as its checkpoint ``checkpoint`` trained it, and the checkpoint; an error
-    when the checkpoint belongs to another config than the run's (beyond what a resume may
-    change: a run stopped by ``max_steps`` and resumed is the same run)."""
-    from .config import RESUME_FREE_KEYS, config_from_dict, differing_keys, read_run_config
-    from .training.checkpoint import load_checkpoint
-
-    cfg = read_run_config(run_dir)
-    state = load_checkpoint(run_dir / "checkpoints" / checkpoint)
-    trained = config_from_dict(state["config"])
-    changed = differing_keys(trained, cfg, RESUME_FREE_KEYS)
-    if changed:
-        raise ValueError(
-            f"checkpoint {checkpoint} was written with other values of {changed} than "
-            f"{run_dir}/config.yaml"
-        )
-    return trained, state
-
-
 def _cmd_analyze(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as lock:  # a run's lock, held until its report is written
         return _analyze(args, lock)
@@ -288,13 +266,13 @@ def _analyze(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
     import numpy as np
 
     from .config import config_from_dict, load_recipe
-    from .data.splits import as_tensors, check_same_data
+    from .data.splits import as_tensors
     from .data.views import MultiViewAugment
     from .experiments.analyze import analyze_features, analyze_model, write_analysis_report
     from .methods import SSLMethod
-    from .run import build_method_for, splits_of, view_size
+    from .run import splits_of
     from .run.build import view_specs
-    from .runinfo import run_lock
+    from .run.record import RunDir, method_from_state
     from .training.checkpoint import load_checkpoint
 
     path = Path(args.path) if args.path else None
@@ -313,8 +291,8 @@ def _analyze(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
             out = Path(args.out or f"analysis-untrained-{Path(args.untrained).stem}")
         elif path is not None and path.is_dir():
             # not while the run trains (its checkpoint still moving): held until the report
-            lock.enter_context(run_lock(path))
-            cfg, state = _run_checkpoint(path, "last.pt")
+            lock.enter_context(RunDir(path).lock())
+            cfg, state = RunDir(path).trained("last.pt")
             title = path.name
             out = Path(args.out or path / "analysis")
         elif path is not None and path.suffix == ".pt":
@@ -327,14 +305,11 @@ def _analyze(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
                 "or --untrained RECIPE"
             )
         splits = splits_of(cfg)
-        check_same_data(state.get("data") if state else None, splits, "analyze")
+        method = method_from_state(cfg, state, splits, "cpu", "analyze")
         test = as_tensors(splits.test)
         import torch
 
-        torch.manual_seed(cfg.train.seed)
-        method = build_method_for(cfg, splits.channels, image_size=view_size(cfg, splits))
-        if state is not None:
-            method.load_state_dict(state["model"])
+        torch.manual_seed(cfg.train.seed)  # the analysis's own draws
         specs = view_specs(cfg, splits)
         aug = MultiViewAugment(specs, args.n_augment)
         result = analyze_model(

@@ -16,12 +16,24 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ._keys import (
+    Check,
+    above,
+    at_least,
+    between,
+    key,
+    list_of,
+    one_of,
+)
+from .evaluation.settings import EvalConfig
+from .probes.settings import ProbesConfig
 
 __all__ = [
     "Config",
@@ -38,42 +50,8 @@ RECIPE_DIR = Path(__file__).resolve().parent / "configs"
 
 
 # --------------------------------------------------------------------------- field checks
-Check = Callable[[Any], "str | None"]  # None when the value is fine, else what was expected
-
-
-def key(
-    default: Any = None, help: str = "", check: Check | None = None, factory: Any = None
-) -> Any:
-    """A config field: its default, its help text (``pretrain --help``) and its check, all in
-    the one place the key is defined."""
-    meta = {"help": help, "check": check}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def at_least(lo: float) -> Check:
-    return lambda v: None if v >= lo else f">= {lo}"
-
-
-def above(lo: float) -> Check:
-    return lambda v: None if v > lo else f"> {lo}"
-
-
-def between(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Check:
-    text = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-
-    def check(v: float) -> str | None:
-        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        return None if ok else text
-
-    return check
-
-
-def one_of(*options: str) -> Check:
-    return lambda v: None if v in options else f"one of {list(options)}"
-
-
+# key() and the generic checks live in the leaf module _keys (sections defined beside their
+# readers use them too); the checks that look names up in the registries are here.
 def registered(module: str, table: str) -> Check:
     """One of the names of a registry, looked up when checked (no import at definition)."""
 
@@ -82,20 +60,6 @@ def registered(module: str, table: str) -> Check:
         return None if v in names else f"one of {names}{_suggest(v, names)}"
 
     return check
-
-
-def non_empty_list_of(item: Check) -> Check:
-    def check(values: list[Any]) -> str | None:
-        if not values:
-            return "a non-empty list"
-        bad = [item(v) for v in values]
-        return next((f"a list of values {b}" for b in bad if b), None)
-
-    return check
-
-
-def list_of(item: Check) -> Check:
-    return lambda values: non_empty_list_of(item)(values) if values else None
 
 
 def _backbone_name(v: str) -> str | None:
@@ -313,73 +277,6 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    knn_k: int = key(200, "neighbours of the weighted kNN", at_least(1))
-    knn_temperature: float = key(0.1, "temperature of the kNN weights", above(0))
-    linear_probe: bool = key(True, "train a linear probe on frozen features")
-    linear_weight_decays: list[float] = key(
-        help="weight decays tried by the linear probe (chosen on validation)",
-        check=non_empty_list_of(at_least(0)),
-        factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
-    )
-    linear_max_iter: int = key(300, "iterations of the linear probe per weight decay", at_least(1))
-    linear_tolerance: float = key(
-        1e-4, "the probe's L-BFGS stops when its preconditioned gradient is below this", above(0)
-    )
-    linear_precision: str = key(
-        "float32", "precision of the features in the probe's passes", one_of("float32", "float64")
-    )
-    baselines: bool = key(True, "random-init encoder and raw pixels next to the result")
-    semi_supervised: list[float] = key(
-        help="label fractions to fine-tune on, e.g. [0.01, 0.1]",
-        check=list_of(between(0, 1, lo_open=True)),
-        factory=list,
-    )
-    augmented_probe: bool = key(
-        False, "also the papers' probe on augmented images (Yerxa App. G; row augmented_probe)"
-    )
-    augmented_epochs: int = key(50, "augmented probe: epochs", at_least(1))
-    augmented_batch: int = key(1024, "augmented probe: batch size", at_least(1))
-    augmented_lr: float = key(0.1, "augmented probe: Adam learning rate (cosine decay)", above(0))
-    augmented_wd: float = key(1e-6, "augmented probe: Adam weight decay", at_least(0))
-    finetune_epochs: int = key(20, "fine-tuning epochs", at_least(1))
-    finetune_lr: float = key(0.1, "fine-tuning learning rate of the head (backbone: /10)", above(0))
-
-
-@dataclass
-class ProbesConfig:
-    every_steps: int = key(
-        0, "probe the geometry every this many steps (0: no probes)", at_least(0)
-    )
-    at_start: bool = key(True, "also probe the initial network (step 0)")
-    max_cost: float = key(
-        0.1,
-        "probes take at most this fraction of the training FLOPs (counted, so the probed "
-        "steps depend on the config alone); a probe that does not fit is skipped",
-        between(0, 1, lo_open=True),
-    )
-    images: int = key(256, "probe images, a fixed subset of the validation split", at_least(2))
-    views: int = key(0, "views per probe image (0: views.num_views)", at_least(0))
-    seed: int = key(0, "seed of the probe images and their fixed views")
-    capacity_manifolds: int = key(
-        32, "augmentation manifolds for the mean-field capacity (0: skip it)", at_least(0)
-    )
-    knn_bank: int = key(
-        2000, "training images in the probe's kNN bank (0: skip the kNN)", at_least(0)
-    )
-    coherence: bool = key(
-        True, "gradient coherence within/across classes, with a shuffled-label control"
-    )
-    clamp_convention: str = key(
-        "objective",
-        "neighbour count: objective (as the run's CLAMP loss counts overlaps: its r_s, and the "
-        "official form's reach capped at 1.5), paper (CLAMP Sec. 5, uncapped), official, or "
-        "code (counts itself, radius without r_s)",
-        one_of("objective", "paper", "official", "code"),
-    )
-
-
-@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
@@ -472,17 +369,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _update_section(obj: Any, values: dict[str, Any], prefix: str) -> None:
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
-    for key, value in values.items():
-        full = f"{prefix}.{key}" if prefix else key
-        if key not in names:
-            raise ValueError(f"unknown config key {full!r}{_suggest(key, names)}")
-        current = getattr(obj, key)
+    for name, value in values.items():
+        full = f"{prefix}.{name}" if prefix else name
+        if name not in names:
+            raise ValueError(f"unknown config key {full!r}{_suggest(name, names)}")
+        current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ValueError(f"config key {full!r} is a section; got {value!r}")
             _update_section(current, value, full)
         else:
-            setattr(obj, key, _coerce(value, hints[key], full))
+            setattr(obj, name, _coerce(value, hints[name], full))
 
 
 def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Config:

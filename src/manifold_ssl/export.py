@@ -18,7 +18,6 @@ it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from pathlib import Path
@@ -27,7 +26,8 @@ from typing import Any
 import torch
 
 from .config import Config, config_from_dict
-from .runinfo import atomic_write_text, run_lock
+from .run.record import RunDir
+from .runinfo import atomic_write_text
 from .training.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["FORMATS", "export_backbone", "export_state"]
@@ -161,10 +161,13 @@ def export_backbone(source: str | Path, fmt: str, out: str | Path, overwrite: bo
     if not ckpt.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt} (export takes a run directory or a .pt)")
     out = _export_target(Path(out), src, fmt, overwrite)
-    # a run still training moves its checkpoint: read it under the run's lock
-    with run_lock(src) if src.is_dir() else contextlib.nullcontext():
+    if src.is_dir():  # a run still training moves its checkpoint: read it under the run's lock
+        run = RunDir(src)
+        with run.lock():
+            cfg, state = run.trained()
+    else:
         state = load_checkpoint(ckpt)
-    cfg = config_from_dict(state["config"])
+        cfg = config_from_dict(state["config"])
     result = export_state(cfg, state["model"], fmt, state.get("backbone"))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(result["state_dict"], out)

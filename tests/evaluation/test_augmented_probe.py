@@ -9,6 +9,7 @@ from manifold_ssl.data import load_splits
 from manifold_ssl.data.synthetic import write_image_folder
 from manifold_ssl.evaluation.augmented import augmented_linear_probe
 from manifold_ssl.models import build_backbone
+from manifold_ssl.run.build import view_specs
 
 FAST = ["--eval.augmented_epochs=20", "--eval.augmented_batch=64", "--data.workers=0"]
 
@@ -18,8 +19,9 @@ def test_augmented_probe_on_digits_beats_chance_and_repeats(tmp_path):
     splits = load_splits("digits", str(tmp_path))
     torch.manual_seed(0)
     encoder = build_backbone("convnet", 1, width=8)
-    a = augmented_linear_probe(cfg, encoder, splits, "cpu", 8)
-    b = augmented_linear_probe(cfg, encoder, splits, "cpu", 8)
+    spec = view_specs(cfg, splits)[0]
+    a = augmented_linear_probe(cfg.eval, encoder, splits, "cpu", spec, 8, workers=0)
+    b = augmented_linear_probe(cfg.eval, encoder, splits, "cpu", spec, 8, workers=0)
     assert a == b  # seeded views and order
     assert a["linear_test_accuracy"] > 0.4  # 10 classes: chance is 0.1
 
@@ -34,7 +36,8 @@ def test_augmented_probe_streams_files(tmp_path):
         "imagefolder", str(tmp_path), str(folder), 0.25, loader="stream", image_size=16
     )
     torch.manual_seed(0)
-    result = augmented_linear_probe(cfg, build_backbone("convnet", 3, width=4), splits, "cpu", 16)
+    encoder, spec = build_backbone("convnet", 3, width=4), view_specs(cfg, splits)[0]
+    result = augmented_linear_probe(cfg.eval, encoder, splits, "cpu", spec, 16, workers=0)
     assert result["linear_test_accuracy"] > 0.6  # each class its own hue; chance is 1/3
 
 

@@ -14,6 +14,7 @@ from helpers import tiny_run_args
 from manifold_ssl.config import apply_overrides
 from manifold_ssl.methods import build_method
 from manifold_ssl.models import build_backbone
+from manifold_ssl.run import build_method_for
 from manifold_ssl.run import train as pretrain
 from manifold_ssl.training import load_checkpoint, save_checkpoint
 from manifold_ssl.training.metrics import read_metrics
@@ -290,3 +291,41 @@ def test_models_are_built_from_their_own_seed_without_touching_the_global_rng(ti
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_the_public_train_step_is_one_optimiser_step_and_flags_a_nonfinite_loss(tiny_cfg):
+    # the step the loop takes and the benchmarks time (issue 20)
+    from manifold_ssl.run.build import optimizer_for
+    from manifold_ssl.training import train_step
+
+    cfg = tiny_cfg("--method.loss.nuclear=polar")  # no eigensolver to fail on the NaNs
+    method = build_method_for(cfg, 1)
+    opt = optimizer_for(cfg, method)
+    views = torch.rand(8, 2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in method.parameters()]
+    flag = torch.zeros((), dtype=torch.bool)
+    loss, _, z = train_step(method, opt, views, nonfinite=flag)
+    assert torch.isfinite(loss) and z.shape[:2] == (8, 2) and not bool(flag)
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.parameters(), strict=True))
+    train_step(method, opt, views * float("nan"), nonfinite=flag)
+    assert bool(flag)  # recorded on the device, not raised: the loop reads it at logging steps
+
+
+def test_a_run_directory_is_read_by_one_rule(tiny_cfg, tmp_path):
+    from manifold_ssl.run.record import RunDir, method_from_state
+
+    result = pretrain(tiny_cfg("--train.epochs=1"), progress=False)
+    run = RunDir(result.run_dir)
+    cfg, state = run.trained()
+    assert cfg.train.epochs == 1 and state["step"] == result.step
+    assert run.metrics() and run.resume_state(cfg)["step"] == result.step
+    method = method_from_state(cfg, state, result.splits)
+    for a, b in zip(method.state_dict().values(), result.method.state_dict().values(), strict=True):
+        assert torch.equal(a.cpu(), b.cpu())
+    # a checkpoint of another config than config.yaml is not this run's
+    other = run.config()
+    other.optim.lr *= 2
+    with pytest.raises(ValueError, match="optim.lr"):
+        run.resume_state(other)
+    with pytest.raises(ValueError, match="not a run directory"):
+        RunDir(tmp_path).config()

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from manifold_ssl import probes as probes_module
 from manifold_ssl.geometry.manifold_stats import packing_statistics
-from manifold_ssl.probes import TrainingProbe, alignment_uniformity
+from manifold_ssl.probes import alignment_uniformity
+from manifold_ssl.probes import training as probes_module
 from manifold_ssl.run import pretrain
+from manifold_ssl.run.build import training_probe
 from manifold_ssl.runinfo import read_metrics
 
 
@@ -95,7 +96,7 @@ def test_probe_steps_follow_the_config_and_a_flop_budget_not_the_clock(
     cfg = tiny_cfg("--probes.every_steps=10", "--probes.max_cost=0.1")
     splits = load_splits(cfg.data.name, cfg.data.root, None, cfg.data.val_fraction, 0)
     monkeypatch.setattr(probes_module.time, "perf_counter", lambda: pytest.fail("the clock"))
-    probe = TrainingProbe(cfg, splits, torch.device("cpu"), tmp_path)
+    probe = training_probe(cfg, splits, torch.device("cpu"), tmp_path)
     assert probe.due(0, 0)  # the initial network: always probed
     probe.taken, probe.probe_flops, probe.last_step = 1, 100, 0  # as after a 100-FLOP probe
     assert not probe.due(9, 10**6)  # not a multiple of the interval

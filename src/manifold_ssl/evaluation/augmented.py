@@ -22,44 +22,49 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import Config
 from ..data.splits import DataSplits
 from ..data.stream import Layout, make_batches
-from ..data.views import MultiViewAugment, dataset_preset
+from ..data.views import AugmentSpec, MultiViewAugment
 from ..schedules import cosine
 from .features import extract_features, inference_copy
+from .settings import EvalConfig
 
 __all__ = ["augmented_linear_probe"]
 
 
 def augmented_linear_probe(
-    cfg: Config,
+    e: EvalConfig,
     encoder: nn.Module,
     splits: DataSplits,
     device: torch.device | str,
+    spec: AugmentSpec,
     image_size: int,
+    seed: int = 0,
+    workers: int = 0,
+    prefetch: int = 2,
+    views_on: str = "auto",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Validation and test accuracy of the probe described in the module doc."""
-    e = cfg.eval
+    """Validation and test accuracy of the probe described in the module doc, on views of
+    ``spec`` at ``image_size`` (the pretraining's first view distribution), the head
+    initialised from ``seed``; ``workers``, ``prefetch``, ``views_on``: the stream loader's."""
     device = torch.device(device)
     mean, std = splits.normalisation
-    spec = dataset_preset(cfg.views.preset, mean, std, size=cfg.data.image_size)[0]
     batch = min(e.augmented_batch, len(splits.train))
     source = make_batches(
         splits.train,
         MultiViewAugment((spec,), 1),
-        Layout(batch, seed=cfg.train.seed + 7, device=device),  # not the pretraining order
+        Layout(batch, seed=seed + 7, device=device),  # not the pretraining order
         image_size,
-        cfg.data.workers,
-        cfg.data.prefetch,
-        cfg.data.views_on,
+        workers,
+        prefetch,
+        views_on,
     )
     model = inference_copy(encoder).to(device)
     with torch.no_grad():
         width = model(torch.zeros(1, splits.channels, image_size, image_size, device=device))
     with torch.random.fork_rng(devices=[]):  # the head's initialisation follows train.seed
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(seed)
         head = nn.Linear(width.shape[1], splits.num_classes).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=e.augmented_lr, weight_decay=e.augmented_wd)
     steps = len(splits.train) // batch
@@ -85,7 +90,7 @@ def augmented_linear_probe(
     bar.close()
     out: dict[str, Any] = {}
     for name, split in (("val", splits.val), ("test", splits.test)):
-        feats = extract_features(encoder, split, mean, std, device=device, workers=cfg.data.workers)
+        feats = extract_features(encoder, split, mean, std, device=device, workers=workers)
         with torch.no_grad():
             pred = head(feats.to(device)).argmax(1).cpu()
         out[f"linear_{name}_accuracy"] = float((pred == split.labels).float().mean())

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config
 from ..data.splits import DataSplits, as_tensors, stratified_split
-from ..data.views import MultiViewAugment, dataset_preset
+from ..data.views import AugmentSpec, MultiViewAugment
 from ..schedules import cosine
 from .features import normalise_images
+from .settings import EvalConfig
 
 __all__ = ["finetune"]
 
@@ -43,15 +43,17 @@ def _accuracy(
 
 
 def finetune(
-    cfg: Config,
+    settings: EvalConfig,
     backbone: nn.Module,
     splits: DataSplits,
     fraction: float,
+    spec: AugmentSpec,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Fine-tune a copy of ``backbone`` on ``fraction`` of the training labels."""
+    """Fine-tune a copy of ``backbone`` on ``fraction`` of the training labels, on views of
+    ``spec`` (``eval.finetune_epochs`` epochs, head lr ``eval.finetune_lr``, backbone /10)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     _, labelled = (
@@ -63,14 +65,13 @@ def finetune(
         as_tensors(splits.train.subset(labelled)).images.to(device),
         splits.train.labels[labelled].to(device),
     )
-    spec = dataset_preset(cfg.views.preset, *splits.normalisation, size=cfg.data.image_size)[0]
     aug = MultiViewAugment((spec,), 1)
     encoder = copy.deepcopy(backbone).to(device)
     with torch.random.fork_rng():  # the head's initialisation follows ``seed``, not global state
         torch.manual_seed(seed)
         head = nn.Linear(encoder.out_dim, splits.num_classes)  # type: ignore[arg-type]
     model = nn.Sequential(encoder, head).to(device)
-    lr = cfg.eval.finetune_lr
+    lr = settings.finetune_lr
     opt = torch.optim.SGD(
         [
             {"params": encoder.parameters(), "lr": lr / 10},
@@ -81,10 +82,10 @@ def finetune(
     )
     base = [g["lr"] for g in opt.param_groups]
     batch = min(batch_size, images.shape[0])
-    steps = cfg.eval.finetune_epochs * max(1, images.shape[0] // batch)
+    steps = settings.finetune_epochs * max(1, images.shape[0] // batch)
     gen = torch.Generator().manual_seed(seed)
     step = 0
-    for _ in range(cfg.eval.finetune_epochs):
+    for _ in range(settings.finetune_epochs):
         model.train()
         perm = torch.randperm(images.shape[0], generator=gen)
         for start in range(0, images.shape[0] - batch + 1, batch):

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import Config
 from ..data.splits import DataSplits, as_tensors
 from .features import extract_features, normalise_images
 from .knn import knn_accuracy
 from .linear import linear_probe
+from .settings import EvalConfig
 
 __all__ = ["evaluate_encoder", "evaluate_features", "evaluate_with_baselines"]
 
@@ -35,7 +35,7 @@ def _check_classes(splits: DataSplits) -> None:
 
 
 def evaluate_features(
-    cfg: Config,
+    settings: EvalConfig,
     features: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     splits: DataSplits,
     progress: bool = False,
@@ -47,7 +47,7 @@ def evaluate_features(
     device = features[0].device if device is None else torch.device(device)
     train, val, test = (f.to(device) for f in features)
     ytr, yval, yte = (s.labels.to(device) for s in (splits.train, splits.val, splits.test))
-    k, temperature = cfg.eval.knn_k, cfg.eval.knn_temperature
+    k, temperature = settings.knn_k, settings.knn_temperature
     out: dict[str, Any] = {
         "knn_val_accuracy": knn_accuracy(train, ytr, val, yval, splits.num_classes, k, temperature),
         "knn_test_accuracy": knn_accuracy(
@@ -55,29 +55,32 @@ def evaluate_features(
         ),
         "feature_dim": int(train.shape[1]),
     }
-    if cfg.eval.linear_probe:
+    if settings.linear_probe:
         probe = linear_probe(
             (train, ytr),
             (val, yval),
             (test, yte),
             splits.num_classes,
-            cfg.eval.linear_weight_decays,
-            cfg.eval.linear_max_iter,
-            dtype=getattr(torch, cfg.eval.linear_precision),
+            settings.linear_weight_decays,
+            settings.linear_max_iter,
+            dtype=getattr(torch, settings.linear_precision),
             progress=progress,
-            tolerance=cfg.eval.linear_tolerance,
+            tolerance=settings.linear_tolerance,
         )
         out.update({f"linear_{k}": v for k, v in probe.items()})
     return out
 
 
 def evaluate_encoder(
-    cfg: Config,
+    settings: EvalConfig,
     encoder: nn.Module,
     splits: DataSplits,
     device: torch.device | str,
     progress: bool = False,
+    workers: int = 0,
 ) -> dict[str, Any]:
+    """:func:`evaluate_features` of ``encoder``'s features of the three splits (read by
+    ``workers`` DataLoader workers when streamed)."""
     _check_classes(splits)
     mean, std = splits.normalisation
     feats = [
@@ -87,21 +90,22 @@ def evaluate_encoder(
             mean,
             std,
             device=device,
-            workers=cfg.data.workers,
+            workers=workers,
             progress=f"features ({name})" if progress else None,
         )
         for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
     ]
-    return evaluate_features(cfg, (feats[0], feats[1], feats[2]), splits, progress, device)
+    return evaluate_features(settings, (feats[0], feats[1], feats[2]), splits, progress, device)
 
 
 def evaluate_with_baselines(
-    cfg: Config,
+    settings: EvalConfig,
     encoder: nn.Module,
     splits: DataSplits,
     device: torch.device | str,
     random_encoder: nn.Module | None = None,
     progress: bool = False,
+    workers: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """``{"pretrained": ..., "random_init": ..., "raw_pixels": ...}`` (baselines if enabled);
     with ``progress`` a line per phase and a bar over each linear probe's weight decays."""
@@ -112,12 +116,12 @@ def evaluate_with_baselines(
             tqdm.write(text)
 
     say("evaluating the pretrained encoder (features, kNN, linear probe)")
-    results = {"pretrained": evaluate_encoder(cfg, encoder, splits, device, progress)}
-    if cfg.eval.baselines:
+    results = {"pretrained": evaluate_encoder(settings, encoder, splits, device, progress, workers)}
+    if settings.baselines:
         if random_encoder is not None:
             say("evaluating the random-init encoder")
             results["random_init"] = evaluate_encoder(
-                cfg, random_encoder.to(device), splits, device, progress
+                settings, random_encoder.to(device), splits, device, progress, workers
             )
         if splits.streamed:  # a probe on every pixel of a streamed data set: not a baseline
             say("raw pixels: skipped for streamed data (data.loader=stream)")
@@ -129,6 +133,6 @@ def evaluate_with_baselines(
             for s in (splits.train, splits.val, splits.test)
         ]
         results["raw_pixels"] = evaluate_features(
-            cfg, (pixels[0], pixels[1], pixels[2]), splits, progress, device
+            settings, (pixels[0], pixels[1], pixels[2]), splits, progress, device
         )
     return results

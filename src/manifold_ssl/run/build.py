@@ -8,6 +8,8 @@ explicit arguments and never import the config.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -31,6 +33,7 @@ from ..methods import MULTIMODAL, MultimodalMethod, build_method
 from ..models.backbones import build_backbone
 from ..models.heads import embedding_dim
 from ..models.text import build_text_tower, build_tokenizer
+from ..probes.training import TrainingProbe
 from ..schedules import cosine, warmup_cosine
 from ..training.distributed import DistContext
 from ..training.loop import LoopSettings, Method
@@ -43,8 +46,10 @@ __all__ = [
     "loop_settings",
     "lr_at_step",
     "optimizer_for",
+    "packing_rule",
     "splits_of",
     "train_batches",
+    "training_probe",
     "view_size",
     "view_specs",
     "zero_shot_prompts",
@@ -219,6 +224,35 @@ def build_method_for(
             ema=cfg.method.ema,
             loss_kwargs=cfg.method.loss,
         )
+
+
+# --------------------------------------------------------------------------- probes
+def packing_rule(cfg: Config) -> tuple[float, str]:
+    """(r_s, convention) of the probes' neighbour count: ``probes.clamp_convention``, where
+    ``objective`` counts as the run's CLAMP loss does (its r_s; the official form caps the
+    reach), and other methods as the paper."""
+    loss = cfg.method.loss if cfg.method.name == "clamp" else {}
+    r_s = float(loss.get("r_s", 7.0))
+    convention = cfg.probes.clamp_convention
+    if convention == "objective":
+        convention = "official" if loss.get("form", "official") == "official" else "paper"
+    return r_s, convention
+
+
+def training_probe(
+    cfg: Config, splits: DataSplits, device: torch.device, run_dir: Path
+) -> TrainingProbe:
+    """The geometry probes of ``cfg.probes`` for a run on ``splits``."""
+    return TrainingProbe(
+        cfg.probes,
+        splits,
+        device,
+        run_dir,
+        view_specs(cfg, splits),
+        cfg.views.num_views,
+        (cfg.eval.knn_k, cfg.eval.knn_temperature),
+        packing_rule(cfg),
+    )
 
 
 # --------------------------------------------------------------------------- optimisation

@@ -28,7 +28,7 @@ from ..methods import MultimodalMethod
 from ..models.text import build_tokenizer
 from ..runinfo import read_metrics, write_json
 from ..training.loop import Method, Monitor
-from .build import build_method_for, view_size, zero_shot_prompts
+from .build import build_method_for, view_size, view_specs, zero_shot_prompts
 
 __all__ = ["evaluate_run", "final_percent_error", "knn_monitor", "online_accuracy", "zero_shot"]
 
@@ -126,7 +126,7 @@ def evaluate_run(
     size = view_size(cfg, splits)
     random_encoder = build_method_for(cfg, splits.channels, image_size=size).backbone
     results = evaluate_with_baselines(
-        cfg, method.backbone, splits, device, random_encoder, progress=progress
+        cfg.eval, method.backbone, splits, device, random_encoder, progress, cfg.data.workers
     )
     if getattr(method, "online_head", None) is not None:
         mean, std = splits.normalisation
@@ -158,8 +158,19 @@ def evaluate_run(
 
         if progress:
             print("the linear probe on augmented images (Yerxa App. G)")
+        d = cfg.data
         results["augmented_probe"] = augmented_linear_probe(
-            cfg, method.backbone, splits, device, size, progress
+            cfg.eval,
+            method.backbone,
+            splits,
+            device,
+            view_specs(cfg, splits)[0],
+            size,
+            cfg.train.seed,
+            d.workers,
+            d.prefetch,
+            d.views_on,
+            progress,
         )
     if cfg.eval.semi_supervised:
         from ..evaluation.finetune import finetune
@@ -167,7 +178,10 @@ def evaluate_run(
         for fraction in cfg.eval.semi_supervised:
             if progress:
                 print(f"fine-tuning on {fraction:g} of the labels")
-            ft = finetune(cfg, method.backbone, splits, fraction, device, seed=cfg.train.seed)
+            spec = view_specs(cfg, splits)[0]
+            ft = finetune(
+                cfg.eval, method.backbone, splits, fraction, spec, device, seed=cfg.train.seed
+            )
             results[f"finetune_{fraction:g}"] = {
                 "linear_val_accuracy": ft["val_accuracy"],
                 "linear_test_accuracy": ft["test_accuracy"],

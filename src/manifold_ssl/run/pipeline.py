@@ -9,8 +9,9 @@ import torch
 
 from ..config import Config
 from ..data.splits import DataSplits
+from ..probes.training import TrainingProbe
 from ..training.loop import PretrainResult
-from .build import check_zero_shot_words
+from .build import check_zero_shot_words, training_probe
 from .evaluate import knn_monitor
 from .train import train
 
@@ -25,10 +26,9 @@ def pretrain(
 ) -> PretrainResult:
     """:func:`manifold_ssl.run.train` with the kNN monitor of ``train.knn_every`` and
     the geometry probes of ``probes`` (:mod:`manifold_ssl.probes`)."""
-    from ..probes import TrainingProbe
 
     def probes(splits: DataSplits, device: torch.device, path: Path) -> TrainingProbe:
-        return TrainingProbe(cfg, splits, device, path)
+        return training_probe(cfg, splits, device, path)
 
     factory = probes if cfg.probes.every_steps else None
     if cfg.train.knn_every:  # the monitor prompts a multimodal method with the class words

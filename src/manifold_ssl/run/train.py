@@ -15,19 +15,19 @@ from typing import Any
 
 import torch.distributed as dist
 
-from ..config import RESUME_FREE_KEYS, Config, config_from_dict, differing_keys, save_config
+from ..config import Config, save_config
 from ..runinfo import make_run_dir, run_lock, run_metadata, write_json
-from ..training.checkpoint import load_checkpoint
 from ..training.distributed import (
     DistContext,
     resolve_device,
     setup_distributed,
     teardown_distributed,
 )
-from ..training.loop import RESUME_KEYS, Monitor, Parts, PretrainResult, ProbeFactory, fit
+from ..training.loop import Monitor, Parts, PretrainResult, ProbeFactory, fit
 from .build import build_method_for, load_splits_ranked, loop_settings, train_batches, view_size
+from .record import RunDir
 
-__all__ = ["resume_state", "train"]
+__all__ = ["train"]
 
 
 def train(
@@ -49,7 +49,7 @@ def train(
     ctx = setup_distributed(cfg.train.device)
     ok, created = False, None
     try:
-        state = resume_state(cfg, Path(resume)) if resume is not None else None
+        state = RunDir(resume).resume_state(cfg) if resume is not None else None
         if resume is not None:
             run_path = Path(resume)
         else:
@@ -65,26 +65,6 @@ def train(
         raise
     finally:
         teardown_distributed(ctx, synchronise=ok)
-
-
-def resume_state(cfg: Config, run_path: Path) -> dict[str, Any]:
-    """The last checkpoint of ``run_path``, checked to be a training checkpoint of ``cfg``
-    (up to what a resume may change: ``RESUME_FREE_KEYS``)."""
-    state = load_checkpoint(run_path / "checkpoints" / "last.pt", map_location="cpu")
-    missing = sorted(set(RESUME_KEYS) - set(state))
-    if missing:
-        raise ValueError(
-            f"checkpoint in {run_path} cannot resume training: it lacks {missing} "
-            "(a weights-only checkpoint can be evaluated or analysed, not resumed)"
-        )
-    changed = differing_keys(config_from_dict(state["config"]), cfg, RESUME_FREE_KEYS)
-    if changed:
-        raise ValueError(
-            f"checkpoint in {run_path} was written with other values of {changed}; "
-            f"resume with the run's own config (manifold-ssl pretrain --resume "
-            f"{run_path}), changing at most {', '.join(RESUME_FREE_KEYS)}"
-        )
-    return state
 
 
 def _parts(cfg: Config, ctx: DistContext) -> Parts:

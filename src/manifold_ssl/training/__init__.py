@@ -3,7 +3,7 @@
 in :mod:`manifold_ssl.run` (:func:`manifold_ssl.run.train`)."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import LoopSettings, Parts, PretrainResult, fit
+from .loop import LoopSettings, Parts, PretrainResult, fit, train_step
 from .optim import LARS, make_optimizer, param_groups
 
 __all__ = [
@@ -16,4 +16,5 @@ __all__ = [
     "make_optimizer",
     "param_groups",
     "save_checkpoint",
+    "train_step",
 ]

@@ -55,7 +55,15 @@ from .checkpoint import save_checkpoint
 from .distributed import DistContext
 from .metrics import MetricsLog
 
-__all__ = ["RESUME_KEYS", "LoopSettings", "Method", "Parts", "PretrainResult", "fit"]
+__all__ = [
+    "RESUME_KEYS",
+    "LoopSettings",
+    "Method",
+    "Parts",
+    "PretrainResult",
+    "fit",
+    "train_step",
+]
 
 Method = SSLMethod | MultimodalMethod
 
@@ -97,6 +105,42 @@ class LoopSettings:
     tensorboard: bool = False
     record: dict[str, Any] = field(default_factory=dict)  # every checkpoint's "config"
     name: str = "pretrain"  # the progress bar's label
+
+
+def train_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: Any,
+    labels: torch.Tensor | None = None,
+    head_opt: torch.optim.Optimizer | None = None,
+    amp: bool = False,
+    nonfinite: torch.Tensor | None = None,
+    counter: FlopCounterMode | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """One optimiser step of ``model`` (a method, or its DDP wrapper) on ``batch`` (views, or
+    views and tokens), as the loop takes it and the benchmarks time it: the forward in bf16
+    autocast with ``amp``, the losses' input checks deferred to the loss, the online head's
+    cross-entropy on ``labels`` (its optimiser ``head_opt``) added to the backward, then the
+    optimisers' steps. Nothing is read back: a non-finite loss sets ``nonfinite`` (a device
+    flag) when given. ``counter`` counts the forward and backward FLOPs. The EMA target's
+    update is the caller's (``method.update_target``). Returns ``(loss, terms, z)``."""
+    device_type = next(model.parameters()).device.type
+    with counter or contextlib.nullcontext():
+        with (
+            torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp),
+            finiteness_deferred(),  # the losses' input checks: the loss is checked instead
+        ):
+            loss, terms, z = model(batch) if labels is None else model(batch, labels)
+        if nonfinite is not None:
+            nonfinite.logical_or_(~torch.isfinite(loss.detach()))
+        opt.zero_grad(set_to_none=True)
+        if head_opt is not None:
+            head_opt.zero_grad(set_to_none=True)
+        (loss + terms["online_ce"] if "online_ce" in terms else loss).backward()
+    opt.step()
+    if head_opt is not None:
+        head_opt.step()
+    return loss, terms, z
 
 
 class _StopFlag:
@@ -278,28 +322,21 @@ class _Trainer:
                 batch = _channels_last(batch)
         for group in self.opt.param_groups:
             group["lr"] = self.cfg.lr(self.step, self.steps_per_epoch)
+        labels = None if self.labels is None else self.labels[self.data.index_on_device]
         # FLOPs of forward + backward, counted on the first step of each process
         counter = FlopCounterMode(display=False) if self.step_flops is None else None
-        with counter or contextlib.nullcontext():
-            with (
-                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp),
-                finiteness_deferred(),  # the losses' input checks: the loss is checked instead
-            ):
-                if self.labels is not None:  # the online head learns from these images' labels
-                    labels = self.labels[self.data.index_on_device]
-                    loss, terms, z = self.model(batch, labels)
-                else:
-                    loss, terms, z = self.model(batch)
-            self.nonfinite.logical_or_(~torch.isfinite(loss.detach()))
-            self.opt.zero_grad(set_to_none=True)
-            if self.head_opt is not None:
-                self.head_opt.zero_grad(set_to_none=True)
-            (loss + terms["online_ce"] if "online_ce" in terms else loss).backward()
+        loss, terms, z = train_step(
+            self.model,
+            self.opt,
+            batch,
+            labels,
+            self.head_opt,
+            self.use_amp,
+            self.nonfinite,
+            counter,
+        )
         if counter is not None:
             self.step_flops = counter.get_total_flops() * self.ctx.world_size
-        self.opt.step()
-        if self.head_opt is not None:
-            self.head_opt.step()
         self.method.update_target(self.step, self.total_steps)
         self.step += 1
         self.step_in_epoch += 1

@@ -45,18 +45,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import Config
-from .data.splits import DataSplits, as_tensors
-from .data.views import MultiViewAugment, dataset_preset
-from .distributed import local_only
-from .evaluation.coherence import coherence_with_control
-from .evaluation.features import extract_features
-from .evaluation.knn import knn_accuracy
-from .geometry.capacity import manifold_capacity
-from .geometry.manifold_stats import packing_statistics
-from .geometry.spectral import effective_rank, percent_error
-from .losses.wang_isola import alignment_loss, uniformity_loss
-from .methods import MultimodalMethod, SSLMethod
+from ..data.splits import DataSplits, as_tensors
+from ..data.views import AugmentSpec, MultiViewAugment
+from ..distributed import local_only
+from ..evaluation.coherence import coherence_with_control
+from ..evaluation.features import extract_features
+from ..evaluation.knn import knn_accuracy
+from ..geometry.capacity import manifold_capacity
+from ..geometry.manifold_stats import packing_statistics
+from ..geometry.spectral import effective_rank, percent_error
+from ..losses.wang_isola import alignment_loss, uniformity_loss
+from ..methods import MultimodalMethod, SSLMethod
+from .settings import ProbesConfig
 
 __all__ = ["TrainingProbe", "alignment_uniformity"]
 
@@ -74,9 +74,24 @@ def alignment_uniformity(z: torch.Tensor) -> tuple[float, float]:
 class TrainingProbe:
     """The probes of one run; the training loop asks :meth:`due` after every step."""
 
-    def __init__(self, cfg: Config, splits: DataSplits, device: torch.device, run_dir: Path):
-        p = cfg.probes
-        self.cfg, self.every, self.device = cfg, p.every_steps, device
+    def __init__(
+        self,
+        settings: ProbesConfig,
+        splits: DataSplits,
+        device: torch.device,
+        run_dir: Path,
+        specs: tuple[AugmentSpec, ...],
+        num_views: int,
+        knn: tuple[int, float] = (200, 0.1),
+        packing: tuple[float, str] = (7.0, "paper"),
+    ):
+        """Probes of ``settings`` on ``splits`` into ``run_dir``: views of ``specs`` (K =
+        ``settings.views`` or ``num_views``), the kNN's ``(k, temperature)``, CLAMP's neighbour
+        count ``(r_s, convention)`` (``paper`` or ``official``)."""
+        p = settings
+        self.settings, self.every, self.device = settings, p.every_steps, device
+        self.knn_k, self.knn_temperature = knn
+        self.packing = packing
         self.out = run_dir / "probes" / "pair_distances.jsonl"
         gen = torch.Generator().manual_seed(p.seed)
         val = splits.val
@@ -84,8 +99,7 @@ class TrainingProbe:
         images = as_tensors(val.subset(idx)).images
         self.labels = val.labels[idx]
         self.mean, self.std = splits.normalisation
-        specs = dataset_preset(cfg.views.preset, self.mean, self.std, size=cfg.data.image_size)
-        aug = MultiViewAugment(specs, p.views or cfg.views.num_views)
+        aug = MultiViewAugment(specs, p.views or num_views)
         self.views = aug(images, gen).to(device)  # fixed: drawn once
         self.images = images
         bank = torch.randperm(len(splits.train.labels), generator=gen)[: p.knn_bank]
@@ -101,7 +115,7 @@ class TrainingProbe:
 
     def _restore(self, run_dir: Path) -> None:
         """A resumed run's probes so far (its metrics, truncated at the resumed step)."""
-        from .runinfo import read_metrics
+        from ..runinfo import read_metrics
 
         done = [r for r in read_metrics(run_dir / "metrics.jsonl") if "probe/flops" in r]
         if done:
@@ -126,7 +140,7 @@ class TrainingProbe:
         if not self.planned(step):
             return False
         cost = (self.taken + 1) * self.probe_flops  # 0 before the first probe: always fits
-        if step == 0 or cost <= self.cfg.probes.max_cost * trained_flops:
+        if step == 0 or cost <= self.settings.max_cost * trained_flops:
             return True
         self.skipped += 1
         return False
@@ -137,7 +151,7 @@ class TrainingProbe:
             return None
         return (
             f"{self.skipped} of {self.skipped + self.taken} probes skipped by "
-            f"probes.max_cost={self.cfg.probes.max_cost:g} (a probe counts "
+            f"probes.max_cost={self.settings.max_cost:g} (a probe counts "
             f"{self.probe_flops:.3g} FLOPs); raise probes.every_steps or probes.max_cost"
         )
 
@@ -170,20 +184,20 @@ class TrainingProbe:
         """The probe's measurements (``probe/`` names without the prefix) and embeddings."""
         _, _, z = method(self.views)
         out = self._geometry(z.float().cpu())
-        if self.cfg.probes.coherence and self.num_classes > 1:
+        if self.settings.coherence and self.num_classes > 1:
             loss_of = lambda views: method(views)[0]  # noqa: E731
             res = coherence_with_control(
-                method, loss_of, self.views, self.labels, self.cfg.probes.seed
+                method, loss_of, self.views, self.labels, self.settings.seed
             )
             out.update({f"coherence/{k}": v for k, v in res.items()})
-        if self.cfg.probes.knn_bank and self.num_classes > 1:
+        if self.settings.knn_bank and self.num_classes > 1:
             out["knn_accuracy"] = self._knn(method.backbone)
         return out, z
 
     def _geometry(self, z: torch.Tensor) -> dict[str, float]:
         zn = F.normalize(z, dim=-1)
         align, uniform = alignment_uniformity(z)
-        packing = packing_statistics(z, *self._packing_rule())
+        packing = packing_statistics(z, *self.packing)
         out = {
             "percent_error": float(percent_error(zn.mean(dim=1))),
             "effective_rank": float(effective_rank(zn[:, 0])),
@@ -192,28 +206,18 @@ class TrainingProbe:
             "neighbours": float(packing["neighbours"].mean()),
             "size": float(packing["size"].mean()),
         }
-        n = self.cfg.probes.capacity_manifolds
+        n = self.settings.capacity_manifolds
         if n and z.shape[1] > 1:
-            cap = manifold_capacity(zn[:n].double().numpy(), n_t=50, seed=self.cfg.probes.seed)
+            cap = manifold_capacity(zn[:n].double().numpy(), n_t=50, seed=self.settings.seed)
             out.update(capacity=cap.capacity, radius=cap.radius, dimension=cap.dimension)
         return out
-
-    def _packing_rule(self) -> tuple[float, str]:
-        """(r_s, convention) of the neighbour count: ``objective`` counts as the run's CLAMP
-        loss does (its r_s; the official form caps the reach), other methods as the paper."""
-        loss = self.cfg.method.loss if self.cfg.method.name == "clamp" else {}
-        r_s = float(loss.get("r_s", 7.0))
-        convention = self.cfg.probes.clamp_convention
-        if convention == "objective":
-            convention = "official" if loss.get("form", "official") == "official" else "paper"
-        return r_s, convention
 
     def _knn(self, backbone: nn.Module) -> float:
         feats = [
             extract_features(backbone, x, self.mean, self.std, device=self.device)
             for x in (self.bank_images, self.images)
         ]
-        k = min(self.cfg.eval.knn_k, len(self.bank_labels))
+        k = min(self.knn_k, len(self.bank_labels))
         return knn_accuracy(
             feats[0],
             self.bank_labels,
@@ -221,7 +225,7 @@ class TrainingProbe:
             self.labels,
             self.num_classes,
             k,
-            self.cfg.eval.knn_temperature,
+            self.knn_temperature,
         )
 
     def _write_distances(self, z: torch.Tensor, step: int) -> None:
