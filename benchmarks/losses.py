@@ -55,29 +55,29 @@ def time_fwd_bwd(
     return statistics.median(times)
 
 
-def mmcr_full_svd(z: torch.Tensor, lmbda: float) -> torch.Tensor:
+def mmcr_full_svd(z: torch.Tensor, lambd: float) -> torch.Tensor:
     """Yerxa App. B as written: full SVDs (U, S, V) of every Z_b and of C (lines 34-35)."""
     z = F.normalize(z, dim=-1)
     c = z.mean(dim=1)
     _, s_z, _ = torch.linalg.svd(z)  # batch svd
     _, s_c, _ = torch.linalg.svd(c)
-    return -s_c.sum() + lmbda * s_z.sum() / z.shape[0]
+    return -s_c.sum() + lambd * s_z.sum() / z.shape[0]
 
 
-def mmcr_svdvals(z: torch.Tensor, lmbda: float) -> torch.Tensor:
+def mmcr_svdvals(z: torch.Tensor, lambd: float) -> torch.Tensor:
     z = F.normalize(z, dim=-1)
     loss = -torch.linalg.svdvals(z.mean(dim=1)).sum()
-    if lmbda:
-        loss = loss + lmbda * torch.linalg.svdvals(z).sum() / z.shape[0]
+    if lambd:
+        loss = loss + lambd * torch.linalg.svdvals(z).sum() / z.shape[0]
     return loss
 
 
-def gradient_error(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, lmbda: float):
+def gradient_error(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, lambd: float):
     """Relative error of ``fn``'s float32 gradient against float64 ``svdvals`` on ``z``."""
     x = z.detach().clone().requires_grad_(True)
     fn(x).backward()
     truth = z.detach().double().requires_grad_(True)
-    mmcr_svdvals(truth, lmbda).backward()
+    mmcr_svdvals(truth, lambd).backward()
     return float((x.grad.double() - truth.grad).norm() / truth.grad.norm())
 
 
@@ -85,12 +85,12 @@ def bench_mmcr(repeats: int) -> list[dict[str, float]]:
     rows = []
     for b, k, d in MMCR_SHAPES:
         z = torch.randn(b, k, d, generator=torch.Generator().manual_seed(0))
-        for lmbda in (0.0, 0.1):
-            ours = functools.partial(mmcr_loss, lmbda=lmbda)
-            svdvals = functools.partial(mmcr_svdvals, lmbda=lmbda)
+        for lambd in (0.0, 0.1):
+            ours = functools.partial(mmcr_loss, lambd=lambd)
+            svdvals = functools.partial(mmcr_svdvals, lambd=lambd)
             t = {
                 "manifold_ssl": time_fwd_bwd(ours, z, repeats),
-                "full_svd": time_fwd_bwd(functools.partial(mmcr_full_svd, lmbda=lmbda), z, repeats),
+                "full_svd": time_fwd_bwd(functools.partial(mmcr_full_svd, lambd=lambd), z, repeats),
                 "svdvals": time_fwd_bwd(svdvals, z, repeats),
             }
             rows.append(
@@ -98,12 +98,12 @@ def bench_mmcr(repeats: int) -> list[dict[str, float]]:
                     "B": b,
                     "K": k,
                     "D": d,
-                    "lmbda": lmbda,
+                    "lambd": lambd,
                     **{f"{name}_ms": 1e3 * v for name, v in t.items()},
                     "speedup_vs_full_svd": t["full_svd"] / t["manifold_ssl"],
                     "speedup_vs_svdvals": t["svdvals"] / t["manifold_ssl"],
-                    "grad_error_ours": gradient_error(ours, z, lmbda),
-                    "grad_error_svdvals": gradient_error(svdvals, z, lmbda),
+                    "grad_error_ours": gradient_error(ours, z, lambd),
+                    "grad_error_svdvals": gradient_error(svdvals, z, lambd),
                 }
             )
     return rows
@@ -144,7 +144,7 @@ def main() -> None:
     )
     for r in mmcr_rows:
         print(
-            f"{r['B']:>5} {r['K']:>2} {r['D']:>4} {r['lmbda']:>4} | {r['manifold_ssl_ms']:8.1f} "
+            f"{r['B']:>5} {r['K']:>2} {r['D']:>4} {r['lambd']:>4} | {r['manifold_ssl_ms']:8.1f} "
             f"{r['full_svd_ms']:9.1f} {r['svdvals_ms']:8.1f} | {r['speedup_vs_full_svd']:6.1f}x "
             f"{r['speedup_vs_svdvals']:9.2f}x | {r['grad_error_ours']:13.1e} "
             f"{r['grad_error_svdvals']:8.1e}"

@@ -91,14 +91,14 @@ def matrix_entropy(a: np.ndarray) -> float:
 
 
 def matrix_ssl(
-    z1: np.ndarray, z2: np.ndarray, gamma: float = 1.0, lam: float = 1.0, order: int | None = 4
+    z1: np.ndarray, z2: np.ndarray, gamma: float = 1.0, lambd: float = 1.0, order: int | None = 4
 ) -> float:
     """Matrix-SSL Eq. 20–22 with C(Z1, Z2) = Z1ᵀ H_B Z2 / (B − 1) built from H_B."""
     b, d = z1.shape
     z1, z2 = _unit(z1), _unit(z2)
     h = np.eye(b) - np.ones((b, b)) / b
     cov = lambda x, y: x.T @ h @ y / (b - 1)  # noqa: E731
-    reg = lam * np.eye(d)
+    reg = lambd * np.eye(d)
     uniformity = mce(np.eye(d) / d, cov(z1, z2) + reg, order)
     alignment = mkl(cov(z1, z1) + reg, cov(z2, z2) + reg, order)
     return uniformity + gamma * alignment
@@ -108,7 +108,7 @@ def matrix_ssl_official(
     p: np.ndarray,
     z: np.ndarray,
     gamma: float = 1.0,
-    lam: float = 0.5,
+    lambd: float = 0.5,
     mu: float = 0.5,
     order: int | None = 4,
 ) -> float:
@@ -119,7 +119,7 @@ def matrix_ssl_official(
     h = np.eye(b) - np.ones((b, b)) / b
     cov = lambda x, y: x.T @ h @ y / b  # noqa: E731
     eye = np.eye(d)
-    uniformity = -np.trace(lam * eye @ _logm(cov(p, z) + mu * eye, order))
+    uniformity = -np.trace(lambd * eye @ _logm(cov(p, z) + mu * eye, order))
     alignment = -np.trace((cov(p, p) + mu * eye) @ _logm(cov(z, z) + mu * eye, order))
     return float(uniformity + gamma * alignment)
 

@@ -26,16 +26,16 @@ D_IN = 6
 CASES = [
     ("mmcr", {}, 4, 12, 6),  # D <= global B: the D×D Gram is summed over ranks
     ("mmcr", {}, 16, 12, 6),  # D > global B: the centroids are gathered
-    ("mmcr", {"lmbda": 0.5}, 5, 11, 4),  # local nuclear-norm term, unequal shards
+    ("mmcr", {"lambd": 0.5}, 5, 11, 4),  # local nuclear-norm term, unequal shards
     ("mmcr", {"nuclear": "polar", "polar_steps": 60}, 4, 12, 6),  # gathered centroids
-    ("mmcr", {"nuclear": "polar", "polar_steps": 60, "lmbda": 0.5}, 5, 11, 4),
+    ("mmcr", {"nuclear": "polar", "polar_steps": 60, "lambd": 0.5}, 5, 11, 4),
     ("multimodal_mmcr", {}, 5, 10, 5),
     ("multimodal_mmcr", {"nuclear": "polar", "polar_steps": 60}, 5, 10, 5),
     ("clamp", {"r_s": 7.0}, 5, 12, 6),  # the official form: capped reach, margin
     ("clamp", {"r_s": 2.0, "form": "paper"}, 5, 12, 6),
     ("matrix_ssl", {}, 5, 12, 6),  # the official form: covariances / B
-    ("matrix_ssl", {"order": None, "lam": 0.1}, 5, 12, 6),
-    ("matrix_ssl", {"form": "paper", "order": None, "lam": 0.1}, 5, 11, 4),
+    ("matrix_ssl", {"order": None, "lambd": 0.1}, 5, 12, 6),
+    ("matrix_ssl", {"form": "paper", "order": None, "lambd": 0.1}, 5, 11, 4),
     ("simclr", {"temperature": 0.3}, 5, 11, 7),  # unequal shards, K = 3 views
     ("barlow_twins", {}, 5, 12, 6),
     ("vicreg", {}, 5, 12, 6),

@@ -1,6 +1,6 @@
 """Train with OpenCLIP's own trainer and a manifold-ssl objective (Schaeffer et al. Sec. 7).
 
-``manifold-ssl openclip --loss multimodal_mmcr [--lmbda 0] [--model-config tiny.json] --
+``manifold-ssl openclip --loss multimodal_mmcr [--lambd 0] [--model-config tiny.json] --
 <open_clip_train arguments>`` runs ``open_clip_train.main.main`` unchanged, except that the loss
 its ``create_loss(args)`` returns is ours (:func:`openclip_loss`): OpenCLIP's data pipelines,
 models, schedules, checkpoints, logging and distributed launch (``torchrun``) stay OpenCLIP's.
@@ -27,18 +27,19 @@ from torch import nn
 
 from .losses import CLIPLoss, MultimodalMMCRLoss
 
-__all__ = ["LOSSES", "main", "openclip_loss"]
+__all__ = ["OPENCLIP_LOSSES", "main", "openclip_loss"]
 
-LOSSES = ("multimodal_mmcr", "clip")
+#: The objectives OpenCLIP's trainer can take here (their names in ``manifold_ssl.losses.LOSSES``).
+OPENCLIP_LOSSES = ("multimodal_mmcr", "clip")
 
 
-def openclip_loss(name: str, lmbda: float = 0.0) -> nn.Module:
+def openclip_loss(name: str, lambd: float = 0.0) -> nn.Module:
     """The loss module OpenCLIP's trainer calls: ``multimodal_mmcr`` or ``clip``."""
     if name == "multimodal_mmcr":
-        return MultimodalMMCRLoss(lmbda)
+        return MultimodalMMCRLoss(lambd)
     if name == "clip":
         return CLIPLoss()
-    raise ValueError(f"--loss must be one of {list(LOSSES)}, got {name!r}")
+    raise ValueError(f"--loss must be one of {list(OPENCLIP_LOSSES)}, got {name!r}")
 
 
 def _import_trainer() -> Any:
@@ -60,9 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "after -- go to open_clip_train unchanged, e.g. -- --dataset-type synthetic --model "
         "ViT-B-32 --batch-size 256.",
     )
-    parser.add_argument("--loss", choices=LOSSES, default="multimodal_mmcr")
+    parser.add_argument("--loss", choices=OPENCLIP_LOSSES, default="multimodal_mmcr")
     parser.add_argument(
-        "--lmbda", type=float, default=None, help="MMCR's local nuclear norm weight (default 0)"
+        "--lambd",
+        "--lmbda",  # its old name
+        dest="lambd",
+        type=float,
+        default=None,
+        help="MMCR's local nuclear norm weight λ (default 0)",
     )
     parser.add_argument(
         "--model-config",
@@ -79,12 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "give open_clip_train's arguments after --, e.g. -- --dataset-type synthetic "
             "--model RN50 --batch-size 64"
         )
-    if args.lmbda is not None and args.loss != "multimodal_mmcr":
-        parser.error(f"--lmbda is multimodal MMCR's local term; --loss {args.loss} has none")
+    if args.lambd is not None and args.loss != "multimodal_mmcr":
+        parser.error(f"--lambd is multimodal MMCR's local term; --loss {args.loss} has none")
     for path in args.model_config:
         if not Path(path).exists():
             parser.error(f"--model-config {path} does not exist")
-    loss = openclip_loss(args.loss, args.lmbda or 0.0)
+    loss = openclip_loss(args.loss, args.lambd or 0.0)
     if "--logs" not in rest and not any(a.startswith("--logs=") for a in rest):
         rest = [*rest, "--logs", "runs/openclip"]  # beside manifold-ssl's runs, not ./logs
     open_clip, trainer = _import_trainer()

@@ -16,7 +16,7 @@ from manifold_ssl.geometry.manifold_stats import (
     packing_statistics,
     split_by_class,
 )
-from manifold_ssl.geometry.spectra import (
+from manifold_ssl.geometry.spectral import (
     class_effective_ranks,
     covariance_spectrum,
     powerlaw_decay,

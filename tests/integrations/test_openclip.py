@@ -185,7 +185,7 @@ def test_bad_openclip_options_are_one_line_errors_before_anything_starts(
         assert stop.value.code == 2 and message in capsys.readouterr().err
     assert main(["openclip", "--lmbda", "-1", "--", "--model", "RN50"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "lmbda must be a finite number >= 0" in err
+    assert err.count("\n") == 1 and "lambd must be a finite number >= 0" in err
     assert main(["openclip", "--", "--model", "RN50"]) == 2  # no data: OpenCLIP's assert
     assert "At least one train or eval dataset" in capsys.readouterr().err
     assert not (tmp_path / "logs").exists()

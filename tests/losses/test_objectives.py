@@ -36,7 +36,7 @@ def test_mmcr_local_term_and_momentum_views_match_reference(gen):
     # App. B pseudocode: the local term over all K + K' views (local_views="all")
     z = torch.randn(6, 3, 4, generator=gen, dtype=f64, requires_grad=True)
     zm = torch.randn(6, 2, 4, generator=gen, dtype=f64)
-    loss = mmcr_loss(z, lmbda=0.3, z_momentum=zm, local_views="all")
+    loss = mmcr_loss(z, lambd=0.3, z_momentum=zm, local_views="all")
     expected = reference.mmcr(z.detach().numpy(), 0.3, zm.numpy())
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     loss.backward()
@@ -45,13 +45,13 @@ def test_mmcr_local_term_and_momentum_views_match_reference(gen):
     )
     np.testing.assert_allclose(z.grad.numpy(), num, rtol=1e-6, atol=1e-8)
     # the default (the authors' code) takes the local term over the online views only
-    online = mmcr_loss(z.detach(), lmbda=0.3, z_momentum=zm)
+    online = mmcr_loss(z.detach(), lambd=0.3, z_momentum=zm)
     zn = F.normalize(z.detach(), dim=-1)
     zn_all = F.normalize(torch.cat([z.detach(), zm], dim=1), dim=-1)
     gap = 0.3 * (torch.linalg.svdvals(zn_all).sum() - torch.linalg.svdvals(zn).sum()) / 6
     assert loss.item() - online.item() == pytest.approx(gap.item(), rel=1e-10)
     with pytest.raises(ValueError, match="local_views"):
-        mmcr_loss(z, lmbda=0.3, z_momentum=zm, local_views="momentum")
+        mmcr_loss(z, lambd=0.3, z_momentum=zm, local_views="momentum")
 
 
 @pytest.mark.parametrize("lmbda", [0.0, 0.3])
@@ -124,12 +124,12 @@ def test_mmcr_minimum_is_reached_by_orthogonal_unit_centroids(b, d, gen):
 
 def test_mmcr_invariances(gen):
     z = torch.randn(10, 4, 6, generator=gen, dtype=f64)
-    base = mmcr_loss(z, lmbda=0.2).item()
+    base = mmcr_loss(z, lambd=0.2).item()
     rotated = z @ random_rotation(6, gen)
     scaled = z * torch.rand(10, 4, 1, generator=gen, dtype=f64).add(0.1)
     permuted = z[torch.randperm(10, generator=gen)][:, torch.randperm(4, generator=gen)]
     for other in (rotated, scaled, permuted):
-        assert mmcr_loss(other, lmbda=0.2).item() == pytest.approx(base, rel=1e-10)
+        assert mmcr_loss(other, lambd=0.2).item() == pytest.approx(base, rel=1e-10)
 
 
 def test_mmcr_percent_error_is_zero_only_at_the_bound(gen):
@@ -224,7 +224,7 @@ def test_clamp_official_cap_bounds_the_reach_at_initialisation(gen):
 def test_matrix_ssl_paper_form_orders_and_hyperparameters_match_reference(order, gen):
     z1 = torch.randn(9, 4, generator=gen, dtype=f64, requires_grad=True)
     z2 = (z1.detach() + 0.3 * torch.randn(9, 4, generator=gen, dtype=f64)).requires_grad_(True)
-    kw = {"gamma": 0.7, "lam": 0.2, "order": order}
+    kw = {"gamma": 0.7, "lambd": 0.2, "order": order}
     loss = matrix_ssl_loss(z1, z2, form="paper", **kw)
     a, b = z1.detach().numpy().copy(), z2.detach().numpy().copy()
     assert loss.item() == pytest.approx(reference.matrix_ssl(a, b, **kw), rel=1e-10)
@@ -238,7 +238,7 @@ def test_matrix_ssl_paper_form_orders_and_hyperparameters_match_reference(order,
 def test_matrix_ssl_official_form_matches_reference(order, gen):
     z1 = torch.randn(9, 4, generator=gen, dtype=f64, requires_grad=True)
     z2 = (z1.detach() + 0.3 * torch.randn(9, 4, generator=gen, dtype=f64)).requires_grad_(True)
-    kw = {"gamma": 0.7, "lam": 0.3, "mu": 0.6, "order": order}
+    kw = {"gamma": 0.7, "lambd": 0.3, "mu": 0.6, "order": order}
     loss = matrix_ssl_loss(z1, z2, **kw)
     a, b = z1.detach().numpy().copy(), z2.detach().numpy().copy()
     assert loss.item() == pytest.approx(reference.matrix_ssl_official(a, b, **kw), rel=1e-10)
@@ -290,9 +290,9 @@ def test_matrix_ssl_default_aligns_positive_pairs(b, d):
 def test_matrix_ssl_paper_form_optima_as_documented():
     # exact log, λ = 0 < 1/d: aligned; λ = 1 > 1/d or an order-4 Taylor log with d > 4:
     # anti-aligned (the docstring's derivation)
-    assert _optimise_pair(256, 16, form="paper", lam=0.0, order=None)[1] > 0.95
-    assert _optimise_pair(256, 16, form="paper", lam=1.0, order=None)[1] < -0.95
-    assert _optimise_pair(256, 16, form="paper", lam=0.0, order=4)[1] < -0.95
+    assert _optimise_pair(256, 16, form="paper", lambd=0.0, order=None)[1] > 0.95
+    assert _optimise_pair(256, 16, form="paper", lambd=1.0, order=None)[1] < -0.95
+    assert _optimise_pair(256, 16, form="paper", lambd=0.0, order=4)[1] < -0.95
 
 
 def _against_fixed_teacher(loss_of, b: int = 256, d: int = 64, steps: int = 300):
@@ -337,7 +337,7 @@ def test_matrix_ssl_swapped_roles_collapse_against_a_fixed_teacher():
     # eigen-directions; the alignment term alone (λ = 0) collapses the rank
     _, (cos, rank) = _against_fixed_teacher(lambda o, t: matrix_ssl_loss(o, t))
     assert cos < 0.9 and rank < 58
-    _, (_, rank_align) = _against_fixed_teacher(lambda o, t: matrix_ssl_loss(o, t, lam=0.0))
+    _, (_, rank_align) = _against_fixed_teacher(lambda o, t: matrix_ssl_loss(o, t, lambd=0.0))
     assert rank_align < 5
 
 

@@ -124,7 +124,7 @@ def test_matrix_ssl_matches_the_official_training_loss(b, d, gen):
     grads = []
     for order in ((lambda o, t: (t, o)), (lambda o, t: (o, t))):
         o = o1.detach().clone().requires_grad_(True)
-        matrix_ssl_loss(*order(o, t2), gamma=1.0, lam=0.0).backward()
+        matrix_ssl_loss(*order(o, t2), gamma=1.0, lambd=0.0).backward()
         grads.append(o.grad.flatten())
     assert F.cosine_similarity(*grads, dim=0) < 0.9
 

@@ -64,7 +64,7 @@ B = 128  # square cases: B = D = 128, the packaged MMCR recipes' shape
 CASES: dict[str, tuple[Callable[..., torch.Tensor], Callable[[str, torch.Generator], list]]] = {
     "mmcr": (lambda z: mmcr_loss(z), lambda kind, g: [_views(B, 2, B, kind, g)]),
     "mmcr_lambda": (
-        lambda z: mmcr_loss(z, lmbda=0.1),
+        lambda z: mmcr_loss(z, lambd=0.1),
         lambda kind, g: [_views(64, 8, 64, kind, g)],
     ),
     "mmcr_momentum": (
@@ -78,7 +78,7 @@ CASES: dict[str, tuple[Callable[..., torch.Tensor], Callable[[str, torch.Generat
         lambda kind, g: [_views(B, 2, B, kind, g)],
     ),
     "mmcr_polar_lambda": (
-        lambda z: mmcr_loss(z, lmbda=0.1, nuclear="polar"),
+        lambda z: mmcr_loss(z, lambd=0.1, nuclear="polar"),
         lambda kind, g: [_views(64, 8, 64, kind, g)],
     ),
     "matrix_ssl_exact": (
@@ -86,7 +86,7 @@ CASES: dict[str, tuple[Callable[..., torch.Tensor], Callable[[str, torch.Generat
         lambda kind, g: _pair(64, 64, kind, g),
     ),
     "matrix_ssl_paper_exact": (  # a ridge keeps the cross-covariance positive definite
-        lambda a, b: matrix_ssl_loss(a, b, lam=0.5, order=None, form="paper"),
+        lambda a, b: matrix_ssl_loss(a, b, lambd=0.5, order=None, form="paper"),
         lambda kind, g: _pair(64, 64, kind, g),
     ),
     "tcr": (lambda z: tcr_loss(z), lambda kind, g: [_pair(64, 64, kind, g)[0]]),
@@ -105,7 +105,7 @@ FLOAT64_OUTPUT = {"matrix_kl", "matrix_entropy"}
 # truth by the exact path where a case approximates it
 EXACT = {
     "mmcr_polar": lambda z: mmcr_loss(z),
-    "mmcr_polar_lambda": lambda z: mmcr_loss(z, lmbda=0.1),
+    "mmcr_polar_lambda": lambda z: mmcr_loss(z, lambd=0.1),
 }
 
 
@@ -195,7 +195,7 @@ NEAR_COLLAPSE: dict[str, tuple[Callable[..., torch.Tensor], Callable[[torch.Gene
     "mmcr_square_1e-4": (lambda z: mmcr_loss(z), lambda g: [_near_collapse(128, 2, 128, 1e-4, g)]),
     "mmcr_tall_1e-4": (lambda z: mmcr_loss(z), lambda g: [_near_collapse(256, 4, 64, 1e-4, g)]),
     "mmcr_lambda_1e-4": (
-        lambda z: mmcr_loss(z, lmbda=0.1),
+        lambda z: mmcr_loss(z, lambd=0.1),
         lambda g: [_near_collapse(64, 8, 64, 1e-4, g)],
     ),
     "clamp_m16": (lambda z: clamp_loss(z), lambda g: [_clamp_clusters(16, g)]),

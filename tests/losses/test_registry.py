@@ -16,17 +16,17 @@ NAMES = sorted(LOSSES)
 STOP_GRADIENT_ON_SECOND = {"byol", "simsiam"}  # the target branch is detached by design
 BAD_HYPERPARAMETERS = {
     "mmcr": [
-        {"lmbda": -0.1},
-        {"lmbda": math.nan},
+        {"lambd": -0.1},
+        {"lambd": math.nan},
         {"local_views": "momentum"},
         {"nuclear": "svd"},
         {"polar_steps": 0},
     ],
-    "multimodal_mmcr": [{"lmbda": -1.0}, {"nuclear": "eigh"}, {"polar_steps": 2.5}],
+    "multimodal_mmcr": [{"lambd": -1.0}, {"nuclear": "eigh"}, {"polar_steps": 2.5}],
     "clamp": [{"r_s": 0.0}, {"r_s": -7.0}, {"covariance": "sample"}, {"form": "jammed"}],
     "matrix_ssl": [
         {"gamma": -1.0},
-        {"lam": -0.5},
+        {"lambd": -0.5},
         {"mu": -0.5},
         {"order": 0},
         {"order": 2.5},
@@ -210,3 +210,15 @@ def test_bf16_autocast_is_as_accurate_as_float32_on_the_rounded_inputs(name, gen
         assert value.dtype == torch.float32, (name, leaves, value.dtype)
         error = abs(value.double() - truth).item()
         assert error <= 2 * error32 + 4 * eps32 * (abs(truth.item()) + 1), (name, leaves, error)
+
+
+@pytest.mark.parametrize(
+    ("name", "old"), [("mmcr", "lmbda"), ("multimodal_mmcr", "lmbda"), ("matrix_ssl", "lam")]
+)
+def test_the_old_spellings_of_lambda_still_work_with_a_warning(name, old):
+    # λ is spelled lambd everywhere (issue 20); old recipes and checkpoints keep working
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated; the keyword is now lambd"):
+        old_style = LOSSES[name](**{old: 0.25})
+    assert repr(old_style) == repr(LOSSES[name](lambd=0.25))
+    with pytest.raises(TypeError, match="give lambd only"):
+        LOSSES[name](**{old: 0.25, "lambd": 0.25})

@@ -40,13 +40,13 @@ def test_overrides_are_typed():
         [
             "--optim.lr=0.5",
             "--train.epochs=3",
-            "--method.loss={lmbda: 0.1}",
+            "--method.loss={lambd: 0.1}",
             "--eval.semi_supervised=[0.01, 0.1]",
             "--model.width=null",
             "--train.amp=false",
         ],
     )
-    assert cfg.optim.lr == 0.5 and cfg.train.epochs == 3 and cfg.method.loss == {"lmbda": 0.1}
+    assert cfg.optim.lr == 0.5 and cfg.train.epochs == 3 and cfg.method.loss == {"lambd": 0.1}
     assert cfg.eval.semi_supervised == [0.01, 0.1] and cfg.model.width is None
     assert cfg.train.amp is False
 

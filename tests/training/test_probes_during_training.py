@@ -10,6 +10,7 @@ import torch
 from manifold_ssl.geometry.manifold_stats import packing_statistics
 from manifold_ssl.probes import alignment_uniformity
 from manifold_ssl.probes import training as probes_module
+from manifold_ssl.probes.settings import COST_KEYS, PROBE_METRICS
 from manifold_ssl.run import pretrain
 from manifold_ssl.run.build import training_probe
 from manifold_ssl.runinfo import read_metrics
@@ -31,21 +32,13 @@ def test_probes_leave_the_training_trajectory_unchanged(tiny_cfg):
     steps = [r["step"] for r in probes]
     assert steps[0] == 0 and steps == sorted(set(steps))
     assert all(np.diff(steps) >= 2)  # never closer than the interval
-    for key in (
-        "percent_error",
-        "effective_rank",
-        "alignment",
-        "uniformity",
-        "neighbours",
-        "size",
-        "capacity",
-        "radius",
-        "dimension",
-        "knn_accuracy",
-        "coherence/all/within",
-        "coherence/shuffled/across",
-    ):
+    for key in (*PROBE_METRICS, "coherence/all/within", "coherence/shuffled/across"):
         assert all(np.isfinite(r[f"probe/{key}"]) for r in probes), key
+    # every metric the probe logs has its panel (the plots read PROBE_METRICS): a new metric
+    # missing from the table fails here instead of silently having no figure
+    logged = {k.removeprefix("probe/") for k in probes[0] if k.startswith("probe/")}
+    unplotted = {k for k in logged if not k.startswith("coherence/")} - set(PROBE_METRICS)
+    assert unplotted == set(COST_KEYS), unplotted
     hists = read_metrics(probed.run_dir / "probes" / "pair_distances.jsonl")
     assert [h["step"] for h in hists] == steps and all(len(h["counts"]) == 40 for h in hists)
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..geometry.capacity import elliptical_geometry, manifold_capacity
 from ..geometry.manifold_stats import manifold_similarities, split_by_class
-from ..geometry.spectra import class_effective_ranks, covariance_spectrum, powerlaw_decay, rankme
+from ..geometry.spectral import class_effective_ranks, covariance_spectrum, powerlaw_decay, rankme
 from ..runinfo import atomic_write_text, write_json
 
 __all__ = [

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..probes.settings import PROBE_METRICS
 from ..runinfo import atomic_write_text, read_metrics, write_json
 
 __all__ = [
@@ -519,18 +520,7 @@ def _plot_scaling(fits: list[dict[str, Any]], path: Path, plt: Any, title: str) 
     return path
 
 
-PROBE_PANELS = (
-    ("percent_error", "percent error"),
-    ("effective_rank", "effective rank"),
-    ("alignment", "alignment E‖u−u⁺‖²"),
-    ("uniformity", "uniformity log E e^(−2‖u−v‖²)"),
-    ("neighbours", "CLAMP neighbours per sub-manifold"),
-    ("size", "CLAMP sub-manifold size"),
-    ("capacity", "mean-field capacity α"),
-    ("radius", "manifold radius"),
-    ("dimension", "manifold dimension"),
-    ("knn_accuracy", "kNN accuracy"),
-)
+PROBE_PANELS = tuple(PROBE_METRICS.items())  # the probe's own table
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:

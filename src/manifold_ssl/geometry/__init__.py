@@ -26,14 +26,18 @@ from .matrix_info import (
     trace_p_log_p,
 )
 from .polar import nuclear_norm_polar, polar_factor
-from .spectra import PowerLawFit, class_effective_ranks, covariance_spectrum, powerlaw_decay, rankme
 from .spectral import (
+    PowerLawFit,
+    class_effective_ranks,
+    covariance_spectrum,
     effective_rank,
     nuclear_norm,
     nuclear_norm_bound,
     nuclear_norm_from_gram,
     participation_ratio,
     percent_error,
+    powerlaw_decay,
+    rankme,
     singular_values,
 )
 

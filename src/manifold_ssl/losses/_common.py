@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -142,3 +143,27 @@ def zero_gradient(*params: object) -> torch.Tensor | float:
         if isinstance(p, torch.Tensor):
             total = total + 0.0 * p.sum()
     return total
+
+
+def renamed(**old_to_new: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Accept a keyword's old name (``lmbda``, ``lam``: λ is spelled ``lambd`` everywhere, as
+    PyTorch and the Barlow Twins and Matrix-SSL code spell it) with a ``DeprecationWarning``."""
+
+    def wrap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(fn)
+        def inner(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            for old, new in old_to_new.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"give {new} only ({old} is its old name)")
+                    warnings.warn(
+                        f"{old} is deprecated; the keyword is now {new}",
+                        DeprecationWarning,
+                        stacklevel=2,
+                    )
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return inner
+
+    return wrap

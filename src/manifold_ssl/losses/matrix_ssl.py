@@ -55,7 +55,7 @@ positive pairs align only when λ < 1/d (for λ > 1/d the optimum has *negative*
 cross-covariance, pushing positive pairs apart). With an order-k Taylor log ``f'(y) <= k`` on
 (0, 2), so for d > k there is no stationary point there and the loss keeps falling as the
 eigenvalues turn negative: the literal Taylor form anti-aligns positive pairs. Hence the
-default ``lam=0`` and, for training with it, ``order=None``.
+default ``lambd=0`` and, for training with it, ``order=None``.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from .. import distributed as dist_utils
 from .._validation import check_choice, check_order, check_positive
 from ..geometry._precision import full_precision, to_float64
 from ..geometry.matrix_info import matrix_cross_entropy, matrix_kl, matrix_log
-from ._common import Terms, check_pair, result_dtype, unit
+from ._common import Terms, check_pair, renamed, result_dtype, unit
 from ._registry import register_loss
 
 __all__ = ["MatrixSSLLoss", "global_covariances", "matrix_ssl_loss"]
@@ -101,23 +101,24 @@ def global_covariances(
     return cov(a, b, sa, sb), cov(a, a, sa, sa), cov(b, b, sb, sb)
 
 
-def _resolve(form: str, lam: float | None, mu: float | None) -> tuple[float, float]:
+def _resolve(form: str, lambd: float | None, mu: float | None) -> tuple[float, float]:
     check_choice(form, "form", FORMS)
-    lam = check_positive(_DEFAULT_LAM[form] if lam is None else lam, "lam", allow_zero=True)
+    lambd = check_positive(_DEFAULT_LAM[form] if lambd is None else lambd, "lambd", allow_zero=True)
     if form == "paper":
         if mu is not None:
             raise ValueError(
-                f"mu is the ridge of form='official'; the paper form's ridge is lam, got mu={mu!r}"
+                f"mu is the ridge of form='official'; the paper form's ridge is lambd, got mu={mu!r}"
             )
-        return lam, 0.0
-    return lam, check_positive(_DEFAULT_MU if mu is None else mu, "mu", allow_zero=True)
+        return lambd, 0.0
+    return lambd, check_positive(_DEFAULT_MU if mu is None else mu, "mu", allow_zero=True)
 
 
+@renamed(lam="lambd")
 def matrix_ssl_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
     gamma: float = 1.0,
-    lam: float | None = None,
+    lambd: float | None = None,
     order: int | None = 4,
     *,
     form: str = "official",
@@ -133,7 +134,7 @@ def matrix_ssl_loss(
             (``mce_loss_func(p2, z1)``); ``form="paper"``: ``z1`` the stop-gradient branch Z1
             of Sec. 5.1.
         gamma: alignment weight γ >= 0 (App. F.1 and the authors' ``--gamma``: 1).
-        lam: official: the weight λ of ``−tr(λI log(·))`` (default 0.5); paper: the ridge λ
+        lambd: official: the weight λ of ``−tr(λI log(·))`` (default 0.5); paper: the ridge λ
             added to every covariance (default 0; λ >= 1/d makes the optimum anti-aligned).
         order: Taylor order of the matrix log around ``I`` (App. F.1: 4), or ``None`` for the
             exact log of the symmetrised matrices by eigendecomposition.
@@ -147,19 +148,19 @@ def matrix_ssl_loss(
     z1, z2 = check_pair(z1, z2, min_batch=2)
     gamma = check_positive(gamma, "gamma", allow_zero=True)
     order = check_order(order)
-    lam, mu = _resolve(form, lam, mu)
+    lambd, mu = _resolve(form, lambd, mu)
     d = z1.shape[1]
     with full_precision(z1):
         ddof = 0 if form == "official" else 1
         c12, c11, c22 = global_covariances(unit(to_float64(z1)), unit(to_float64(z2)), ddof)
         eye = torch.eye(d, dtype=c12.dtype, device=c12.device)
         if form == "official":
-            uniformity = -lam * matrix_log(c12 + mu * eye, order).diagonal().sum()
+            uniformity = -lambd * matrix_log(c12 + mu * eye, order).diagonal().sum()
             log_q = matrix_log(c22 + mu * eye, order)
             alignment = -((c11 + mu * eye) * log_q.transpose(-1, -2)).sum()  # −tr(P log Q)
         else:
-            uniformity = matrix_cross_entropy(eye / d, c12 + lam * eye, order)
-            alignment = matrix_kl(c11 + lam * eye, c22 + lam * eye, order)
+            uniformity = matrix_cross_entropy(eye / d, c12 + lambd * eye, order)
+            alignment = matrix_kl(c11 + lambd * eye, c22 + lambd * eye, order)
         loss = uniformity + gamma * alignment
     out = loss.to(result_dtype(z1))
     if return_terms:
@@ -178,17 +179,18 @@ class MatrixSSLLoss(nn.Module):
 
     inputs = "pair"
 
+    @renamed(lam="lambd")
     def __init__(
         self,
         gamma: float = 1.0,
-        lam: float | None = None,
+        lambd: float | None = None,
         order: int | None = 4,
         form: str = "official",
         mu: float | None = None,
     ) -> None:
         super().__init__()
         self.gamma = check_positive(gamma, "gamma", allow_zero=True)
-        self.lam, self.mu = _resolve(form, lam, mu)
+        self.lambd, self.mu = _resolve(form, lambd, mu)
         self.order = check_order(order)
         self.form = form
         self.target_first = True
@@ -200,7 +202,7 @@ class MatrixSSLLoss(nn.Module):
             z1,
             z2,
             self.gamma,
-            self.lam,
+            self.lambd,
             self.order,
             form=self.form,
             mu=None if self.form == "paper" else self.mu,
@@ -209,4 +211,4 @@ class MatrixSSLLoss(nn.Module):
 
     def extra_repr(self) -> str:
         mu = f", mu={self.mu}" if self.form == "official" else ""
-        return f"form={self.form!r}, gamma={self.gamma}, lam={self.lam}{mu}, order={self.order}"
+        return f"form={self.form!r}, gamma={self.gamma}, lambd={self.lambd}{mu}, order={self.order}"

@@ -21,6 +21,7 @@ from ._common import (
     at_least_float32,
     check_pair,
     check_views,
+    renamed,
     result_dtype,
     unit_views_and_centroids,
     zero_gradient,
@@ -66,9 +67,10 @@ def _global_centroid_nuclear_norm(
     return nuclear_norm(dist_utils.gather(to_float64(c))), n_global
 
 
+@renamed(lmbda="lambd")
 def mmcr_loss(
     z: torch.Tensor,
-    lmbda: float = 0.0,
+    lambd: float = 0.0,
     z_momentum: torch.Tensor | None = None,
     *,
     local_views: str = "online",
@@ -81,7 +83,7 @@ def mmcr_loss(
     Args:
         z: raw projector outputs (B, K, D) of K augmented views of B images. Rows are
             L2-normalised here; the centroids ``C`` (B, D) are the means over the K views.
-        lmbda: weight λ >= 0 of the local nuclear-norm term (App. B, D, O); 0 is the paper's
+        lambd: weight λ >= 0 of the local nuclear-norm term (App. B, D, O); 0 is the paper's
             default and skips that term's B small spectra.
         z_momentum: optional (B, K', D) outputs of a momentum encoder for the same views
             (App. B): concatenated with ``z`` along K before normalising and averaging. It is
@@ -123,7 +125,7 @@ def mmcr_loss(
         >>> loss = mmcr_loss(z)
         >>> loss.backward()
     """
-    lmbda = check_positive(lmbda, "lmbda", allow_zero=True)
+    lambd = check_positive(lambd, "lambd", allow_zero=True)
     check_choice(local_views, "local_views", _LOCAL_VIEWS)
     _check_nuclear(nuclear, polar_steps)
     n_online = z.shape[1] if isinstance(z, torch.Tensor) and z.ndim == 3 else 0
@@ -140,7 +142,7 @@ def mmcr_loss(
     with full_precision(z):
         # (B, K, D) views on the unit sphere (λ > 0) and their (B, D) float64 centroids; bf16
         # views in float32 first, so that both paths' gradients add up before one rounding
-        zn, centroids = unit_views_and_centroids(at_least_float32(z), views=lmbda > 0)
+        zn, centroids = unit_views_and_centroids(at_least_float32(z), views=lambd > 0)
         if nuclear == "polar":  # matrix products in the input's precision (float32 for bf16)
             work = result_dtype(z)
             centroids = centroids.to(work)
@@ -149,13 +151,13 @@ def mmcr_loss(
         nuc, n_global = _global_centroid_nuclear_norm(centroids, steps)
         loss = -nuc
         terms: Terms = {"centroid_nuclear_norm": nuc.detach()}
-        if lmbda > 0:
+        if lambd > 0:
             assert zn is not None
             views = zn[:, :n_online] if local_views == "online" else zn  # (B, K or K+K', D)
             # (B,) nuclear norms of the view matrices
             local = nuclear_norm(views) if steps is None else nuclear_norm_polar(views, steps)
             local_mean = dist_utils.global_mean(local.sum(), z.shape[0])
-            loss = loss + lmbda * local_mean
+            loss = loss + lambd * local_mean
             terms["local_nuclear_norm"] = local_mean.detach()
         bound = nuclear_norm_bound(n_global, z.shape[2])
         terms["percent_error"] = (bound - nuc.detach()) / bound
@@ -172,15 +174,16 @@ class MMCRLoss(nn.Module):
 
     inputs = "views"
 
+    @renamed(lmbda="lambd")
     def __init__(
         self,
-        lmbda: float = 0.0,
+        lambd: float = 0.0,
         local_views: str = "online",
         nuclear: str = "gram",
         polar_steps: int = DEFAULT_POLAR_STEPS,
     ) -> None:
         super().__init__()
-        self.lmbda = check_positive(lmbda, "lmbda", allow_zero=True)
+        self.lambd = check_positive(lambd, "lambd", allow_zero=True)
         self.local_views = check_choice(local_views, "local_views", _LOCAL_VIEWS)
         self.nuclear, self.polar_steps = _check_nuclear(nuclear, polar_steps)
 
@@ -193,7 +196,7 @@ class MMCRLoss(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
         return mmcr_loss(
             z,
-            self.lmbda,
+            self.lambd,
             z_momentum,
             local_views=self.local_views,
             nuclear=self.nuclear,
@@ -202,13 +205,14 @@ class MMCRLoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"lmbda={self.lmbda}, local_views={self.local_views!r}, nuclear={self.nuclear!r}"
+        return f"lambd={self.lambd}, local_views={self.local_views!r}, nuclear={self.nuclear!r}"
 
 
+@renamed(lmbda="lambd")
 def multimodal_mmcr_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
-    lmbda: float = 0.0,
+    lambd: float = 0.0,
     *,
     nuclear: str = "gram",
     polar_steps: int = DEFAULT_POLAR_STEPS,
@@ -224,7 +228,7 @@ def multimodal_mmcr_loss(
         image_features, text_features, ("image_features", "text_features")
     )
     z = torch.stack([image_features, text_features], dim=1)  # (B, 2, D)
-    return mmcr_loss(z, lmbda, nuclear=nuclear, polar_steps=polar_steps, return_terms=return_terms)
+    return mmcr_loss(z, lambd, nuclear=nuclear, polar_steps=polar_steps, return_terms=return_terms)
 
 
 @register_loss("multimodal_mmcr")
@@ -241,11 +245,12 @@ class MultimodalMMCRLoss(nn.Module):
 
     inputs = "pair"
 
+    @renamed(lmbda="lambd")
     def __init__(
-        self, lmbda: float = 0.0, nuclear: str = "gram", polar_steps: int = DEFAULT_POLAR_STEPS
+        self, lambd: float = 0.0, nuclear: str = "gram", polar_steps: int = DEFAULT_POLAR_STEPS
     ) -> None:
         super().__init__()
-        self.lmbda = check_positive(lmbda, "lmbda", allow_zero=True)
+        self.lambd = check_positive(lambd, "lambd", allow_zero=True)
         self.nuclear, self.polar_steps = _check_nuclear(nuclear, polar_steps)
 
     def forward(
@@ -260,7 +265,7 @@ class MultimodalMMCRLoss(nn.Module):
         loss = multimodal_mmcr_loss(
             image_features,
             text_features,
-            self.lmbda,
+            self.lambd,
             nuclear=self.nuclear,
             polar_steps=self.polar_steps,
         )

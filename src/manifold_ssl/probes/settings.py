@@ -7,7 +7,25 @@ from dataclasses import dataclass
 
 from .._keys import at_least, between, key, one_of
 
-__all__ = ["ProbesConfig"]
+__all__ = ["COST_KEYS", "PROBE_METRICS", "ProbesConfig"]
+
+#: Every scalar the training probe logs as ``probe/<key>``, with the label of its panel in
+#: ``manifold-ssl plot RUN`` (the figures read this table; ``tests/training/
+#: test_probes_during_training.py`` fails when the probe logs a key that is not here).
+#: ``coherence/<group>/<within|across>`` has a figure of its own; :data:`COST_KEYS` are cost.
+PROBE_METRICS: dict[str, str] = {
+    "percent_error": "percent error",
+    "effective_rank": "effective rank",
+    "alignment": "alignment E‖u−u⁺‖²",
+    "uniformity": "uniformity log E e^(−2‖u−v‖²)",
+    "neighbours": "CLAMP neighbours per sub-manifold",
+    "size": "CLAMP sub-manifold size",
+    "capacity": "mean-field capacity α",
+    "radius": "manifold radius",
+    "dimension": "manifold dimension",
+    "knn_accuracy": "kNN accuracy",
+}
+COST_KEYS = ("seconds", "flops")
 
 
 @dataclass
