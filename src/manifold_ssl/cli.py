@@ -251,15 +251,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if overrides:
             extra["evaluation overrides"] = " ".join(overrides)
         results = evaluate_run(
-            cfg, method, splits, run_dir, device, extra, not args.quiet, overrides
+            cfg, method, splits, run_dir, device, extra, not args.quiet, overrides, args.checkpoint
         )
-    _print_run(results, extra, run_dir, f"{result_stem('report', overrides)}.md")
+    _print_run(results, extra, run_dir, f"{result_stem('report', overrides, args.checkpoint)}.md")
     return 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    if args.checkpoints:
+        return _analyze_history(args)
     with contextlib.ExitStack() as lock:  # a run's lock, held until its report is written
         return _analyze(args, lock)
+
+
+def _analyze_history(args: argparse.Namespace) -> int:
+    from .experiments.history import analyze_history
+
+    if not args.path or not Path(args.path).is_dir():
+        raise ValueError("analyze --checkpoints takes a run directory")
+    out = Path(args.out) if args.out else Path(args.path) / "analysis" / "history"
+    rows = analyze_history(args.path, args.checkpoints, out)
+    keys = ("percent_error", "effective_rank", "capacity", "knn_accuracy")
+    print(f"{'checkpoint':>16} {'epoch':>6} " + " ".join(f"{k:>15}" for k in keys))
+    for r in rows:
+        values = " ".join(f"{r.get(f'probe/{k}', float('nan')):15.4g}" for k in keys)
+        print(f"{r['checkpoint']:>16} {r['epoch']:>6} {values}")
+    print(f"history: {out / 'history.json'}\nfigures: {out / 'probes.png'}")
+    return 0
 
 
 def _analyze(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
@@ -434,7 +452,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_backbone
 
-    out = export_backbone(args.run, args.format, args.out, args.overwrite)
+    out = export_backbone(args.run, args.format, args.out, args.overwrite, args.checkpoint)
     spec = json.loads(out.with_name(out.name + ".json").read_text())
     print(f"{args.format} weights of {spec['backbone']}: {out}\n  {out}.json\nload them with:")
     print("  " + spec["load"].replace("\n", "\n  "))
@@ -524,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("run_dir", help="a run directory (with config.yaml and checkpoints/)")
     ev.add_argument(
-        "--checkpoint", default="last.pt", help="file in checkpoints/ (default last.pt)"
+        "--checkpoint",
+        default="last.pt",
+        help="checkpoint in checkpoints/: last (default), best, epoch-<N> (train.keep_*)",
     )
     ev.add_argument(
         "--device",
@@ -545,6 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--labels", help=".npy of class ids for (N, F) features")
     an.add_argument("--untrained", metavar="RECIPE", help="analyse a randomly initialised model")
     an.add_argument("--out", help="report folder (default: next to the input)")
+    an.add_argument(
+        "--checkpoints",
+        metavar="all|LIST",
+        help="of a run directory: measure the training probes' geometry (capacity, effective "
+        "rank, packing, gradient coherence with its control) at each kept checkpoint (all, or "
+        "e.g. epoch-0010,best) and draw it against training (train.keep_every keeps them)",
+    )
     an.add_argument(
         "--per-class",
         dest="per_class",
@@ -631,6 +658,11 @@ def build_parser() -> argparse.ArgumentParser:
         "FILE.json says how to build the model that loads it.",
     )
     ex.add_argument("run", help="a run directory or a checkpoint .pt")
+    ex.add_argument(
+        "--checkpoint",
+        default="last.pt",
+        help="of a run directory: last (default), best, epoch-<N> (train.keep_*)",
+    )
     ex.add_argument("--format", choices=["torchvision", "timm", "state_dict"], required=True)
     ex.add_argument(
         "--out", required=True, help="the .pt file to write (a directory: RUN-FORMAT.pt in it)"

@@ -257,6 +257,21 @@ class TrainConfig:
     checkpoint_every_steps: int = key(
         0, "also checkpoint every this many steps (0: at epoch ends only)", at_least(0)
     )
+    keep_every: int = key(
+        0,
+        "keep checkpoints/epoch-<N>.pt every this many epochs beside last.pt (0: none); "
+        "analyze RUN --checkpoints all measures them",
+        at_least(0),
+    )
+    keep_limit: int = key(
+        0, "keep at most this many epoch-<N>.pt, the newest (0: all)", at_least(0)
+    )
+    keep_best: str = key(
+        "none",
+        "keep checkpoints/best.pt at the best monitor value: none | knn (knn_val_accuracy) | "
+        "online (online_linear_val_accuracy); needs train.knn_every",
+        one_of("none", "knn", "online"),
+    )
     max_steps: int = key(0, "stop after this many steps (0: all epochs)", at_least(0))
     time_budget_s: float = key(
         0.0,
@@ -528,6 +543,13 @@ def validate(cfg: Config) -> None:
         raise ValueError(
             f"text.width {cfg.text.width} must be divisible by text.heads {cfg.text.heads}"
         )
+    if cfg.train.keep_best != "none" and not cfg.train.knn_every:
+        raise ValueError(
+            f"train.keep_best={cfg.train.keep_best} keeps the checkpoint of the best monitor "
+            "value: set train.knn_every to the epochs between monitors"
+        )
+    if cfg.train.keep_best == "online" and not cfg.train.online_linear:
+        raise ValueError("train.keep_best=online needs the online head: train.online_linear=true")
     if cfg.optim.warmup_steps and cfg.optim.warmup_epochs:
         raise ValueError(
             "give one of optim.warmup_steps and optim.warmup_epochs, not both "

@@ -151,20 +151,26 @@ def _snippet(spec: dict[str, Any], file: str) -> str:
     )
 
 
-def export_backbone(source: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> Path:
+def export_backbone(
+    source: str | Path,
+    fmt: str,
+    out: str | Path,
+    overwrite: bool = False,
+    checkpoint: str = "last.pt",
+) -> Path:
     """Write the backbone of ``source`` (a run directory or a checkpoint file) to ``out`` in
     format ``fmt``, and ``out.json`` beside it; returns the file written. ``out`` an existing
     directory: ``out/<run>-<fmt>.pt`` inside it. An existing file is replaced only with
     ``overwrite``, and never anything but a regular file (a device, a link)."""
     src = Path(source)
-    ckpt = src / "checkpoints" / "last.pt" if src.is_dir() else src
+    ckpt = RunDir(src).checkpoint_file(checkpoint) if src.is_dir() else src
     if not ckpt.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt} (export takes a run directory or a .pt)")
     out = _export_target(Path(out), src, fmt, overwrite)
     if src.is_dir():  # a run still training moves its checkpoint: read it under the run's lock
         run = RunDir(src)
         with run.lock():
-            cfg, state = run.trained()
+            cfg, state = run.trained(ckpt.name)
     else:
         state = load_checkpoint(ckpt)
         cfg = config_from_dict(state["config"])

@@ -573,6 +573,20 @@ def _plot_accuracy(records: list[dict[str, Any]], out: Path, plt: Any, name: str
     return path
 
 
+def plot_probe_records(source: Path, probes: list[dict[str, Any]], out: Path) -> list[Path]:
+    """The probes' figures of ``probes`` (records with ``step``, ``epoch`` and ``probe/...``
+    values; the pair-distance histograms from ``source/probes``) into ``out``: a run's probes
+    (:func:`plot_run`) or a run's kept checkpoints probed after it
+    (:mod:`manifold_ssl.experiments.history`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    return _plot_probes(source, probes, out, plt)
+
+
 def _plot_probes(run_dir: Path, probes: list[dict[str, Any]], out: Path, plt: Any) -> list[Path]:
     """The probes' figures (see :func:`plot_run`)."""
     write_json(out / "probes.json", probes)

@@ -279,6 +279,10 @@ def lr_at_step(cfg: Config, step: int, steps_per_epoch: int) -> float:
     return cosine((step // steps_per_epoch) / cfg.train.epochs, peak, floor)
 
 
+#: The monitor value ``train.keep_best`` maximises.
+BEST_METRIC = {"none": "", "knn": "knn_val_accuracy", "online": "online_linear_val_accuracy"}
+
+
 def loop_settings(cfg: Config) -> LoopSettings:
     """What the training loop reads of ``cfg``: its ``train`` section, the optimiser and its
     schedule, and the config itself as the record every checkpoint carries."""
@@ -300,6 +304,9 @@ def loop_settings(cfg: Config) -> LoopSettings:
         knn_every=t.knn_every,
         checkpoint_every=t.checkpoint_every,
         checkpoint_every_steps=t.checkpoint_every_steps,
+        keep_every=t.keep_every,
+        keep_limit=t.keep_limit,
+        keep_best=BEST_METRIC[t.keep_best],
         max_steps=t.max_steps,
         time_budget_s=t.time_budget_s,
         amp=t.amp,

@@ -116,12 +116,14 @@ def evaluate_run(
     extra: dict[str, object],
     progress: bool = True,
     overrides: Sequence[str] = (),
+    checkpoint: str = "last.pt",
 ) -> dict[str, dict[str, Any]]:
     """kNN + linear probe of ``method``'s backbone next to the baselines, the fine-tunings of
     ``cfg.eval.semi_supervised``, zero-shot classification of a multimodal method; writes
     ``eval.json`` and ``report.md`` into ``run_dir``, with the evaluation settings that produced
     them (``--eval.*`` ``overrides``: ``eval-<overrides>.json`` and ``report-<overrides>.md``,
-    beside the run's own)."""
+    beside the run's own; a kept ``checkpoint`` other than ``last.pt``:
+    ``eval-<checkpoint>.json``)."""
     # the same initialisation the pretrained encoder had
     size = view_size(cfg, splits)
     random_encoder = build_method_for(cfg, splits.channels, image_size=size).backbone
@@ -187,18 +189,22 @@ def evaluate_run(
                 "linear_test_accuracy": ft["test_accuracy"],
                 "labelled_images": ft["labelled_images"],
             }
-    stem = result_stem("eval", overrides)
+    stem = result_stem("eval", overrides, checkpoint)
     settings = {"eval": config_to_dict(cfg)["eval"], "overrides": list(overrides)}
     path = run_dir / f"{stem}.json"
     keep_previous(path, settings)
     write_json(path, {"results": results, **extra, "settings": settings})
-    write_report(run_dir, results, extra, f"{result_stem('report', overrides)}.md")
+    write_report(run_dir, results, extra, f"{result_stem('report', overrides, checkpoint)}.md")
     return results
 
 
-def result_stem(name: str, overrides: Sequence[str]) -> str:
+def result_stem(name: str, overrides: Sequence[str], checkpoint: str = "last.pt") -> str:
     """``name`` for the run's own settings, ``name-<the overrides>`` for an evaluation with
-    ``--eval.*`` overrides, so that it never replaces the run's own results."""
+    ``--eval.*`` overrides, so that it never replaces the run's own results; a kept checkpoint
+    other than ``last.pt`` adds its name (``eval-best.json``)."""
+    kept = Path(checkpoint).stem
+    if kept != "last":
+        name = f"{name}-{kept}"
     if not overrides:
         return name
     parts = sorted(o.removeprefix("--").removeprefix("eval.") for o in overrides)

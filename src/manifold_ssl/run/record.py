@@ -37,14 +37,25 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     def checkpoint_file(self, name: str = "last.pt") -> Path:
-        return self.path / "checkpoints" / name
+        """``checkpoints/<name>`` (``.pt`` added when missing: ``best``, ``epoch-0005``)."""
+        return self.path / "checkpoints" / (name if name.endswith(".pt") else f"{name}.pt")
+
+    def kept(self) -> list[str]:
+        """The checkpoint files of the run, by name."""
+        return sorted(p.name for p in (self.path / "checkpoints").glob("*.pt"))
 
     def config(self, without: tuple[str, ...] = ()) -> Config:
         """``config.yaml`` (:func:`~manifold_ssl.config.read_run_config`)."""
         return read_run_config(self.path, without)
 
     def checkpoint(self, name: str = "last.pt", map_location: Any = None) -> dict[str, Any]:
-        return load_checkpoint(self.checkpoint_file(name), map_location=map_location)
+        path = self.checkpoint_file(name)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no checkpoint {path.name} in {self.path}/checkpoints (kept: "
+                f"{', '.join(self.kept()) or 'none'})"
+            )
+        return load_checkpoint(path, map_location=map_location)
 
     def trained(self, name: str = "last.pt") -> tuple[Config, dict[str, Any]]:
         """The config checkpoint ``name`` was trained with, and the checkpoint; an error when

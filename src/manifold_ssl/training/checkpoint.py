@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,22 @@ def load_checkpoint(
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not a manifold-ssl checkpoint (no model/config entries)")
     return state
+
+
+def keep_checkpoint(folder: Path, name: str, limit: int = 0) -> Path:
+    """Keep ``folder/last.pt`` as ``folder/name`` too (a hard link, else a copy; atomically);
+    then remove all but the newest ``limit`` ``epoch-<N>.pt`` (0: none removed)."""
+    src, dst = folder / "last.pt", folder / name
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links here: a copy
+        with atomic_file(tmp, "wb") as out, open(src, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 22)
+    os.replace(tmp, dst)
+    if limit:
+        kept = sorted(folder.glob("epoch-*.pt"))  # zero-padded: name order is epoch order
+        for old in kept[: max(0, len(kept) - limit)]:
+            old.unlink(missing_ok=True)
+    return dst

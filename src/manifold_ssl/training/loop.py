@@ -51,7 +51,7 @@ from ..distributed import fixed_batch_sizes
 from ..geometry.spectral import effective_rank, percent_error
 from ..methods import MultimodalMethod, SSLMethod
 from ..models.sync_bn import convert_sync_batchnorm
-from .checkpoint import save_checkpoint
+from .checkpoint import keep_checkpoint, save_checkpoint
 from .distributed import DistContext
 from .metrics import MetricsLog
 
@@ -92,6 +92,9 @@ class LoopSettings:
     knn_every: int = 0  # epochs between monitor calls (0: never)
     checkpoint_every: int = 1  # epochs
     checkpoint_every_steps: int = 0
+    keep_every: int = 0  # epochs between kept checkpoints/epoch-<N>.pt (0: none)
+    keep_limit: int = 0  # the newest this many epoch-<N>.pt (0: all)
+    keep_best: str = ""  # the monitor value whose best checkpoint is kept as best.pt
     max_steps: int = 0
     time_budget_s: float = 0.0
     amp: bool = True
@@ -254,6 +257,7 @@ class _Trainer:
         # the data's state that goes with the completed steps: what a checkpoint written after
         # a failure in the step in progress (which has drawn its views already) must hold
         self.done = self.data.state_dict()
+        self.best: float | None = None  # the best value of cfg.keep_best so far
 
     def restore(self, state: dict[str, Any]) -> None:
         check_same_data(state.get("data"), self.splits, "--resume")
@@ -265,6 +269,7 @@ class _Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.seconds, self.mark = float(state.get("train_seconds", 0.0)), time.perf_counter()
+        self.best = state.get("best")
         self.done = self.data.state_dict()
         self.log.truncate_after(self.step)
 
@@ -304,6 +309,7 @@ class _Trainer:
                 "train_seconds": self.position()["train_seconds"],
                 **({"online_optimizer": self.head_opt.state_dict()} if self.head_opt else {}),
                 "data": self.identity,
+                "best": self.best,  # the best monitor value so far (train.keep_best)
                 # how a torchvision/timm backbone was built (ViTs: img_size), for export
                 "backbone": getattr(self.method.backbone, "spec", None),
             }
@@ -404,6 +410,7 @@ class _Trainer:
         self.done = self.data.state_dict()
         last = self.epoch == cfg.epochs
         every = cfg.knn_every
+        values: dict[str, float] = {}
         if monitor and every and (self.epoch % every == 0 or last) and self.ctx.is_main:
             with self.paused():
                 values = monitor(self.method, self.splits, self.device)
@@ -411,8 +418,26 @@ class _Trainer:
             bar.write(
                 f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
             )
-        if self.epoch % cfg.checkpoint_every == 0 or last:
+        value = values.get(cfg.keep_best) if cfg.keep_best else None
+        best = value is not None and (self.best is None or value > self.best)
+        if best:
+            self.best = value
+        keep = bool(cfg.keep_every) and self.epoch % cfg.keep_every == 0
+        if self.epoch % cfg.checkpoint_every == 0 or last or keep or best:
             self.checkpoint()
+            if keep:
+                self.keep(f"epoch-{self.epoch:04d}.pt")
+            if best:
+                self.keep("best.pt")
+
+    def keep(self, name: str) -> None:
+        """Keep the checkpoint just written as ``checkpoints/name`` (a hard link where the file
+        system has them: no copy; ``last.pt`` is replaced, never written in place), and only the
+        newest ``keep_limit`` of the ``epoch-<N>.pt``."""
+        if not self.ctx.is_main:
+            return
+        with self.paused():
+            keep_checkpoint(self.run_path / "checkpoints", name, self.cfg.keep_limit)
 
 
 @dataclass

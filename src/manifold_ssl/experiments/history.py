@@ -1,0 +1,89 @@
+"""Geometry over a run's history: the training-time probes measured on every kept checkpoint.
+
+``train.keep_every`` keeps ``checkpoints/epoch-<N>.pt`` every N epochs (``train.keep_limit``
+the newest of them), ``train.keep_best`` ``checkpoints/best.pt`` at the best monitor value. This
+module measures each kept checkpoint as the probes of :mod:`manifold_ssl.probes` measure a
+training run (``probes`` section: percent error, effective rank, alignment and uniformity,
+CLAMP's packing, mean-field capacity, kNN, gradient coherence within and across classes with
+its shuffled-label control), on the same fixed validation images and views for every
+checkpoint, and draws them against training (Yerxa et al. Fig. 3, CLAMP Fig. 3), after the run
+instead of during it: ``manifold-ssl analyze RUN --checkpoints all``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..run.build import splits_of, training_probe
+from ..run.record import RunDir, method_from_state
+from ..runinfo import write_json
+
+__all__ = ["analyze_history", "kept_checkpoints"]
+
+_EPOCH = re.compile(r"^epoch-(\d+)\.pt$")
+
+
+def kept_checkpoints(run: RunDir) -> list[str]:
+    """The run's kept checkpoints in training order: ``epoch-<N>.pt`` by N, then ``last.pt``
+    (``best.pt`` is one of them at another name, and left out)."""
+    folder = run.path / "checkpoints"
+    names = sorted(
+        (p.name for p in folder.glob("epoch-*.pt") if _EPOCH.match(p.name)),
+        key=lambda n: int(_EPOCH.match(n).group(1)),  # type: ignore[union-attr]
+    )
+    return [*names, *(["last.pt"] if (folder / "last.pt").is_file() else [])]
+
+
+def _resolve(run: RunDir, which: str | list[str]) -> list[str]:
+    if which == "all":
+        names = kept_checkpoints(run)
+    else:
+        items = which.split(",") if isinstance(which, str) else which
+        names = [n if n.endswith(".pt") else f"{n}.pt" for n in (i.strip() for i in items) if n]
+    missing = [n for n in names if not run.checkpoint_file(n).is_file()]
+    if missing or not names:
+        kept = ", ".join(kept_checkpoints(run)) or "none"
+        raise ValueError(
+            f"--checkpoints: {', '.join(missing) or 'nothing'} not in {run.path}/checkpoints "
+            f"(kept: {kept}); keep a history with --train.keep_every=N"
+        )
+    return names
+
+
+def analyze_history(
+    run_dir: str | Path,
+    which: str | list[str] = "all",
+    out: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> list[dict[str, Any]]:
+    """Probe each checkpoint ``which`` (``"all"``, or names such as ``epoch-0005,best``) of
+    the run ``run_dir``; rows ``{checkpoint, step, epoch, probe/...}`` in training order,
+    written to ``out/history.json`` with the probes' figures (default ``out``:
+    ``run_dir/analysis/history``)."""
+    run = RunDir(run_dir)
+    out_dir = Path(out) if out is not None else run.path / "analysis" / "history"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "probes" / "pair_distances.jsonl").unlink(missing_ok=True)
+    with run.lock():
+        names = _resolve(run, which)
+        cfg = run.config()
+        splits = splits_of(cfg)
+        probe = training_probe(cfg, splits, torch.device(device), out_dir)
+        rows = []
+        for name in names:
+            trained, state = run.trained(name)
+            method = method_from_state(trained, state, splits, device, "analyze")
+            values = probe(method, int(state["step"]))
+            rows.append(
+                {"checkpoint": name, "step": state["step"], "epoch": state["epoch"], **values}
+            )
+    rows.sort(key=lambda r: r["step"])
+    write_json(out_dir / "history.json", rows)
+    from .plots import plot_probe_records
+
+    plot_probe_records(out_dir, rows, out_dir)
+    return rows
