@@ -22,6 +22,7 @@ LEAVES = {
     "_validation": set(),
     "schedules": set(),
     "_atomic": set(),
+    "_lazy": set(),
 }
 
 

@@ -12,6 +12,7 @@ import torchvision.transforms.v2.functional as TF
 from scipy import stats
 
 from manifold_ssl.data.views import (
+    PRESETS,
     AugmentSpec,
     MultiViewAugment,
     adjust_brightness,
@@ -215,19 +216,29 @@ def test_normalisation_belongs_to_the_dataset():
     assert [s.solarize_p for s in specs] == [s.solarize_p for s in preset("clamp_imagenet")]
 
 
-def test_the_photometric_part_compiles_as_one_graph():
-    # issue 19: branch-free (no host read, no data-dependent Python branch), so torch.compile
-    # traces it whole; the eager backend checks the trace without a compiler
-    from manifold_ssl.data.views import PRESETS, _on_device, _photometric, sample_params
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_compiles_as_one_graph_and_makes_reproducible_views(name):
+    # every preset, a new one too, is tested for free: issue 19's branch-free photometric
+    # part (no host read, no data-dependent Python branch) traced whole by torch.compile (the
+    # eager backend checks the trace without a compiler), for each of its distributions; and
+    # its views of a batch, seeded
+    from manifold_ssl.data.views import _on_device, _photometric, sample_params
 
+    torch.compiler.reset()  # each spec is a guard: without a reset the cases add up to
+    # dynamo's recompile limit, and the test would depend on the order it runs in
     gen = torch.Generator().manual_seed(0)
-    for name in ("cifar", "clamp_cifar", "digits"):
-        spec = PRESETS[name][0]
-        c = 1 if name == "digits" else 3
-        x = torch.rand(6, c, 8, 8, generator=gen)
-        d = _on_device(sample_params(spec, 6, 8, 8, gen), x.device)
+    c = 1 if name == "digits" else 3
+    for spec in PRESETS[name]:
+        side = max(8, spec.blur_kernel + 1)  # reflect padding needs more than the kernel's half
+        x = torch.rand(6, c, side, side, generator=gen)
+        d = _on_device(sample_params(spec, 6, side, side, gen), x.device)
         compiled = torch.compile(_photometric, fullgraph=True, backend="eager")
         torch.testing.assert_close(compiled(spec, x.clone(), d), _photometric(spec, x.clone(), d))
+    size = PRESETS[name][0].size or 20  # None: the images' own side
+    images = (torch.rand(5, c, 20, 20, generator=gen) * 255).to(torch.uint8)
+    aug = MultiViewAugment(PRESETS[name], 4)
+    a, b = (aug(images, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert a.shape == (5, 4, c, size, size) and torch.isfinite(a).all() and torch.equal(a, b)
 
 
 # lightly's transforms at CIFAR size, as its CIFAR-10 benchmark builds them (lightly/transforms:
