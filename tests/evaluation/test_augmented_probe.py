@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from manifold_ssl.config import apply_overrides, load_recipe
@@ -62,3 +63,27 @@ def test_evaluation_adds_the_augmented_probe_row(tmp_path):
     results = json.loads((run / "eval.json").read_text())["results"]
     assert set(results["augmented_probe"]) == {"linear_val_accuracy", "linear_test_accuracy"}
     assert "augmented_probe" in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("per_epoch", [False, True])
+def test_the_classifier_loop_follows_its_cosine_and_learns(per_epoch):
+    # the one loop of fine-tuning and the augmented probe: the learning rate at each step, per
+    # step or per epoch (CosineAnnealingLR(T_max=epochs), the authors' probe)
+    import math
+
+    from manifold_ssl.evaluation.classifier import fit_classifier
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=gen)
+    y = (x[:, 0] > 0).long()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        head = torch.nn.Linear(5, 2)
+    before = torch.nn.functional.cross_entropy(head(x), y).item()
+    opt = torch.optim.SGD(head.parameters(), lr=0.5)
+    seen = []
+    opt.register_step_pre_hook(lambda o, *_: seen.append(o.param_groups[0]["lr"]))
+    fit_classifier(head, opt, lambda e: [(x[:32], y[:32]), (x[32:], y[32:])], 3, 2, per_epoch)
+    at = [s // 2 / 3 if per_epoch else s / 6 for s in range(6)]
+    assert seen == pytest.approx([0.25 * (1 + math.cos(math.pi * a)) for a in at])
+    assert torch.nn.functional.cross_entropy(head(x), y).item() < 0.8 * before

@@ -15,17 +15,16 @@ epoch runs the backbone over the training set, which streams from files like pre
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data.splits import DataSplits
 from ..data.stream import Layout, make_batches
 from ..data.views import AugmentSpec, MultiViewAugment
-from ..schedules import cosine
+from .classifier import fit_classifier
 from .features import extract_features, inference_copy
 from .settings import EvalConfig
 
@@ -68,26 +67,21 @@ def augmented_linear_probe(
         head = nn.Linear(width.shape[1], splits.num_classes).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=e.augmented_lr, weight_decay=e.augmented_wd)
     steps = len(splits.train) // batch
-    total = e.augmented_epochs * steps
     labels = splits.train.labels
-    bar = tqdm(total=total, disable=not progress, desc="augmented probe", unit="step", leave=False)
-    for epoch in range(e.augmented_epochs):
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         source.start_epoch(epoch, 0)
-        for k in range(steps):
+        for _ in range(steps):
             all_views = source.next_views()
             assert isinstance(all_views, torch.Tensor)  # image views only
-            views = all_views[:, 0]
-            y = labels[source.last_index].to(device)
-            with torch.no_grad():
-                x = model(views.contiguous(memory_format=torch.channels_last)).float()
-            for group in opt.param_groups:  # cosine over the steps
-                group["lr"] = cosine((epoch * steps + k) / total, e.augmented_lr)
-            loss = F.cross_entropy(head(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            bar.update(1)
-    bar.close()
+            with torch.no_grad():  # the frozen backbone's features of one new view
+                views = all_views[:, 0].contiguous(memory_format=torch.channels_last)
+                x = model(views).float()
+            yield x, labels[source.last_index].to(device)
+
+    # the cosine per epoch, as the authors' CosineAnnealingLR (module doc)
+    label = "augmented probe" if progress else None
+    fit_classifier(head, opt, batches, e.augmented_epochs, steps, per_epoch=True, progress=label)
     out: dict[str, Any] = {}
     for name, split in (("val", splits.val), ("test", splits.test)):
         feats = extract_features(encoder, split, mean, std, device=device, workers=workers)

@@ -10,15 +10,14 @@ reported after the last epoch (the test split is evaluated once).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.splits import DataSplits, as_tensors, stratified_split
 from ..data.views import AugmentSpec, MultiViewAugment
-from ..schedules import cosine
+from .classifier import fit_classifier
 from .features import normalise_images
 from .settings import EvalConfig
 
@@ -80,24 +79,17 @@ def finetune(
         momentum=0.9,
         weight_decay=1e-6,
     )
-    base = [g["lr"] for g in opt.param_groups]
     batch = min(batch_size, images.shape[0])
-    steps = settings.finetune_epochs * max(1, images.shape[0] // batch)
     gen = torch.Generator().manual_seed(seed)
-    step = 0
-    for _ in range(settings.finetune_epochs):
-        model.train()
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         perm = torch.randperm(images.shape[0], generator=gen)
         for start in range(0, images.shape[0] - batch + 1, batch):
             idx = perm[start : start + batch].to(device)
-            x = aug(images[idx], gen)[:, 0]
-            for g, b in zip(opt.param_groups, base, strict=True):
-                g["lr"] = cosine(step / steps, b)
-            loss = F.cross_entropy(model(x), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
+            yield aug(images[idx], gen)[:, 0], labels[idx]
+
+    per_epoch = max(1, images.shape[0] // batch)
+    fit_classifier(model, opt, batches, settings.finetune_epochs, per_epoch)
     return {
         "fraction": fraction,
         "labelled_images": int(labelled.numel()),
