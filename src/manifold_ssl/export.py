@@ -161,7 +161,8 @@ def export_backbone(
     """Write the backbone of ``source`` (a run directory or a checkpoint file) to ``out`` in
     format ``fmt``, and ``out.json`` beside it; returns the file written. ``out`` an existing
     directory: ``out/<run>-<fmt>.pt`` inside it. An existing file is replaced only with
-    ``overwrite``, and never anything but a regular file (a device, a link)."""
+    ``overwrite``, and never anything but a regular file (a device, a link). ``checkpoint``:
+    which of a run directory's kept checkpoints (``last``, ``best``, ``epoch-<N>``)."""
     src = Path(source)
     ckpt = RunDir(src).checkpoint_file(checkpoint) if src.is_dir() else src
     if not ckpt.is_file():
