@@ -282,6 +282,14 @@ class TrainConfig:
     out_dir: str = key("runs", "parent folder of run directories")
     name: str = key("", "run name (default: <method>-<dataset>)")
     tensorboard: bool = key(False, "also log to TensorBoard")
+    wandb: str = key(
+        "off",
+        "also log to Weights & Biases: off | online | offline (files under <run>/wandb, synced "
+        "later with wandb sync); extra manifold-ssl[wandb]",
+        one_of("off", "online", "offline"),
+    )
+    wandb_project: str = key("manifold-ssl", "Weights & Biases project")
+    wandb_group: str = key("", "Weights & Biases group (a sweep's trials: the sweep's name)")
     online_linear: bool = key(
         True,
         "train a linear head on the detached backbone features of the labelled training "
@@ -468,6 +476,9 @@ RESUME_FREE_KEYS = (
     "data.workers",
     "data.prefetch",
     "data.views_on",
+    "train.wandb",
+    "train.wandb_project",
+    "train.wandb_group",
 )
 #: Keys an evaluation of a run may change beside those: the protocol, the zero-shot words and
 #: where it runs. The rest is fixed by the checkpoint.

@@ -70,7 +70,15 @@ SWEEP_DIR = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
 ALIASES = {"P": "train.batch_size", "K": "views.num_views"}
 TrialArgs = tuple[dict[str, Any], str, bool]  # run_trial's (config dict, directory, evaluate)
 #: Keys that say where and how fast a trial runs, not what it computes: not in its hash.
-UNHASHED = (("data", "root"), ("train", "out_dir"), ("train", "name"), ("train", "num_threads"))
+UNHASHED = (
+    ("data", "root"),
+    ("train", "out_dir"),
+    ("train", "name"),
+    ("train", "num_threads"),
+    ("train", "wandb"),
+    ("train", "wandb_project"),
+    ("train", "wandb_group"),
+)
 
 
 @dataclass
@@ -195,6 +203,8 @@ def run_trial(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads:
     if threads > 0:
         torch.set_num_threads(threads)
     cfg, path = config_from_dict(cfg_dict), Path(trial_dir)
+    if cfg.train.wandb != "off" and not cfg.train.wandb_group:
+        cfg.train.wandb_group = path.parent.parent.name  # <sweep>/trials/<trial>: the sweep
     if _status(path) == "done":
         return "done"
     if _status(path) == "partial":

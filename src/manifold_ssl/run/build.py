@@ -38,6 +38,7 @@ from ..schedules import cosine, warmup_cosine
 from ..training.distributed import DistContext
 from ..training.loop import LoopSettings, Method
 from ..training.optim import make_optimizer
+from ..training.tracking import Tracking
 
 __all__ = [
     "build_method_for",
@@ -279,6 +280,14 @@ def lr_at_step(cfg: Config, step: int, steps_per_epoch: int) -> float:
     return cosine((step // steps_per_epoch) / cfg.train.epochs, peak, floor)
 
 
+def tracking_of(cfg: Config) -> Tracking:
+    """Where ``cfg``'s run is tracked besides its files (``train.wandb*``), with its config."""
+    from ..config import config_to_dict
+
+    t = cfg.train
+    return Tracking(t.wandb, t.wandb_project, t.wandb_group, config_to_dict(cfg))
+
+
 #: The monitor value ``train.keep_best`` maximises.
 BEST_METRIC = {"none": "", "knn": "knn_val_accuracy", "online": "online_linear_val_accuracy"}
 
@@ -318,6 +327,7 @@ def loop_settings(cfg: Config) -> LoopSettings:
         online_lr=t.online_lr,
         num_threads=t.num_threads,
         tensorboard=t.tensorboard,
+        tracking=tracking_of(cfg),
         optimizer=optimizer,
         lr=schedule,
         record=config_to_dict(cfg),

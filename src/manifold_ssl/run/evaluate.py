@@ -28,7 +28,8 @@ from ..methods import MultimodalMethod
 from ..models.text import build_tokenizer
 from ..runinfo import read_metrics, write_json
 from ..training.loop import Method, Monitor
-from .build import build_method_for, view_size, view_specs, zero_shot_prompts
+from ..training.tracking import WandbRun
+from .build import build_method_for, tracking_of, view_size, view_specs, zero_shot_prompts
 
 __all__ = ["evaluate_run", "final_percent_error", "knn_monitor", "online_accuracy", "zero_shot"]
 
@@ -195,6 +196,17 @@ def evaluate_run(
     keep_previous(path, settings)
     write_json(path, {"results": results, **extra, "settings": settings})
     write_report(run_dir, results, extra, f"{result_stem('report', overrides, checkpoint)}.md")
+    if cfg.train.wandb != "off":  # the evaluation as the tracked run's summary, with figures
+        tracked = WandbRun(run_dir, tracking_of(cfg))
+        prefix = stem.removeprefix("eval").strip("-")
+        values = {
+            "/".join(p for p in ("eval", prefix, row, key) if p): value
+            for row, numbers in results.items()
+            for key, value in numbers.items()
+            if isinstance(value, (int, float))
+        }
+        tracked.summarise(values, [run_dir / "curves.png", *sorted(run_dir.glob("figures/*.png"))])
+        tracked.close()
     return results
 
 

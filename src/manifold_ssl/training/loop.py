@@ -54,6 +54,7 @@ from ..models.sync_bn import convert_sync_batchnorm
 from .checkpoint import keep_checkpoint, save_checkpoint
 from .distributed import DistContext
 from .metrics import MetricsLog
+from .tracking import Tracking
 
 __all__ = [
     "RESUME_KEYS",
@@ -106,6 +107,7 @@ class LoopSettings:
     online_lr: float = 0.1
     num_threads: int = 0
     tensorboard: bool = False
+    tracking: Tracking | None = None  # Weights & Biases
     record: dict[str, Any] = field(default_factory=dict)  # every checkpoint's "config"
     name: str = "pretrain"  # the progress bar's label
 
@@ -465,7 +467,7 @@ def fit(
     checkpoint ``state`` when resuming; call ``monitor`` every ``knn_every`` epochs and the
     probe when due (neither if not given). See the module doc."""
     ctx = parts.ctx
-    log = MetricsLog(run_path, enabled=ctx.is_main, tensorboard=cfg.tensorboard)
+    log = MetricsLog(run_path, ctx.is_main, cfg.tensorboard, cfg.tracking)
     t = _Trainer(parts, cfg, run_path, log)
     if state is not None:
         t.restore(state)

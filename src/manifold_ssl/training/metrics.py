@@ -1,4 +1,4 @@
-"""JSON-lines metrics (and TensorBoard, optionally), written by rank 0."""
+"""JSON-lines metrics (and TensorBoard and Weights & Biases, optionally), written by rank 0."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runinfo import atomic_write_text, read_metrics
+from .tracking import Tracking, WandbRun
 
 __all__ = ["MetricsLog", "read_metrics"]
 
@@ -24,10 +25,18 @@ def _clean(value: Any) -> Any:
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl``."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = False) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool = True,
+        tensorboard: bool = False,
+        tracking: Tracking | None = None,
+    ) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
         self.writer = None
+        use_wandb = enabled and tracking is not None and tracking.mode != "off"
+        self.wandb = WandbRun(run_dir, tracking) if use_wandb and tracking else None
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -57,7 +66,11 @@ class MetricsLog:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "step":
                     self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(record)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.close()
