@@ -30,12 +30,9 @@ _EPOCH = re.compile(r"^epoch-(\d+)\.pt$")
 def kept_checkpoints(run: RunDir) -> list[str]:
     """The run's kept checkpoints in training order: ``epoch-<N>.pt`` by N, then ``last.pt``
     (``best.pt`` is one of them at another name, and left out)."""
-    folder = run.path / "checkpoints"
-    names = sorted(
-        (p.name for p in folder.glob("epoch-*.pt") if _EPOCH.match(p.name)),
-        key=lambda n: int(_EPOCH.match(n).group(1)),  # type: ignore[union-attr]
-    )
-    return [*names, *(["last.pt"] if (folder / "last.pt").is_file() else [])]
+    kept = run.kept()
+    epochs = sorted((int(m.group(1)), n) for n in kept if (m := _EPOCH.match(n)))
+    return [n for _, n in epochs] + (["last.pt"] if "last.pt" in kept else [])
 
 
 def _resolve(run: RunDir, which: str | list[str]) -> list[str]:

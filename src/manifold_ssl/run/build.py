@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import Config, effective_lr
+from ..config import Config, config_to_dict, effective_lr
 from ..data.captions import (
     ZERO_SHOT_TEMPLATES,
     Captions,
@@ -282,8 +282,6 @@ def lr_at_step(cfg: Config, step: int, steps_per_epoch: int) -> float:
 
 def tracking_of(cfg: Config) -> Tracking:
     """Where ``cfg``'s run is tracked besides its files (``train.wandb*``), with its config."""
-    from ..config import config_to_dict
-
     t = cfg.train
     return Tracking(t.wandb, t.wandb_project, t.wandb_group, config_to_dict(cfg))
 
@@ -295,8 +293,6 @@ BEST_METRIC = {"none": "", "knn": "knn_val_accuracy", "online": "online_linear_v
 def loop_settings(cfg: Config) -> LoopSettings:
     """What the training loop reads of ``cfg``: its ``train`` section, the optimiser and its
     schedule, and the config itself as the record every checkpoint carries."""
-    from ..config import config_to_dict
-
     t = cfg.train
 
     def schedule(step: int, steps_per_epoch: int) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ class WandbRun:
         if values:
             self.run.log(values, step=int(record.get("step", 0)))
 
-    def summarise(self, values: dict[str, Any], images: list[Path] = ()) -> None:  # type: ignore[assignment]
+    def summarise(self, values: dict[str, Any], images: Sequence[Path] = ()) -> None:
         """Set the run's summary (the evaluation's numbers) and log ``images`` (figures)."""
         self.run.summary.update(values)
         for path in images:
