@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import importlib
 import math
 import os
-import re
-import types
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,9 +25,15 @@ from ._keys import (
     above,
     at_least,
     between,
+    check_settings,
+    device_name,
     key,
     list_of,
     one_of,
+    parse_text,
+    settings_help,
+    suggest,
+    update_settings,
 )
 from .evaluation.settings import EvalConfig
 from .probes.settings import ProbesConfig
@@ -57,7 +60,7 @@ def registered(module: str, table: str) -> Check:
 
     def check(v: str) -> str | None:
         names = sorted(getattr(importlib.import_module(module), table))
-        return None if v in names else f"one of {names}{_suggest(v, names)}"
+        return None if v in names else f"one of {names}{suggest(v, names)}"
 
     return check
 
@@ -72,12 +75,7 @@ def _method_name(v: str) -> str | None:
     from .methods import METHODS, MULTIMODAL
 
     names = sorted({*METHODS, *MULTIMODAL})
-    return None if v in names else f"one of {names}{_suggest(v, names)}"
-
-
-def device_name(v: str) -> str | None:
-    ok = v in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", v) is not None
-    return None if ok else "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+    return None if v in names else f"one of {names}{suggest(v, names)}"
 
 
 @dataclass
@@ -314,17 +312,7 @@ class Config:
 
 def config_help() -> str:
     """Every config key with its default and help, one line each (for ``pretrain --help``)."""
-    lines = []
-    cfg = Config()
-    for section in dataclasses.fields(cfg):
-        values = getattr(cfg, section.name)
-        for f in dataclasses.fields(values):
-            default = getattr(values, f.name)
-            shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...")
-            lines.append(
-                f"  --{section.name}.{f.name}={shown.strip()}  {f.metadata.get('help', '')}"
-            )
-    return "\n".join(lines)
+    return "\n".join(settings_help(Config()))
 
 
 # --------------------------------------------------------------------------- (de)serialisation
@@ -332,94 +320,13 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _suggest(key: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (int → float allowed)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ValueError:
-                continue
-        raise ValueError(f"config key {key!r} expects {tp}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key {key!r} expects a list, got {value!r}")
-        (arg,) = typing.get_args(tp)
-        return [_coerce(v, arg, key) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"config key {key!r} expects a mapping, got {value!r}")
-        return dict(value)
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config key {key!r} expects a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"config key {key!r} must be finite, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config key {key!r} expects an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"config key {key!r} expects true or false, got {value!r}")
-        return value
-    if tp is str:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)  # --model.projector=128 reads as an integer
-        if not isinstance(value, str):
-            raise ValueError(f"config key {key!r} expects a string, got {value!r}")
-        return value
-    return value
-
-
-def _update_section(obj: Any, values: dict[str, Any], prefix: str) -> None:
-    hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
-    for name, value in values.items():
-        full = f"{prefix}.{name}" if prefix else name
-        if name not in names:
-            raise ValueError(f"unknown config key {full!r}{_suggest(name, names)}")
-        current = getattr(obj, name)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ValueError(f"config key {full!r} is a section; got {value!r}")
-            _update_section(current, value, full)
-        else:
-            setattr(obj, name, _coerce(value, hints[name], full))
-
-
 def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
     """A :class:`Config` from nested ``values`` over ``base`` (defaults); strict about keys.
     ``base`` itself is left unchanged, also when a value is rejected."""
     cfg = copy.deepcopy(base) if base is not None else Config()
-    _update_section(cfg, values or {}, "")
+    update_settings(cfg, values or {})
     validate(cfg)
     return cfg
-
-
-def _parse_value(text: str) -> Any:
-    """``--key=value`` values are YAML scalars or lists: 0.1, true, null, [0.01, 0.1], cifar10."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
 
 
 def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
@@ -436,7 +343,7 @@ def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
         node = nested
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = parse_text(value)
     return config_from_dict(nested, cfg)
 
 
@@ -517,14 +424,7 @@ def load_recipe(name_or_path: str | None) -> Config:
 def validate(cfg: Config) -> None:
     """Check every key with the check defined beside it, then the rules that tie keys together;
     errors name the key and what was expected."""
-    for section in dataclasses.fields(cfg):
-        values = getattr(cfg, section.name)
-        for f in dataclasses.fields(values):
-            check = f.metadata.get("check")
-            value = getattr(values, f.name)
-            expected = check(value) if check is not None else None
-            if expected:
-                raise ValueError(f"{section.name}.{f.name} must be {expected}, got {value!r}")
+    check_settings(cfg)
     from .methods import MULTIMODAL
 
     multimodal = cfg.method.name in MULTIMODAL

@@ -20,19 +20,38 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._keys import given, key, one_of
 from .config import Config, config_from_dict
 from .run.record import RunDir
 from .runinfo import atomic_write_text
 from .training.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["FORMATS", "export_backbone", "export_state"]
+__all__ = ["FORMATS", "ExportConfig", "export_backbone", "export_state"]
 
 FORMATS = ("torchvision", "timm", "state_dict")
+
+
+@dataclass
+class ExportConfig:
+    """The settings of ``manifold-ssl export RUN`` (``--format timm`` or
+    ``--export.format=timm``): the arguments of :func:`export_backbone`."""
+
+    format: str | None = key(None, f"one of {list(FORMATS)} (required)", one_of(*FORMATS))
+    out: str | None = key(
+        None, "the .pt file to write, or a directory for RUN-FORMAT.pt (required)", given
+    )
+    checkpoint: str = key(
+        "last.pt", "of a run directory: last, best, epoch-<N> (train.keep_*)", given
+    )
+    overwrite: bool = key(False, "replace an existing --out file")
+
+
 _RESNETS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3)}
 
 
@@ -48,8 +67,8 @@ _BOTTLENECK = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2", "6": "conv3",
 def _own_resnet_to_library(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keys of the ResNets written here → torchvision/timm ResNet keys."""
     out = {}
-    for key, value in state.items():
-        new = re.sub(r"^stem\.0\.", "conv1.", key)
+    for name, value in state.items():
+        new = re.sub(r"^stem\.0\.", "conv1.", name)
         new = re.sub(r"^stem\.1\.", "bn1.", new)
         m = re.match(r"^stages\.(\d+)\.(\d+)\.(.*)$", new)
         if m:

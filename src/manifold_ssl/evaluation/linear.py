@@ -34,8 +34,9 @@ with the same validation accuracy to within one image in 5,000.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -136,84 +137,118 @@ def fit_logistic(
     in segments of :data:`SEGMENT` iterations and restarts in new coordinates when κ has moved by
     more than 4× (confident predictions on nearly separable features make it tiny).
     """
-    f64 = torch.float64
     device = x.device if device is None else torch.device(device)
     n, f = x.shape
-    chunk = n if chunk is None else chunk
     precond = Preconditioner.of(x, device) if precond is None else precond
     w0, b0 = (torch.zeros(f, num_classes), torch.zeros(num_classes)) if init is None else init
     # Centred coordinates: logits = (x − μ)W + c, with c = b + μW the bias being optimised.
     mu = precond.mean.to(device)
-    w = w0.to(device, f64)
-    c = (b0.to(device, f64) + mu @ w).requires_grad_(True)
-    y = y.to(device)
-    kappa = [1.0 / num_classes]  # measured by every evaluation, at the point it evaluates
-    s: torch.Tensor | None = None
-    u: torch.Tensor | None = None
-
-    cache: list[torch.Tensor] = []  # the last point evaluated and its loss and gradients
-
-    @torch.no_grad()
-    def evaluate(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if cache and torch.allclose(w, cache[0], 1e-12, 1e-15) and torch.equal(c, cache[1]):
-            return cache[2], cache[3], cache[4]  # L-BFGS re-evaluates where it stopped
-        wx, offset = w.to(x.dtype), c - mu @ w
-        loss = 0.5 * weight_decay * (w * w).sum()
-        xtg, grad_c, curvature = torch.zeros_like(w), torch.zeros_like(c), 0.0
-        for start in range(0, n, chunk):
-            xb = x[start : start + chunk].to(device, non_blocking=True)
-            logits = (xb @ wx).to(f64) + offset
-            lse = torch.logsumexp(logits, dim=1)
-            yb = y[start : start + chunk]
-            loss += (lse - logits.gather(1, yb[:, None]).squeeze(1)).sum() / n
-            g = torch.exp(logits - lse[:, None])
-            curvature += float((1.0 - (g * g).sum(1)).sum())
-            g[torch.arange(len(yb), device=device), yb] -= 1.0
-            g /= n
-            xtg += (g.to(x.dtype).T @ xb).T.to(f64)  # (GᵀX)ᵀ: see the module docstring
-            grad_c += g.sum(0)
-        kappa[0] = curvature / (n * max(num_classes - 1, 1))
-        grad_w = xtg - torch.outer(mu, grad_c) + weight_decay * w
-        cache[:] = [w, c.detach().clone(), loss, grad_w, grad_c]
-        return loss, grad_w, grad_c
+    w = w0.to(device, torch.float64)
+    c = (b0.to(device, torch.float64) + mu @ w).requires_grad_(True)
+    objective = _Objective(x, y.to(device), mu, num_classes, weight_decay, chunk or n)
+    s, u = None, None  # the preconditioner's scales and the coordinates L-BFGS moves
 
     def closure() -> torch.Tensor:
-        assert u is not None
-        loss, grad_w, grad_c = evaluate(precond.to_w(u.detach(), s))
+        assert u is not None  # set before each segment
+        loss, grad_w, grad_c = objective(precond.to_w(u.detach(), s), c)
         u.grad = precond.grad_to_u(grad_w, s)
         c.grad = grad_c.clone()
         return loss
 
     if init is not None:  # measure κ at the warm start
-        evaluate(w)
+        objective(w, c)
     iterations, converged = 0, False
     while not converged and iterations < max_iter:
-        measured = kappa[0]
+        measured = objective.kappa
         s = precond.scales(measured, weight_decay)
         u = precond.to_u(w, s).requires_grad_(True)
-        opt = torch.optim.LBFGS(
-            [u, c],
-            lr=1.0,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=tolerance,
-            tolerance_change=1e-12,
-        )
-        while iterations < max_iter:
-            allowed = min(SEGMENT, max_iter - iterations)
-            opt.param_groups[0].update(max_iter=allowed, max_eval=10 * allowed)
-            before = opt.state[u].get("n_iter", 0)
-            opt.step(closure)
-            done = opt.state[u]["n_iter"] - before
-            iterations += done
-            if done < allowed:  # stopped on a tolerance
-                converged = True
-                break
-            moved = not 0.25 < kappa[0] / max(measured, 1e-300) < 4.0
-            if moved and s is not None:
-                break  # re-precondition at the new curvature
+        opt = torch.optim.LBFGS([u, c], tolerance_grad=tolerance, **_LBFGS)
+        done, converged = _segments(opt, closure, u, max_iter - iterations, objective, measured)
+        iterations += done
         w = precond.to_w(u.detach(), s)
     return w, c.detach() - mu @ w
+
+
+_LBFGS: dict[str, Any] = {
+    "lr": 1.0,
+    "history_size": 20,
+    "line_search_fn": "strong_wolfe",
+    "tolerance_change": 1e-12,
+}
+
+
+def _segments(
+    opt: torch.optim.LBFGS,
+    closure: Callable[[], torch.Tensor],
+    u: torch.Tensor,
+    budget: int,
+    objective: _Objective,
+    measured: float,
+) -> tuple[int, bool]:
+    """L-BFGS in segments of :data:`SEGMENT` iterations (``budget`` in all) until it stops on a
+    tolerance (converged) or κ has moved more than 4× from ``measured`` (re-precondition);
+    the iterations done and whether it converged."""
+    iterations = 0
+    while iterations < budget:
+        allowed = min(SEGMENT, budget - iterations)
+        opt.param_groups[0].update(max_iter=allowed, max_eval=10 * allowed)
+        before = opt.state[u].get("n_iter", 0)
+        opt.step(closure)
+        done = opt.state[u]["n_iter"] - before
+        iterations += done
+        if done < allowed:  # stopped on a tolerance
+            return iterations, True
+        if not 0.25 < objective.kappa / max(measured, 1e-300) < 4.0:
+            break  # re-precondition at the new curvature
+    return iterations, False
+
+
+class _Objective:
+    """Mean cross-entropy + wd/2 · ‖W‖² of the centred logits (x − μ)W + c and its gradients,
+    in float64, streaming ``x`` to the device ``chunk`` rows at a time; it measures the
+    curvature factor κ at each point it evaluates and remembers the last point (L-BFGS
+    re-evaluates where it stopped)."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mu: torch.Tensor,
+        num_classes: int,
+        weight_decay: float,
+        chunk: int,
+    ) -> None:
+        self.x, self.y, self.mu, self.chunk = x, y, mu, chunk
+        self.num_classes, self.weight_decay = num_classes, weight_decay
+        self.kappa = 1.0 / num_classes  # measured by every evaluation, at the point it evaluates
+        self.cache: list[torch.Tensor] = []  # the last point evaluated, its loss and gradients
+
+    @torch.no_grad()
+    def __call__(
+        self, w: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cache, x, y, n = self.cache, self.x, self.y, self.x.shape[0]
+        if cache and torch.allclose(w, cache[0], 1e-12, 1e-15) and torch.equal(c, cache[1]):
+            return cache[2], cache[3], cache[4]
+        wx, offset = w.to(x.dtype), c - self.mu @ w
+        loss = 0.5 * self.weight_decay * (w * w).sum()
+        xtg, grad_c, curvature = torch.zeros_like(w), torch.zeros_like(c), 0.0
+        for start in range(0, n, self.chunk):
+            xb = x[start : start + self.chunk].to(w.device, non_blocking=True)
+            logits = (xb @ wx).to(torch.float64) + offset
+            lse = torch.logsumexp(logits, dim=1)
+            yb = y[start : start + self.chunk]
+            loss += (lse - logits.gather(1, yb[:, None]).squeeze(1)).sum() / n
+            g = torch.exp(logits - lse[:, None])
+            curvature += float((1.0 - (g * g).sum(1)).sum())
+            g[torch.arange(len(yb), device=w.device), yb] -= 1.0
+            g /= n
+            xtg += (g.to(x.dtype).T @ xb).T.to(torch.float64)  # (GᵀX)ᵀ: see the module docstring
+            grad_c += g.sum(0)
+        self.kappa = curvature / (n * max(self.num_classes - 1, 1))
+        grad_w = xtg - torch.outer(self.mu, grad_c) + self.weight_decay * w
+        cache[:] = [w, c.detach().clone(), loss, grad_w, grad_c]
+        return loss, grad_w, grad_c
 
 
 def linear_probe(

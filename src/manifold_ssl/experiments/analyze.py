@@ -12,7 +12,7 @@ as manifolds directly. Writes ``analysis.json``, ``analysis.md`` and PNG figures
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,41 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._keys import key, optional, positive
 from ..geometry.capacity import elliptical_geometry, manifold_capacity
 from ..geometry.manifold_stats import manifold_similarities, split_by_class
 from ..geometry.spectral import class_effective_ranks, covariance_spectrum, powerlaw_decay, rankme
 from ..runinfo import atomic_write_text, write_json
 
 __all__ = [
+    "AnalyzeConfig",
     "analyze_features",
     "analyze_model",
     "backbone_layers",
     "library_layers",
     "write_analysis_report",
 ]
+
+
+@dataclass
+class AnalyzeConfig:
+    """The settings of the geometry report (``manifold-ssl analyze``: ``--n-t 200`` or
+    ``--analyze.n_t=200``)."""
+
+    per_class: int | None = key(
+        None,
+        "images per class manifold (null: 50, or the class size when smaller)",
+        optional(positive),
+    )
+    n_exemplars: int = key(50, "images whose augmentation manifolds are measured", positive)
+    n_augment: int = key(30, "augmented views per exemplar", positive)
+    n_t: int = key(200, "Gaussian samples t of the mean-field capacity", positive)
+    seed: int = key(0, "seed of the sampling and projections")
+    projection_dim: int | None = key(
+        None,
+        "randomly project wider layers to this many dimensions first (Yerxa: 5000)",
+        optional(positive),
+    )
 
 
 def backbone_layers(backbone: torch.nn.Module) -> list[str]:
@@ -182,74 +205,79 @@ def analyze_model(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     augment: Any,
-    per_class: int | None = None,
-    n_exemplars: int = 50,
-    n_augment: int = 30,
-    n_t: int = 200,
-    seed: int = 0,
+    settings: AnalyzeConfig | None = None,
     progress: bool = True,
-    projection_dim: int | None = None,
 ) -> dict[str, Any]:
     """Per-layer class and augmentation manifold geometry of ``backbone`` on uint8 ``images``
-    (``per_class``: as in :func:`analyze_features`)."""
-    from ..evaluation.features import (
-        class_manifolds,
-        default_per_class,
-        layer_features,
-        normalise_images,
-    )
+    (N, C, H, W) with class ids ``labels`` (N,): ``settings.per_class`` images of each class
+    form its manifold (as in :func:`analyze_features`), ``settings.n_augment`` views
+    (``augment(images, generator)``) of ``settings.n_exemplars`` of them the augmentation
+    manifolds."""
+    from ..evaluation.features import class_manifolds, layer_features, normalise_images
 
-    per_class = per_class or default_per_class(labels)
+    s = settings or AnalyzeConfig()
+    gen = torch.Generator().manual_seed(s.seed)
+    per_class, chosen, ex = _picks(labels, s, gen)
     layers = backbone_layers(backbone)
-    gen = torch.Generator().manual_seed(seed)
-    # class manifolds: per_class test images of every class
+    feats_cls = layer_features(backbone, normalise_images(images[chosen], mean, std), layers)
+    views = augment(images[ex], gen)  # (E, n_augment, C, H, W)
+    feats_aug = layer_features(backbone, views.flatten(0, 1), layers)
+    out: dict[str, Any] = {"layers": layers, "manifolds": {}}
+    for layer in tqdm(layers, desc="layers", disable=not progress):
+        cls_x, kept = class_manifolds(feats_cls[layer], labels[chosen], per_class, s.seed)
+        aug_x = feats_aug[layer].reshape(len(ex), s.n_augment, -1)
+        out["manifolds"][layer] = {
+            "class": _capacity_row(cls_x, s.n_t, s.seed, s.projection_dim),
+            "augmentation": _capacity_row(aug_x, s.n_t, s.seed, s.projection_dim),
+        }
+    final = feats_cls[layers[-1]]
+    aug_final = feats_aug[layers[-1]].reshape(len(ex), s.n_augment, -1)
+    out.update(_final_layer(final, labels[chosen], aug_final, labels[ex]))
+    out["settings"] = {
+        **asdict(s),
+        "images": int(images.shape[0]),
+        "per_class": per_class,
+        "classes": kept.tolist(),
+        "spectrum_layer": layers[-1],
+    }
+    return out
+
+
+def _picks(
+    labels: torch.Tensor, s: AnalyzeConfig, gen: torch.Generator
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """The images per class, the indices of the class manifolds' images (per_class of each
+    class, at random) and of the exemplars (n_exemplars of them, spread over classes)."""
+    from ..evaluation.features import default_per_class
+
+    per_class = s.per_class or default_per_class(labels)
     pick = []
     for c in torch.unique(labels):
         idx = torch.nonzero(labels == c).flatten()
         pick.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
     chosen = torch.cat(pick)
-    x_cls = normalise_images(images[chosen], mean, std)
-    # augmentation manifolds: n_exemplars images (spread over classes), n_augment views each
-    ex = chosen[torch.randperm(len(chosen), generator=gen)[:n_exemplars]]
-    views = augment(images[ex], gen)  # (E, n_augment, C, H, W)
-    x_aug = views.flatten(0, 1)
-    feats_cls = layer_features(backbone, x_cls, layers)
-    feats_aug = layer_features(backbone, x_aug, layers)
-    out: dict[str, Any] = {"layers": layers, "manifolds": {}}
-    for layer in tqdm(layers, desc="layers", disable=not progress):
-        cls_x, kept = class_manifolds(feats_cls[layer], labels[chosen], per_class, seed)
-        aug_x = feats_aug[layer].reshape(len(ex), n_augment, -1)
-        out["manifolds"][layer] = {
-            "class": _capacity_row(cls_x, n_t, seed, projection_dim),
-            "augmentation": _capacity_row(aug_x, n_t, seed, projection_dim),
-        }
-    final = feats_cls[layers[-1]]
+    return per_class, chosen, chosen[torch.randperm(len(chosen), generator=gen)[: s.n_exemplars]]
+
+
+def _final_layer(
+    final: torch.Tensor, labels: torch.Tensor, aug: torch.Tensor, aug_labels: torch.Tensor
+) -> dict[str, Any]:
+    """The final layer's spectrum, effective ranks, alignment and uniformity and manifold
+    similarities, with what the report's figures draw (``_stats``, ``_tsne``)."""
     spectrum = covariance_spectrum(final)
-    out["spectrum"] = {
-        "eigenvalues": spectrum.tolist(),
-        "rankme": rankme(final),
-        "powerlaw": asdict(powerlaw_decay(spectrum)),
+    stats = manifold_similarities(aug)
+    return {
+        "spectrum": {
+            "eigenvalues": spectrum.tolist(),
+            "rankme": rankme(final),
+            "powerlaw": asdict(powerlaw_decay(spectrum)),
+        },
+        "class_effective_ranks": class_effective_ranks(final, labels),
+        "alignment_uniformity": _alignment_uniformity(aug),
+        "similarity": _similarity_summary(stats, aug_labels),
+        "_stats": (stats, aug_labels),
+        "_tsne": (final, labels.numpy()),
     }
-    out["class_effective_ranks"] = class_effective_ranks(final, labels[chosen])
-    aug_final = feats_aug[layers[-1]].reshape(len(ex), n_augment, -1)
-    out["alignment_uniformity"] = _alignment_uniformity(aug_final)
-    stats = manifold_similarities(aug_final)
-    ex_labels = labels[ex]
-    out["similarity"] = _similarity_summary(stats, ex_labels)
-    out["_stats"] = (stats, ex_labels)
-    out["_tsne"] = (final, labels[chosen].numpy())
-    out["settings"] = {
-        "images": int(images.shape[0]),
-        "per_class": per_class,
-        "classes": kept.tolist(),
-        "n_exemplars": n_exemplars,
-        "n_augment": n_augment,
-        "n_t": n_t,
-        "seed": seed,
-        "projection_dim": projection_dim,
-        "spectrum_layer": layers[-1],
-    }
-    return out
 
 
 def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> list[Path]:
@@ -257,93 +285,109 @@ def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> 
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-
     out_dir.mkdir(parents=True, exist_ok=True)
     stats, stat_labels = result.pop("_stats")
     flat, flat_labels = result.pop("_tsne")
-    figures = []
-
-    manifolds = result["manifolds"]
-    if "layers" in result:
-        layers = result["layers"]
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        for kind, style in (("class", "o-"), ("augmentation", "s--")):
-            for ax, key in zip(axes, ("capacity", "radius", "dimension"), strict=True):
-                ax.plot(
-                    range(len(layers)),
-                    [manifolds[ly][kind][key] for ly in layers],
-                    style,
-                    label=kind,
-                )
-                ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
-                ax.set(
-                    title=f"mean-field manifold {key} by layer",
-                    xlabel="layer (input → output)",
-                    ylabel={
-                        "capacity": "capacity α_M (P/N)",
-                        "radius": "radius R_M",
-                        "dimension": "dimension D_M",
-                    }[key],
-                )
-                ax.grid(alpha=0.3)
-        axes[0].legend(title="manifolds (test split)")
-        fig.tight_layout()
-        figures.append(out_dir / "capacity_by_layer.png")
-        fig.savefig(figures[-1], dpi=120)
-        plt.close(fig)
-
-    lam = np.asarray(result["spectrum"]["eigenvalues"])
-    fit = result["spectrum"]["powerlaw"]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ranks = np.arange(1, len(lam) + 1)
-    ax.loglog(ranks, lam, ".", ms=3, label="eigenvalues")
-    lo, hi = fit["fit_range"]
-    r = np.arange(lo, hi + 1)
-    ax.loglog(
-        r, np.exp(fit["intercept"]) * r ** (-fit["alpha"]), "r-", label=f"α = {fit['alpha']:.2f}"
-    )
     layer = result.get("settings", {}).get("spectrum_layer")
     where = f"layer {layer}" if layer else "the features"
+    figures = [_capacity_figure(result, out_dir)] if "layers" in result else []
+    figures += [
+        _spectrum_figure(result["spectrum"], where, out_dir),
+        _similarity_figure(stats, stat_labels, "layers" in result, out_dir),
+        _tsne_figure(flat, flat_labels, where, out_dir),
+    ]
+    write_json(out_dir / "analysis.json", result)
+    lines = [f"# Geometry report: {title}", "", *_report_lines(result)]
+    lines += ["", *[f"![{f.stem}]({f.name})" for f in figures]]
+    atomic_write_text(out_dir / "analysis.md", "\n".join(lines) + "\n")
+    return figures
+
+
+def _saved(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _capacity_figure(result: dict[str, Any], out_dir: Path) -> Path:
+    """Capacity, radius and dimension of both kinds of manifolds by layer (Yerxa Fig. 2)."""
+    import matplotlib.pyplot as plt
+
+    layers, manifolds = result["layers"], result["manifolds"]
+    labels = {
+        "capacity": "capacity α_M (P/N)",
+        "radius": "radius R_M",
+        "dimension": "dimension D_M",
+    }
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for kind, style in (("class", "o-"), ("augmentation", "s--")):
+        for ax, stat in zip(axes, labels, strict=True):
+            values = [manifolds[ly][kind][stat] for ly in layers]
+            ax.plot(range(len(layers)), values, style, label=kind)
+            ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
+            ax.set(
+                title=f"mean-field manifold {stat} by layer",
+                xlabel="layer (input → output)",
+                ylabel=labels[stat],
+            )
+            ax.grid(alpha=0.3)
+    axes[0].legend(title="manifolds (test split)")
+    return _saved(fig, out_dir / "capacity_by_layer.png")
+
+
+def _spectrum_figure(spectrum: dict[str, Any], where: str, out_dir: Path) -> Path:
+    """The eigenspectrum of the final features on log-log axes, with its power-law fit."""
+    import matplotlib.pyplot as plt
+
+    lam, fit = np.asarray(spectrum["eigenvalues"]), spectrum["powerlaw"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.loglog(np.arange(1, len(lam) + 1), lam, ".", ms=3, label="eigenvalues")
+    lo, hi = fit["fit_range"]
+    r = np.arange(lo, hi + 1)
+    line = np.exp(fit["intercept"]) * r ** (-fit["alpha"])
+    ax.loglog(r, line, "r-", label=f"α = {fit['alpha']:.2f}")
     ax.set(
         xlabel="rank (log)",
         ylabel="eigenvalue of the feature covariance (log)",
         title=f"eigenspectrum: {where}",
     )
     ax.legend()
-    fig.tight_layout()
-    figures.append(out_dir / "spectrum.png")
-    fig.savefig(figures[-1], dpi=120)
-    plt.close(fig)
+    return _saved(fig, out_dir / "spectrum.png")
 
-    keys = ("centroid_cosine", "subspace_cosine", "shared_variance")
+
+def _similarity_figure(stats: Any, labels: Any, augmentation: bool, out_dir: Path) -> Path:
+    """Histograms of the pairwise manifold similarities, same- against different-class."""
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    groups = (
-        split_by_class(stats, np.asarray(stat_labels))
-        if stat_labels is not None
-        else {"all": stats}
-    )
-    what = "augmentation manifolds" if "layers" in result else "manifolds"
-    for ax, key in zip(axes, keys, strict=True):
+    groups = split_by_class(stats, np.asarray(labels)) if labels is not None else {"all": stats}
+    what = "augmentation manifolds" if augmentation else "manifolds"
+    for ax, stat in zip(
+        axes, ("centroid_cosine", "subspace_cosine", "shared_variance"), strict=True
+    ):
         for name, g in groups.items():
-            if len(g[key]):
-                ax.hist(g[key], bins=30, alpha=0.6, density=True, label=name.replace("_", " "))
+            if len(g[stat]):
+                ax.hist(g[stat], bins=30, alpha=0.6, density=True, label=name.replace("_", " "))
         ax.set(
-            title=f"{key.replace('_', ' ')} of pairs of {what}",
-            xlabel=key.replace("_", " "),
+            title=f"{stat.replace('_', ' ')} of pairs of {what}",
+            xlabel=stat.replace("_", " "),
             ylabel="density",
         )
         ax.legend(title="pairs")
-    fig.tight_layout()
-    figures.append(out_dir / "similarity.png")
-    fig.savefig(figures[-1], dpi=120)
-    plt.close(fig)
+    return _saved(fig, out_dir / "similarity.png")
+
+
+def _tsne_figure(flat: Any, flat_labels: Any, where: str, out_dir: Path) -> Path:
+    """t-SNE of up to 2,000 final features, coloured by class (CLAMP Fig. 5)."""
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
 
     pts = np.asarray(flat, dtype=np.float64)[:2000]
-    emb = TSNE(
-        n_components=2, init="pca", random_state=0, perplexity=min(30, len(pts) - 1)
-    ).fit_transform(pts)
+    perplexity = min(30, len(pts) - 1)
+    emb = TSNE(n_components=2, init="pca", random_state=0, perplexity=perplexity).fit_transform(pts)
     fig, ax = plt.subplots(figsize=(6, 5))
     point_labels = np.asarray(flat_labels)[: len(pts)]
     classes = np.unique(point_labels)
@@ -356,25 +400,24 @@ def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> 
             title="class", markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5)
         )
     ax.set(title=f"t-SNE of {where} ({len(pts)} points)", xticks=[], yticks=[])
-    fig.tight_layout()
-    figures.append(out_dir / "tsne.png")
-    fig.savefig(figures[-1], dpi=120)
-    plt.close(fig)
+    return _saved(fig, out_dir / "tsne.png")
 
-    write_json(out_dir / "analysis.json", result)
+
+def _report_lines(result: dict[str, Any]) -> list[str]:
+    """The report's table (geometry per layer and kind of manifold) and its summary lines."""
     lines = [
-        f"# Geometry report: {title}",
-        "",
         "| layer | manifolds | capacity | radius | dimension | centre corr. | K removed |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for layer, rows in manifolds.items():
+    for layer, rows in result["manifolds"].items():
         for kind, row in rows.items() if "capacity" not in rows else [("features", rows)]:
             lines.append(
                 f"| {layer} | {kind} | {row['capacity']:.3f} | {row['radius']:.3f} | "
                 f"{row['dimension']:.2f} | {row['center_correlation']:.3f} | {row['n_removed']} |"
             )
     sp = result["spectrum"]
+    fit = sp["powerlaw"]
+    lo, hi = fit["fit_range"]
     lines += [
         "",
         f"- power-law decay α = {fit['alpha']:.3f} (ranks {lo}–{hi}, R² = {fit['r_squared']:.3f}); "
@@ -387,20 +430,20 @@ def write_analysis_report(result: dict[str, Any], out_dir: Path, title: str) -> 
         )
     if result.get("gradient_coherence"):
         gc = result["gradient_coherence"]
+        pairs = [
+            f"{g} {gc[f'{g}/within']:.3f} / {gc[f'{g}/across']:.3f}"
+            for g in ("all", "first", "last", "shuffled")
+            if f"{g}/within" in gc
+        ]
         lines.append(
             "- gradient coherence (Yerxa Fig. 3), within / across class: "
-            + ", ".join(
-                f"{g} {gc[f'{g}/within']:.3f} / {gc[f'{g}/across']:.3f}"
-                for g in ("all", "first", "last", "shuffled")
-                if f"{g}/within" in gc
-            )
+            + ", ".join(pairs)
             + " (shuffled: labels permuted, the control)"
         )
     if "class_effective_ranks" in result:
         cer = result["class_effective_ranks"]
         lines.append(
-            f"- intra-class erank {cer['intra_class_erank']:.2f}, inter-class erank {cer['inter_class_erank']:.2f}"
+            f"- intra-class erank {cer['intra_class_erank']:.2f}, "
+            f"inter-class erank {cer['inter_class_erank']:.2f}"
         )
-    lines += ["", *[f"![{f.stem}]({f.name})" for f in figures]]
-    atomic_write_text(out_dir / "analysis.md", "\n".join(lines) + "\n")
-    return figures
+    return lines

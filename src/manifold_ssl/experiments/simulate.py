@@ -24,9 +24,66 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._keys import device_name, key, non_empty_list_of, positive
 from ..geometry.spectral import nuclear_norm_bound
 
-__all__ = ["SimulationResult", "plot_simulation", "simulate_uniform"]
+__all__ = [
+    "SimulateConfig",
+    "SimulationResult",
+    "grid_values",
+    "plot_simulation",
+    "simulate_uniform",
+]
+
+
+def grid_values(text: str) -> list[int]:
+    """``"16,32,64"``; ``"LO:HI"`` powers of two from LO; ``"LO:HI:N"`` N log-spaced integers."""
+    try:
+        parts = text.split(":")
+        if len(parts) == 1:
+            values = [int(v) for v in text.split(",") if v]
+        elif len(parts) == 2:
+            lo, hi = int(parts[0]), int(parts[1])
+            values = [lo * 2**k for k in range(64) if lo * 2**k <= hi] if lo >= 1 else []
+        elif len(parts) == 3:
+            lo, hi, n = int(parts[0]), int(parts[1]), int(parts[2])
+            if lo < 1 or hi < lo or n < 1:
+                raise ValueError
+            values = sorted({round(v) for v in np.geomspace(lo, hi, n)})
+        else:
+            raise ValueError
+        if not values or min(values) < 1:
+            raise ValueError
+        return values
+    except ValueError:
+        raise ValueError(
+            f"expected positive integers 'A,B,C', a powers-of-two range 'LO:HI', or N log-spaced "
+            f"values 'LO:HI:N', got {text!r}"
+        ) from None
+
+
+@dataclass
+class SimulateConfig:
+    """The settings of ``manifold-ssl simulate`` (``--P 16:8192`` or ``--simulate.P=16:8192``):
+    the keywords of :func:`simulate_uniform`."""
+
+    P: list[int] = key(
+        help="numbers of centroids: '16,64,256', powers of two 'LO:HI', or N log-spaced values "
+        "'LO:HI:N' (the paper's grid is 10:10000:11)",
+        check=non_empty_list_of(positive),
+        factory=lambda: grid_values("16:8192"),
+        parse=grid_values,
+    )
+    D: list[int] = key(
+        help="embedding dimensions, same syntax",
+        check=non_empty_list_of(positive),
+        factory=lambda: grid_values("16:8192"),
+        parse=grid_values,
+    )
+    repeats: int = key(3, "draws per cell", positive)
+    seed: int = key(0, "seed of the draws")
+    max_min_dim: int = key(1024, "skip cells with min(P, D) above this", positive)
+    device: str = key("cpu", "torch device", device_name)
 
 
 @dataclass
@@ -166,14 +223,9 @@ def simulate_uniform(
     cost = _CostModel(device)
     total = math.fsum(cost.seconds(p, d) for p, d in cells) * repeats
     bar = tqdm(total=len(cells) * repeats, disable=not progress, unit="draw", desc="simulate")
-    bar.write(
-        f"{len(cells)} cells x {repeats} repeats, estimated {total:.0f} s on {device}"
-        + (
-            f"; {len(result.skipped)} cells with min(P, D) > {max_min_dim} skipped"
-            if result.skipped
-            else ""
-        )
-    )
+    skipped = f"; {len(result.skipped)} cells with min(P, D) > {max_min_dim} skipped"
+    estimate = f"{len(cells)} cells x {repeats} repeats, estimated {total:.0f} s on {device}"
+    bar.write(estimate + (skipped if result.skipped else ""))
     for index, (p, d) in enumerate(cells):
         expected = cost.seconds(p, d) * repeats
         if expected > announce_above_s:
@@ -181,23 +233,23 @@ def simulate_uniform(
         for rep in range(repeats):
             # one independent, reproducible stream per (cell, repeat)
             gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + index * 1009 + rep)
-            start = time.perf_counter()
-            nuc = _uniform_nuclear_norm(p, d, gen, device)
-            bound = nuclear_norm_bound(p, d)
-            result.rows.append(
-                {
-                    "P": p,
-                    "D": d,
-                    "repeat": rep,
-                    "nuclear_norm": nuc,
-                    "bound": bound,
-                    "percent_error": (bound - nuc) / bound,
-                    "seconds": time.perf_counter() - start,
-                }
-            )
+            result.rows.append({"P": p, "D": d, "repeat": rep, **_draw(p, d, gen, device)})
             bar.update(1)
     bar.close()
     return result
+
+
+def _draw(p: int, d: int, gen: torch.Generator, device: torch.device) -> dict[str, float]:
+    """One draw of P uniform centroids in R^D: nuclear norm, bound, percent error, seconds."""
+    start = time.perf_counter()
+    nuc = _uniform_nuclear_norm(p, d, gen, device)
+    bound = nuclear_norm_bound(p, d)
+    return {
+        "nuclear_norm": nuc,
+        "bound": bound,
+        "percent_error": (bound - nuc) / bound,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def plot_simulation(result: SimulationResult, out_dir: str | Path) -> list[Path]:
@@ -205,27 +257,27 @@ def plot_simulation(result: SimulationResult, out_dir: str | Path) -> list[Path]
     import matplotlib
 
     matplotlib.use("Agg")
+    out_dir = Path(out_dir)
+    return [_heatmap(result, out_dir / "heatmap.png"), _lines(result, out_dir / "lines.png")]
+
+
+def _heatmap(result: SimulationResult, path: Path) -> Path:
+    """The mean percent error of every cell of the P × D grid, its value written in it."""
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
     grid = np.full((len(result.P), len(result.D)), np.nan)
     for i, p in enumerate(result.P):
         for j, d in enumerate(result.D):
             cell = result.cell(p, d)
             if cell is not None:
                 grid[i, j] = 100 * cell["percent_error_mean"]
-
     # cells wide enough for their labels, whatever the grid (the paper's has 11 × 11)
     width, height = max(6.4, 2.6 + 0.6 * len(result.D)), max(5.2, 1.8 + 0.4 * len(result.P))
     fig, ax = plt.subplots(figsize=(width, height))
     im = ax.imshow(grid, origin="lower", cmap="magma", aspect="auto")
+    d_labels = [str(d) for d in result.D]
     ax.set_xticks(
-        range(len(result.D)),
-        [str(d) for d in result.D],
-        rotation=45,
-        ha="right",
-        rotation_mode="anchor",
-        fontsize=8,
+        range(len(result.D)), d_labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=8
     )
     ax.set_yticks(range(len(result.P)), [str(p) for p in result.P], fontsize=8)
     ax.set_xlabel("embedding dimension D")
@@ -238,13 +290,17 @@ def plot_simulation(result: SimulationResult, out_dir: str | Path) -> list[Path]
             color = "w" if math.isfinite(grid[i, j]) else "0.4"
             ax.text(j, i, text, ha="center", va="center", fontsize=6, color=color)
     fig.tight_layout()
-    heatmap = out_dir / "heatmap.png"
-    fig.savefig(heatmap, dpi=150)
+    fig.savefig(path, dpi=150)
     plt.close(fig)
+    return path
+
+
+def _lines(result: SimulationResult, path: Path) -> Path:
+    """Fig. 2: the percent error against P (one curve per D) and against D (one per P)."""
+    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     cmap = plt.get_cmap("viridis")
-    # left: one curve per D over P; right: one curve per P over D
     for ax, fixed, varying, by_p in (
         (axes[0], result.D, result.P, False),
         (axes[1], result.P, result.D, True),
@@ -266,7 +322,6 @@ def plot_simulation(result: SimulationResult, out_dir: str | Path) -> list[Path]
         ax.legend(fontsize=6, ncol=2)
     fig.suptitle("Uniform centroids: the percent error peaks at P = D (Schaeffer et al., Fig. 2)")
     fig.tight_layout()
-    lines = out_dir / "lines.png"
-    fig.savefig(lines, dpi=150)
+    fig.savefig(path, dpi=150)
     plt.close(fig)
-    return [heatmap, lines]
+    return path

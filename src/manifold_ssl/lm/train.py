@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .._keys import above, at_least, check_settings, key, one_of, optional, positive
 from ..losses.mce_lm import mce_lm_loss
 from ..runinfo import atomic_write_text, run_metadata, write_json
 from ..schedules import warmup_cosine
@@ -34,43 +35,51 @@ from .tasks import CharVocab, arithmetic_problems, text_splits
 __all__ = ["LMConfig", "compare", "train_lm"]
 
 OBJECTIVES = ("ce", "ce+mce")
+TASKS = ("arithmetic", "text")
 
 
 @dataclass
 class LMConfig:
-    task: str = "arithmetic"  # arithmetic | text
-    text: str | None = None  # the text file of task "text"
-    objective: str = "ce"  # ce | ce+mce
-    seed: int = 0
-    steps: int = 400
-    batch: int = 16
-    context: int = 128
-    width: int = 32
-    layers: int = 2
-    heads: int = 4
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    warmup: int = 20
-    mce_order: int | None = 4  # Taylor order of log Q (None: exact, ~6x slower on a CPU)
-    mce_eps: float = 1e-4
-    mce_weight: float = 1.0  # CE + mce_weight · MCE (Eq. 23: 1)
-    train_problems: int = 3000
-    test_problems: int = 200
-    checkpoint_every: int = 100
-    log_every: int = 10
+    """The settings of one language-model run (``manifold-ssl lm``: ``--steps 400`` or
+    ``--lm.steps=400``)."""
+
+    task: str | None = key(
+        None, "arithmetic or text (null: text when --text is given)", optional(one_of(*TASKS))
+    )
+    text: str | None = key(None, "a UTF-8 text file, or .gz (default: arithmetic problems)")
+    objective: str = key("ce", "ce or ce+mce (lm compares both)", one_of(*OBJECTIVES))
+    seed: int = key(0, "seed of the initialisation and the windows (lm: --seeds)")
+    steps: int = key(400, "optimiser steps per run", positive)
+    batch: int = key(16, "windows per step", positive)
+    context: int = key(128, "characters per window", positive)
+    width: int = key(32, "model width", positive)
+    layers: int = key(2, "transformer blocks", positive)
+    heads: int = key(4, "attention heads", positive)
+    lr: float = key(3e-3, "peak learning rate of AdamW", above(0))
+    weight_decay: float = key(0.1, "AdamW weight decay", at_least(0))
+    warmup: int = key(20, "linear warm-up steps before the cosine decay", at_least(0))
+    mce_order: int | None = key(
+        4,
+        "Taylor order of log Q (0 or null: the exact eigen-log, ~6x slower on a CPU)",
+        optional(at_least(0)),
+    )
+    mce_eps: float = key(
+        1e-4, "ridge eps·I of the MCE's Q (0: the paper's unregularised form)", at_least(0)
+    )
+    mce_weight: float = key(1.0, "CE + weight · MCE (Eq. 23: 1)", at_least(0))
+    train_problems: int = key(3000, "arithmetic problems to train on", positive)
+    test_problems: int = key(200, "held-out arithmetic problems", positive)
+    checkpoint_every: int = key(100, "steps between checkpoints", positive)
+    log_every: int = key(10, "steps between metrics lines", positive)
 
     def __post_init__(self) -> None:
-        if self.task not in ("arithmetic", "text"):
-            raise ValueError(f"task must be 'arithmetic' or 'text', got {self.task!r}")
+        if self.task is None:
+            self.task = "text" if self.text else "arithmetic"
+        if self.mce_order == 0:
+            self.mce_order = None
+        check_settings(self)
         if self.task == "text" and not self.text:
             raise ValueError("task 'text' needs --text PATH")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
-        for name in ("steps", "batch", "context", "width", "layers", "heads", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.mce_weight >= 0:
-            raise ValueError(f"mce_weight must be >= 0, got {self.mce_weight}")
 
 
 def _data(cfg: LMConfig) -> dict[str, Any]:
@@ -163,8 +172,34 @@ def train_lm(cfg: LMConfig, out: str | Path, progress: bool = False) -> dict[str
         model = GPT(len(data["vocab"]), cfg.context, cfg.width, cfg.layers, cfg.heads)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    step = 0
-    ckpt = out / "checkpoints" / "last.pt"
+    start = time.perf_counter()
+    _train(cfg, model, opt, gen, data["train"], out, progress)
+    model.eval()
+    results: dict[str, Any] = {
+        "objective": cfg.objective,
+        "seed": cfg.seed,
+        "bits_per_character": bits_per_character(model, data["held"]),
+        "train_seconds_this_invocation": time.perf_counter() - start,
+    }
+    if cfg.task == "arithmetic":
+        results["exact_match"] = exact_match(model, data["vocab"], data["test"])
+    write_json(out / "results.json", {**results, "meta": run_metadata(cfg.seed)})
+    return results
+
+
+def _train(
+    cfg: LMConfig,
+    model: GPT,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    train: torch.Tensor,
+    out: Path,
+    progress: bool,
+) -> None:
+    """The optimiser steps from the run's last checkpoint (if any) to ``cfg.steps``: metrics
+    lines every ``log_every`` steps (those after the checkpoint dropped on resume), a
+    checkpoint every ``checkpoint_every``."""
+    step, ckpt = 0, out / "checkpoints" / "last.pt"
     if ckpt.exists():
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
@@ -172,22 +207,18 @@ def train_lm(cfg: LMConfig, out: str | Path, progress: bool = False) -> dict[str
         gen.set_state(state["rng"])
         step = state["step"]
     metrics = out / "metrics.jsonl"
-    kept = (
-        [ln for ln in metrics.read_text().splitlines() if json.loads(ln)["step"] <= step]
-        if metrics.exists()
-        else []
-    )
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
     atomic_write_text(metrics, "".join(f"{ln}\n" for ln in kept))
-    train, c = data["train"], cfg.context
+    c = cfg.context
     bar = tqdm(
         total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.objective} seed {cfg.seed}"
     )
-    start = time.perf_counter()
     with metrics.open("a") as log:
         while step < cfg.steps:
-            starts = torch.randint(0, len(train) - c - 1, (cfg.batch,), generator=gen)
-            x = torch.stack([train[s : s + c] for s in starts.tolist()])
-            y = torch.stack([train[s + 1 : s + c + 1] for s in starts.tolist()])
+            starts = torch.randint(0, len(train) - c - 1, (cfg.batch,), generator=gen).tolist()
+            x = torch.stack([train[s : s + c] for s in starts])
+            y = torch.stack([train[s + 1 : s + c + 1] for s in starts])
             for group in opt.param_groups:
                 group["lr"] = _lr(cfg, step)
             loss, terms = _loss(cfg, model, x, y)
@@ -202,28 +233,10 @@ def train_lm(cfg: LMConfig, out: str | Path, progress: bool = False) -> dict[str
                 log.write(json.dumps({"step": step, "loss": loss.item(), **terms}) + "\n")
                 log.flush()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint(
-                    {
-                        "config": config,
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "rng": gen.get_state(),
-                        "step": step,
-                    },
-                    ckpt,
-                )
+                state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+                state.update(config=asdict(cfg), rng=gen.get_state(), step=step)
+                save_checkpoint(state, ckpt)
     bar.close()
-    model.eval()
-    results: dict[str, Any] = {
-        "objective": cfg.objective,
-        "seed": cfg.seed,
-        "bits_per_character": bits_per_character(model, data["held"]),
-        "train_seconds_this_invocation": time.perf_counter() - start,
-    }
-    if cfg.task == "arithmetic":
-        results["exact_match"] = exact_match(model, data["vocab"], data["test"])
-    write_json(out / "results.json", {**results, "meta": run_metadata(cfg.seed)})
-    return results
 
 
 def _interval(values: list[float]) -> dict[str, Any]:

@@ -126,28 +126,18 @@ def evaluate_run(
     beside the run's own; a kept ``checkpoint`` other than ``last.pt``:
     ``eval-<checkpoint>.json``)."""
     # the same initialisation the pretrained encoder had
-    size = view_size(cfg, splits)
-    random_encoder = build_method_for(cfg, splits.channels, image_size=size).backbone
+    random_encoder = build_method_for(cfg, splits.channels, image_size=view_size(cfg, splits))
     results = evaluate_with_baselines(
-        cfg.eval, method.backbone, splits, device, random_encoder, progress, cfg.data.workers
+        cfg.eval,
+        method.backbone,
+        splits,
+        device,
+        random_encoder.backbone,
+        progress,
+        cfg.data.workers,
     )
     if getattr(method, "online_head", None) is not None:
-        mean, std = splits.normalisation
-        feats = {
-            name: extract_features(
-                method.backbone,
-                getattr(splits, name),
-                mean,
-                std,
-                device=device,
-                workers=cfg.data.workers,
-            )
-            for name in ("val", "test")
-        }
-        results["online_linear"] = {
-            f"linear_{name}_accuracy": online_accuracy(method, f, getattr(splits, name).labels)
-            for name, f in feats.items()
-        }
+        results["online_linear"] = _online_linear(cfg, method, splits, device)
     if isinstance(method, MultimodalMethod):
         if progress:
             print("zero-shot classification with held-out prompt templates")
@@ -156,40 +146,7 @@ def evaluate_run(
             "chance": 1 / splits.num_classes,
             "templates": zero_shot_prompts(cfg, splits)[1],
         }
-    if cfg.eval.augmented_probe:
-        from ..evaluation.augmented import augmented_linear_probe
-
-        if progress:
-            print("the linear probe on augmented images (Yerxa App. G)")
-        d = cfg.data
-        results["augmented_probe"] = augmented_linear_probe(
-            cfg.eval,
-            method.backbone,
-            splits,
-            device,
-            view_specs(cfg, splits)[0],
-            size,
-            cfg.train.seed,
-            d.workers,
-            d.prefetch,
-            d.views_on,
-            progress,
-        )
-    if cfg.eval.semi_supervised:
-        from ..evaluation.finetune import finetune
-
-        for fraction in cfg.eval.semi_supervised:
-            if progress:
-                print(f"fine-tuning on {fraction:g} of the labels")
-            spec = view_specs(cfg, splits)[0]
-            ft = finetune(
-                cfg.eval, method.backbone, splits, fraction, spec, device, seed=cfg.train.seed
-            )
-            results[f"finetune_{fraction:g}"] = {
-                "linear_val_accuracy": ft["val_accuracy"],
-                "linear_test_accuracy": ft["test_accuracy"],
-                "labelled_images": ft["labelled_images"],
-            }
+    results.update(_trained_heads(cfg, method, splits, device, progress))
     stem = result_stem("eval", overrides, checkpoint)
     settings = {"eval": config_to_dict(cfg)["eval"], "overrides": list(overrides)}
     path = run_dir / f"{stem}.json"
@@ -197,17 +154,86 @@ def evaluate_run(
     write_json(path, {"results": results, **extra, "settings": settings})
     write_report(run_dir, results, extra, f"{result_stem('report', overrides, checkpoint)}.md")
     if cfg.train.wandb != "off":  # the evaluation as the tracked run's summary, with figures
-        tracked = WandbRun(run_dir, tracking_of(cfg))
-        prefix = stem.removeprefix("eval").strip("-")
-        values = {
-            "/".join(p for p in ("eval", prefix, row, key) if p): value
-            for row, numbers in results.items()
-            for key, value in numbers.items()
-            if isinstance(value, (int, float))
-        }
-        tracked.summarise(values, [run_dir / "curves.png", *sorted(run_dir.glob("figures/*.png"))])
-        tracked.close()
+        _track(cfg, run_dir, stem.removeprefix("eval").strip("-"), results)
     return results
+
+
+def _online_linear(
+    cfg: Config, method: Method, splits: DataSplits, device: str
+) -> dict[str, float | None]:
+    """Accuracy of the online linear head trained beside the encoder, on val and test."""
+    mean, std = splits.normalisation
+    return {
+        f"linear_{name}_accuracy": online_accuracy(
+            method,
+            extract_features(
+                method.backbone,
+                getattr(splits, name),
+                mean,
+                std,
+                device=device,
+                workers=cfg.data.workers,
+            ),
+            getattr(splits, name).labels,
+        )
+        for name in ("val", "test")
+    }
+
+
+def _trained_heads(
+    cfg: Config, method: Method, splits: DataSplits, device: str, progress: bool
+) -> dict[str, dict[str, Any]]:
+    """The heads trained on augmented images: the augmented probe (Yerxa App. G) and the
+    fine-tunings on ``eval.semi_supervised`` fractions of the labels."""
+    results: dict[str, dict[str, Any]] = {}
+    if not cfg.eval.augmented_probe and not cfg.eval.semi_supervised:
+        return results
+    spec, d = view_specs(cfg, splits)[0], cfg.data
+    if cfg.eval.augmented_probe:
+        from ..evaluation.augmented import augmented_linear_probe
+
+        if progress:
+            print("the linear probe on augmented images (Yerxa App. G)")
+        results["augmented_probe"] = augmented_linear_probe(
+            cfg.eval,
+            method.backbone,
+            splits,
+            device,
+            spec,
+            view_size(cfg, splits),
+            cfg.train.seed,
+            d.workers,
+            d.prefetch,
+            d.views_on,
+            progress,
+        )
+    for fraction in cfg.eval.semi_supervised:
+        from ..evaluation.finetune import finetune
+
+        if progress:
+            print(f"fine-tuning on {fraction:g} of the labels")
+        ft = finetune(
+            cfg.eval, method.backbone, splits, fraction, spec, device, seed=cfg.train.seed
+        )
+        results[f"finetune_{fraction:g}"] = {
+            "linear_val_accuracy": ft["val_accuracy"],
+            "linear_test_accuracy": ft["test_accuracy"],
+            "labelled_images": ft["labelled_images"],
+        }
+    return results
+
+
+def _track(cfg: Config, run_dir: Path, prefix: str, results: dict[str, dict[str, Any]]) -> None:
+    """The evaluation's numbers as the tracked run's summary, with the run's figures."""
+    tracked = WandbRun(run_dir, tracking_of(cfg))
+    values = {
+        "/".join(p for p in ("eval", prefix, row, key) if p): value
+        for row, numbers in results.items()
+        for key, value in numbers.items()
+        if isinstance(value, (int, float))
+    }
+    tracked.summarise(values, [run_dir / "curves.png", *sorted(run_dir.glob("figures/*.png"))])
+    tracked.close()
 
 
 def result_stem(name: str, overrides: Sequence[str], checkpoint: str = "last.pt") -> str:
