@@ -222,3 +222,19 @@ def test_the_old_spellings_of_lambda_still_work_with_a_warning(name, old):
     assert repr(old_style) == repr(LOSSES[name](lambd=0.25))
     with pytest.raises(TypeError, match="give lambd only"):
         LOSSES[name](**{old: 0.25, "lambd": 0.25})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_return_convention(name, gen):
+    """Every loss: ``forward(*inputs)`` the scalar loss; ``return_terms=True`` the same loss and
+    a dict of detached tensors (the terms a training loop logs)."""
+    inputs = make_inputs(name, gen)
+    module = LOSSES[name]()
+    loss = module(*inputs)
+    assert isinstance(loss, torch.Tensor) and loss.ndim == 0
+    out = module(*inputs, return_terms=True)
+    assert isinstance(out, tuple) and len(out) == 2
+    again, terms = out
+    torch.testing.assert_close(again, loss, rtol=0, atol=0)
+    assert isinstance(terms, dict)
+    assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in terms.values())

@@ -4,7 +4,8 @@ Every dataset yields :class:`ImageTensors` ``(images uint8 (N, C, H, W), labels 
 classes)``. Decoding happens once per (dataset, split) into ``<root>/cache/*.pt`` (written
 atomically, loaded with ``weights_only=True``); later runs read the cache in well under a second.
 
-Registry (``DATASETS``):
+Registry (``DATASETS``: name → :class:`DataSource`, its loader, splits, file index and an
+``example`` that writes a tiny data set in its format; every source is tested from it):
 
 * ``digits``: scikit-learn's 8×8 handwritten digits (1,797 images, ships with scikit-learn, no
   download). There is no official test split: a fixed stratified 20% (seed 0) is the test set.
@@ -27,6 +28,7 @@ import hashlib
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +36,48 @@ import numpy as np
 import torch
 
 from .cache import cache_prefix, save_cache
-from .files import FILE_SETS, ImageFiles, centre_view, index_images, index_shards, read_class_list
+from .files import ImageFiles, centre_view, index_images, index_shards, read_class_list
 from .tensors import ImageTensors
 
-__all__ = ["DATASETS", "ImageTensors", "load_dataset"]
+__all__ = ["DATASETS", "DataSource", "ImageTensors", "file_sources", "load_dataset"]
 
 Loader = Callable[..., ImageTensors]  # (root, split, path, **options)
-DATASETS: dict[str, Loader] = {}
+Indexer = Callable[..., ImageFiles]  # (path, split, root, classes_file)
 
 
-def _register(name: str) -> Callable[[Loader], Loader]:
+@dataclass(frozen=True)
+class DataSource:
+    """A data set by name (``data.name``).
+
+    ``load(root, split, path, size=, classes_file=, crop_fraction=, workers=)`` its split as
+    uint8 tensors; ``splits`` the splits it has (``()``: those its files hold); ``index(path, split, root, classes_file)``, for
+    a source of image files, the split as :class:`~manifold_ssl.data.files.ImageFiles` (what the
+    stream loader reads; such a source resizes and selects classes as it indexes); ``path`` what
+    ``data.path`` holds ("" when the source takes none); ``example(folder)`` writes a tiny data
+    set in the source's format under ``folder`` and returns the ``root``/``path`` keywords of
+    :func:`load_dataset` that read it (the tests load every source from it)."""
+
+    load: Loader
+    splits: tuple[str, ...]
+    example: Callable[[Path], dict[str, str]]
+    index: Indexer | None = None
+    path: str = ""
+
+
+DATASETS: dict[str, DataSource] = {}
+
+
+def _register(name: str, **source: Any) -> Callable[[Loader], Loader]:
     def wrap(fn: Loader) -> Loader:
-        DATASETS[name] = fn
+        DATASETS[name] = DataSource(fn, **source)
         return fn
 
     return wrap
+
+
+def file_sources() -> list[str]:
+    """The sources read from image files: indexed, streamable (``data.loader=stream``)."""
+    return [name for name, source in DATASETS.items() if source.index is not None]
 
 
 def load_dataset(
@@ -71,6 +100,9 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+    source = DATASETS[name]
+    if source.splits and split not in source.splits:
+        raise ValueError(f"{name} has splits {list(source.splits)}, got {split!r}")
     root = Path(root)
     content = ""
     key = name
@@ -93,8 +125,8 @@ def load_dataset(
                 stacklevel=2,
             )
     opts = {"size": size, "classes_file": classes_file, "crop_fraction": crop_fraction}
-    data = DATASETS[name](root, split, path, **opts, workers=workers)
-    if name not in FILE_SETS:
+    data = source.load(root, split, path, **opts, workers=workers)
+    if source.index is None:
         data = _resize_and_select(data, size, crop_fraction, classes_file)
     blob = {"images": data.images, "labels": data.labels, "classes": data.classes}
     save_cache(blob, cache, content)
@@ -164,13 +196,15 @@ def _pattern_files(path: str) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- digits
-@_register("digits")
+def _no_files(folder: Path) -> dict[str, str]:
+    return {"root": str(folder)}
+
+
+@_register("digits", splits=("train", "test"), example=_no_files)
 def _digits(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if split not in ("train", "test"):
-        raise ValueError(f"digits has splits 'train' and 'test', got {split!r}")
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
     index = np.arange(len(images))
@@ -209,8 +243,6 @@ def _torchvision_set(
 
 
 def _cifar(name: str, root: Path, split: str) -> ImageTensors:
-    if split not in ("train", "test"):
-        raise ValueError(f"{name} has splits 'train' and 'test', got {split!r}")
     cls, folder, archive = {
         "cifar10": ("CIFAR10", "cifar-10-batches-py", "cifar-10-python.tar.gz"),
         "cifar100": ("CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz"),
@@ -221,20 +253,30 @@ def _cifar(name: str, root: Path, split: str) -> ImageTensors:
     return ImageTensors(images, labels, list(ds.classes))  # type: ignore[attr-defined]
 
 
-@_register("cifar10")
+def _cifar_example(name: str) -> Callable[[Path], dict[str, str]]:
+    from .synthetic import write_cifar
+
+    return lambda folder: {"root": str(write_cifar(folder, name))}
+
+
+@_register("cifar10", splits=("train", "test"), example=_cifar_example("cifar10"))
 def _cifar10(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
     return _cifar("cifar10", root, split)
 
 
-@_register("cifar100")
+@_register("cifar100", splits=("train", "test"), example=_cifar_example("cifar100"))
 def _cifar100(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
     return _cifar("cifar100", root, split)
 
 
-@_register("stl10")
+def _stl10_example(folder: Path) -> dict[str, str]:
+    from .synthetic import write_stl10
+
+    return {"root": str(write_stl10(folder))}
+
+
+@_register("stl10", splits=("train", "test", "unlabeled"), example=_stl10_example)
 def _stl10(root: Path, split: str, path: str | None, **opts: Any) -> ImageTensors:
-    if split not in ("train", "test", "unlabeled"):
-        raise ValueError(f"stl10 has splits 'train', 'test' and 'unlabeled', got {split!r}")
     ds = _torchvision_set("STL10", root, "stl10_binary", "stl10_binary.tar.gz", split=split)
     labels = torch.as_tensor(np.asarray(ds.labels), dtype=torch.int64)  # type: ignore[attr-defined]
     images = torch.from_numpy(np.ascontiguousarray(ds.data))  # type: ignore[attr-defined]
@@ -251,14 +293,37 @@ def _file_set(kind: str, index: Callable[..., ImageFiles], expected: str) -> Loa
     return load
 
 
-_register("imagefolder")(
-    _file_set("imagefolder", index_images, "a folder or .tar/.tar.gz of <split>/<class>/<image>")
-)
-_register("webdataset")(
-    _file_set(
-        "webdataset", index_shards, "a shard pattern such as shards/{split}-{000000..000099}.tar"
-    )
-)
+def _folder_example(folder: Path) -> dict[str, str]:
+    from .synthetic import write_image_folder
+
+    per_class = {"train": 4, "test": 2}
+    images = write_image_folder(folder / "images", 3, per_class, (16, 16))
+    return {"root": str(folder), "path": str(images)}
+
+
+def _shards_example(folder: Path) -> dict[str, str]:
+    from .synthetic import write_shards
+
+    per_split = {"train": 12, "test": 6}
+    return {"root": str(folder), "path": write_shards(folder / "shards", 3, per_split)}
+
+
+_FOLDER = "a folder or .tar/.tar.gz of <split>/<class>/<image>"
+_SHARDS = "a shard pattern such as shards/{split}-{000000..000099}.tar"
+_register(
+    "imagefolder",
+    splits=(),
+    example=_folder_example,
+    index=index_images,
+    path=_FOLDER,
+)(_file_set("imagefolder", index_images, _FOLDER))
+_register(
+    "webdataset",
+    splits=(),
+    example=_shards_example,
+    index=index_shards,
+    path=_SHARDS,
+)(_file_set("webdataset", index_shards, _SHARDS))
 
 
 def _decode_all(files: ImageFiles, opts: dict[str, Any]) -> ImageTensors:

@@ -48,7 +48,6 @@ from .tensors import ImageTensors
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 #: The data sources read from files (indexed here; decoded or streamed), the rest are tensors.
-FILE_SETS = ("imagefolder", "webdataset")
 
 __all__ = [
     "ImageFiles",

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .datasets import ImageTensors, load_dataset
-from .files import FILE_SETS, ImageFiles, index_images, index_shards
+from .datasets import DATASETS, ImageTensors, file_sources, load_dataset
+from .files import ImageFiles
 
 __all__ = [
     "DataSplits",
@@ -170,15 +170,16 @@ def check_same_data(recorded: dict[str, Any] | None, splits: DataSplits, what: s
 def index_files(
     name: str, split: str, root: str, path: str | None, classes_file: str | None
 ) -> ImageFiles:
-    """The index of ``split`` of a data set read from files (``imagefolder``, ``webdataset``)."""
-    if name not in FILE_SETS:
+    """The index of ``split`` of a data set read from files (a source with an ``index``:
+    ``imagefolder``, ``webdataset``)."""
+    index = DATASETS[name].index if name in DATASETS else None
+    if index is None:
         raise ValueError(
-            f"data.loader=stream reads files: data.name must be one of {list(FILE_SETS)}, got "
+            f"data.loader=stream reads files: data.name must be one of {file_sources()}, got "
             f"{name!r} (use the memory loader, or the dataset as an image folder)"
         )
     if path is None:
-        raise ValueError(f"{name} needs data.path")
-    index = index_images if name == "imagefolder" else index_shards
+        raise ValueError(f"{name} needs data.path: {DATASETS[name].path}")
     return index(path, split, root, classes_file)
 
 
@@ -204,7 +205,7 @@ def load_splits(
     keeps everything else in memory."""
     if loader == "auto":
         loader = "memory"
-        if name in FILE_SETS:
+        if name in file_sources():
             files = index_files(name, "train", root, path, classes_file)
             side = image_size or max(files.open(0).size)
             if len(files) * 3 * side * side > memory_limit_gb * 1e9:

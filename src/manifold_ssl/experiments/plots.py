@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -312,8 +314,9 @@ def _suptitle(fig: Any, text: str, width_in: float) -> None:
 
 
 def plot_sweep(sweep_dir: str | Path) -> list[Path]:
-    """Write the figures and their data into ``sweep_dir/figures`` (one sub-directory per value
-    of each grid axis the figures do not draw: :func:`figure_groups`); returns the files."""
+    """Write every figure of :data:`SWEEP_FIGURES` and its data into ``sweep_dir/figures``
+    (one sub-directory per value of each grid axis a figure does not draw:
+    :func:`figure_groups`); returns the files."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,23 +327,20 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
     out = sweep_dir / "figures"
     out.mkdir(exist_ok=True)
     written: list[Path] = []
-    # zero-shot figures draw the methods (a recipe axis) as lines; Fig. 3/4 one method each
-    drawn = ("recipe",) if zero_shot_tables(rows) else ()
-    groups = figure_groups(sweep_dir, rows, drawn)
-    for label, group in groups:
-        target = _group_dir(out, label)
-        target.mkdir(exist_ok=True)
-        written += _plot_group(sweep_dir, group, target, label, plt)
-    if len(groups) > 1:
-        write_json(out / "groups.json", {lb: _group_dir(out, lb).name for lb, _ in groups})
-        written.append(out / "groups.json")
-    # time to accuracy: the methods (a recipe axis) as colours in one figure per other group
-    for label, group in figure_groups(sweep_dir, rows, ("recipe",)):
-        curves = _monitor_curves(sweep_dir, group)
-        if curves:
+    labels: set[str] = set()
+    for figure in SWEEP_FIGURES.values():
+        trials = figure.trials(rows)
+        if not trials:
+            continue
+        for label, group in figure_groups(sweep_dir, trials, figure.drawn):
             target = _group_dir(out, label)
             target.mkdir(exist_ok=True)
-            written.append(_plot_sweep_accuracy(curves, target, plt, label))
+            files = figure.draw(FigureContext(sweep_dir, target, label, plt), group)
+            written += files
+            labels.update([label] if files else [])
+    if len(labels) > 1:
+        write_json(out / "groups.json", {lb: _group_dir(out, lb).name for lb in sorted(labels)})
+        written.append(out / "groups.json")
     if not written:
         raise ValueError(f"{sweep_dir}: no finished trial with a percent error to plot")
     return written
@@ -400,22 +400,21 @@ def _plot_sweep_accuracy(
     return path
 
 
-def _plot_group(
-    sweep_dir: Path, rows: list[dict[str, Any]], out: Path, label: str, plt: Any
-) -> list[Path]:
-    """The figures of one group of trials (``label``: its values of the other grid axes)."""
-    zero_shot = zero_shot_tables(rows)
-    if zero_shot:  # a multimodal sweep: Figs. 5 and 7
-        write_json(out / "zero_shot.json", zero_shot)
-        return [out / "zero_shot.json", *_plot_zero_shot(zero_shot, out, plt, label)]
+def _methods(rows: list[dict[str, Any]], label: str) -> tuple[str, str]:
+    """The methods of a group of trials, and the group's label as a title's context."""
+    methods = ", ".join(sorted({str(r.get("method", "")) for r in _finished(rows)} - {""}))
+    return methods, f" ({label})" if label else ""
+
+
+def _draw_double_descent(ctx: FigureContext, rows: list[dict[str, Any]]) -> list[Path]:
+    """Fig. 3: percent error against P, a line per D and a panel per K (P = D starred), and
+    the P × D heat map per K, with their tables (``double_descent.json``)."""
     tables = double_descent_tables(rows)
     if not tables:
         return []
+    out, plt = ctx.out, ctx.plt
+    methods, context = _methods(rows, ctx.label)
     write_json(out / "double_descent.json", tables)
-    written = [out / "double_descent.json"]
-    methods = ", ".join(sorted({str(r.get("method", "")) for r in _finished(rows)} - {""}))
-    context = f" ({label})" if label else ""
-
     ks = sorted(tables, key=int)
     width = 4.5 * len(ks)
     fig, axes = plt.subplots(1, len(ks), figsize=(width, 3.9), squeeze=False)
@@ -424,14 +423,8 @@ def _plot_group(
         colours = plt.cm.viridis(np.linspace(0, 0.9, len(t["D"])))
         for j, d in enumerate(t["D"]):
             ys = [t["percent_error"][i][j] for i in range(len(t["P"]))]
-            ax.plot(
-                t["P"],
-                [100 * y if y is not None else np.nan for y in ys],
-                "o-",
-                color=colours[j],
-                ms=3,
-                label=f"D = {d}",
-            )
+            pct = [100 * y if y is not None else np.nan for y in ys]
+            ax.plot(t["P"], pct, "o-", color=colours[j], ms=3, label=f"D = {d}")
             if d in t["P"] and ys[t["P"].index(d)] is not None:
                 ax.plot(d, 100 * ys[t["P"].index(d)], "*", color=colours[j], ms=12, mec="k")
         ax.set_xscale("log", base=2)
@@ -439,45 +432,58 @@ def _plot_group(
         ax.set_ylabel("pretraining percent error (%)")
         ax.set_title(f"K = {k} views (★: P = D)")
     axes[0][-1].legend(fontsize=7, loc="best")
-    _suptitle(
-        fig,
-        f"{methods} pretraining percent error against P, one line per embedding dimension D"
-        + context,
-        width,
-    )
-    fig.tight_layout()
-    fig.savefig(out / "fig3_double_descent.png", dpi=120)
-    plt.close(fig)
-    written.append(out / "fig3_double_descent.png")
-
+    what = "pretraining percent error against P, one line per embedding dimension D"
+    _suptitle(fig, f"{methods} {what}{context}", width)
+    lines = _saved(fig, out / "fig3_double_descent.png", plt)
     fig, axes = plt.subplots(1, len(ks), figsize=(width, 4.1), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
         t = tables[k]
-        grid = np.array(
-            [[np.nan if v is None else 100 * v for v in row] for row in t["percent_error"]]
-        )
-        im = ax.imshow(grid, origin="lower", cmap="magma")
+        grid = [[np.nan if v is None else 100 * v for v in row] for row in t["percent_error"]]
+        im = ax.imshow(np.array(grid), origin="lower", cmap="magma")
         ax.set_xticks(range(len(t["D"])), t["D"])
         ax.set_yticks(range(len(t["P"])), t["P"])
         ax.set_xlabel("embedding dimension D")
         ax.set_ylabel("number of manifolds P")
         ax.set_title(f"K = {k}: percent error (%)")
         fig.colorbar(im, ax=ax)
-    _suptitle(fig, f"{methods} pretraining percent error" + context, width)
-    fig.tight_layout()
-    fig.savefig(out / "fig3_heatmap.png", dpi=120)
-    plt.close(fig)
-    written.append(out / "fig3_heatmap.png")
+    _suptitle(fig, f"{methods} pretraining percent error{context}", width)
+    return [out / "double_descent.json", lines, _saved(fig, out / "fig3_heatmap.png", plt)]
 
-    fits = scaling_fits(sweep_dir, rows)
-    if fits:
-        write_json(
-            out / "scaling.json", [{k: v for k, v in f.items() if k != "curve"} for f in fits]
-        )
-        atomic_write_text(out / "scaling.md", _scaling_table(fits))
-        written += [out / "scaling.json", out / "scaling.md"]
-        written.append(_plot_scaling(fits, out / "fig4_scaling.png", plt, methods + context))
-    return written
+
+def _draw_scaling(ctx: FigureContext, rows: list[dict[str, Any]]) -> list[Path]:
+    """Fig. 4: percent error against FLOPs with its power-law fit per trial (``scaling.json``,
+    ``scaling.md``)."""
+    fits = scaling_fits(ctx.sweep_dir, rows)
+    if not fits:
+        return []
+    out = ctx.out
+    write_json(out / "scaling.json", [{k: v for k, v in f.items() if k != "curve"} for f in fits])
+    atomic_write_text(out / "scaling.md", _scaling_table(fits))
+    methods, context = _methods(rows, ctx.label)
+    figure = _plot_scaling(fits, out / "fig4_scaling.png", ctx.plt, methods + context)
+    return [out / "scaling.json", out / "scaling.md", figure]
+
+
+def _draw_zero_shot(ctx: FigureContext, rows: list[dict[str, Any]]) -> list[Path]:
+    """Figs. 5 and 7 of a multimodal sweep, with their tables (``zero_shot.json``)."""
+    tables = zero_shot_tables(rows)
+    if not tables:
+        return []
+    write_json(ctx.out / "zero_shot.json", tables)
+    return [ctx.out / "zero_shot.json", *_plot_zero_shot(tables, ctx.out, ctx.plt, ctx.label)]
+
+
+def _draw_accuracy(ctx: FigureContext, rows: list[dict[str, Any]]) -> list[Path]:
+    """Time to accuracy: the kNN monitor and online probe against wall-clock and FLOPs."""
+    curves = _monitor_curves(ctx.sweep_dir, rows)
+    return [_plot_sweep_accuracy(curves, ctx.out, ctx.plt, ctx.label)] if curves else []
+
+
+def _saved(fig: Any, path: Path, plt: Any) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _plot_scaling(fits: list[dict[str, Any]], path: Path, plt: Any, title: str) -> Path:
@@ -518,6 +524,53 @@ def _plot_scaling(fits: list[dict[str, Any]], path: Path, plt: Any, title: str) 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+@dataclass(frozen=True)
+class FigureContext:
+    """Where a sweep figure draws: the sweep, the folder of its group of trials, the group's
+    label (its values of the axes the figure does not draw) and pyplot."""
+
+    sweep_dir: Path
+    out: Path
+    label: str
+    plt: Any
+
+
+@dataclass(frozen=True)
+class SweepFigure:
+    """A figure of a sweep: the summary columns it reads (from
+    :data:`~manifold_ssl.experiments.columns.COLUMNS`), which trials it draws, the grid axes
+    it draws itself (every other axis splits it into one figure per value), and ``draw``, which
+    writes it and its data for one group of trials and returns the files ([] when the group has
+    nothing to draw)."""
+
+    columns: tuple[str, ...]
+    trials: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    draw: Callable[[FigureContext, list[dict[str, Any]]], list[Path]]
+    drawn: tuple[str, ...] = ()
+
+
+def _image_trials(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Finished trials of image views (a multimodal trial's figures are Figs. 5 and 7)."""
+    return [r for r in _finished(rows) if r.get("zero_shot_test_accuracy") is None]
+
+
+def _zero_shot_trials(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("zero_shot_test_accuracy") is not None]
+
+
+#: Every figure ``plot`` draws for a sweep (the multimodal ones draw the methods as lines).
+SWEEP_FIGURES: dict[str, SweepFigure] = {
+    "double_descent": SweepFigure(("percent_error",), _image_trials, _draw_double_descent),
+    "scaling": SweepFigure(("percent_error",), _image_trials, _draw_scaling),
+    "zero_shot": SweepFigure(
+        _ZERO_SHOT_KEYS, _zero_shot_trials, _draw_zero_shot, drawn=("recipe",)
+    ),
+    "accuracy_vs_compute": SweepFigure(
+        (), lambda rows: [r for r in rows if "trial" in r], _draw_accuracy, drawn=("recipe",)
+    ),
+}
 
 
 PROBE_PANELS = tuple(PROBE_METRICS.items())  # the probe's own table

@@ -54,6 +54,7 @@ from ..config import (
 )
 from ..models.heads import embedding_dim
 from ..runinfo import RunInUse, read_metrics, run_lock, run_metadata, write_json
+from .columns import COLUMNS
 
 __all__ = [
     "SWEEP_DIR",
@@ -450,19 +451,11 @@ def _submit_slurm(todo: list[TrialArgs], out: Path, slurm: dict[str, Any]) -> li
     return jobs
 
 
-def _tail_mean(records: list[dict[str, Any]], key: str, fraction: float = 0.1) -> float | None:
-    values = [r[key] for r in records if key in r]
-    if not values:
-        return None
-    tail = values[-max(1, round(fraction * len(values))) :]
-    return float(sum(tail) / len(tail))
-
-
 def summarise(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """``summary.csv`` and ``summary.json``: a row per trial with its grid point, method, P,
-    D, K, steps, FLOPs and final metrics (``percent_error``, ``centroid_norm_complement``,
-    ``effective_rank`` and ``loss`` averaged over the last 10% of logged steps; kNN, linear and
-    zero-shot test accuracy where evaluated). Only the trials of the spec last run into ``out``
+    D, K, steps, FLOPs and every column of :data:`~manifold_ssl.experiments.columns.COLUMNS`
+    (the training metrics averaged over the last 10% of logged steps, the test accuracies where
+    evaluated, else null). Only the trials of the spec last run into ``out``
     (its ``sweep.json``) are summarised: trials of an earlier spec in the same directory stay
     on disk but never mix into this sweep's rows."""
     out = Path(out)
@@ -492,15 +485,9 @@ def summarise(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
             "steps": records[-1]["step"] if records else 0,
             "flops": records[-1].get("flops") if records else None,
         }
-        for key in ("percent_error", "centroid_norm_complement", "effective_rank", "loss"):
-            row[key] = _tail_mean(records, key)
-        if (trial_dir / "eval.json").exists():
-            results = json.loads((trial_dir / "eval.json").read_text())["results"]
-            pretrained = results["pretrained"]
-            row["knn_test_accuracy"] = pretrained.get("knn_test_accuracy")
-            row["linear_test_accuracy"] = pretrained.get("linear_test_accuracy")
-            if "zero_shot" in results:
-                row["zero_shot_test_accuracy"] = results["zero_shot"]["zero_shot_test_accuracy"]
+        evaluated = trial_dir / "eval.json"
+        results = json.loads(evaluated.read_text())["results"] if evaluated.exists() else None
+        row.update({name: column.read(records, results) for name, column in COLUMNS.items()})
         rows.append(row)
     write_json(out / "summary.json", rows)
     columns = list(dict.fromkeys(k for row in rows for k in row))

@@ -9,6 +9,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .._validation import check_finite_via, check_same_shape, check_tensor
 from ..geometry._precision import full_precision
@@ -167,3 +168,55 @@ def renamed(**old_to_new: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]
         return inner
 
     return wrap
+
+
+def halves(
+    first: torch.Tensor, second: torch.Tensor, return_terms: bool
+) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+    """The mean of a loss symmetrised over the two views' orders, and (with ``return_terms``)
+    its two halves as terms."""
+    loss = (first + second) / 2
+    if return_terms:
+        return loss, {"first": first.detach(), "second": second.detach()}
+    return loss
+
+
+class OpenCLIPSignature(nn.Module):
+    """The call OpenCLIP's training loop makes, ``loss(**model_out, output_dict=True)``, as an
+    adapter over the library's convention: a subclass defines
+    ``objective(image_features, text_features, logit_scale, logit_bias, want_terms)``
+    ``-> (loss, terms)``
+    (``terms`` only when asked: ``want_terms``) and the key OpenCLIP logs (:attr:`key`);
+    ``forward`` returns the loss, ``(loss, terms)``
+    with ``return_terms`` (as every loss here), or ``{key: loss}`` with ``output_dict``. Other
+    keys of OpenCLIP's model output are ignored."""
+
+    key = "loss"
+
+    def objective(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float | None,
+        logit_bias: torch.Tensor | None,
+        want_terms: bool,
+    ) -> tuple[torch.Tensor, Terms]:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float | None = None,
+        logit_bias: torch.Tensor | None = None,
+        output_dict: bool = False,
+        *,
+        return_terms: bool = False,
+        **unused: object,
+    ) -> torch.Tensor | tuple[torch.Tensor, Terms] | dict[str, torch.Tensor]:
+        loss, terms = self.objective(
+            image_features, text_features, logit_scale, logit_bias, return_terms
+        )
+        if output_dict:
+            return {self.key: loss}
+        return (loss, terms) if return_terms else loss

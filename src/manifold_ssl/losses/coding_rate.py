@@ -13,7 +13,7 @@ from .. import distributed as dist_utils
 from .._validation import check_order, check_positive, check_tensor
 from ..geometry._precision import full_precision, to_float64
 from ..geometry.matrix_info import taylor_log
-from ._common import check_pair, result_dtype, unit
+from ._common import Terms, check_pair, halves, result_dtype, unit
 from ._registry import register_loss
 
 __all__ = ["MECLoss", "TCRLoss", "mec_loss", "tcr_loss"]
@@ -57,9 +57,11 @@ class TCRLoss(nn.Module):
         super().__init__()
         self.eps = check_positive(eps, "eps")
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z1: torch.Tensor, z2: torch.Tensor, *, return_terms: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
         check_pair(z1, z2)
-        return (tcr_loss(z1, self.eps) + tcr_loss(z2, self.eps)) / 2
+        return halves(tcr_loss(z1, self.eps), tcr_loss(z2, self.eps), return_terms)
 
 
 def mec_loss(
@@ -109,8 +111,11 @@ class MECLoss(nn.Module):
         self.mu = None if mu is None else check_positive(mu, "mu")
         self.order = check_order(order)
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        return (
-            mec_loss(z1, z2, self.eps, self.mu, self.order)
-            + mec_loss(z2, z1, self.eps, self.mu, self.order)
-        ) / 2
+    def forward(
+        self, z1: torch.Tensor, z2: torch.Tensor, *, return_terms: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+        return halves(
+            mec_loss(z1, z2, self.eps, self.mu, self.order),
+            mec_loss(z2, z1, self.eps, self.mu, self.order),
+            return_terms,
+        )

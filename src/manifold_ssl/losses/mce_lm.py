@@ -106,9 +106,14 @@ class MCELMLoss(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(
-        self, logits: torch.Tensor, targets: torch.Tensor, embeddings: torch.Tensor
-    ) -> torch.Tensor:
-        out = mce_lm_loss(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        embeddings: torch.Tensor,
+        *,
+        return_terms: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+        return mce_lm_loss(
             logits,
             targets,
             embeddings,
@@ -116,6 +121,5 @@ class MCELMLoss(nn.Module):
             eps=self.eps,
             ignore_index=self.ignore_index,
             weight=self.weight,
+            return_terms=return_terms,
         )
-        assert isinstance(out, torch.Tensor)
-        return out

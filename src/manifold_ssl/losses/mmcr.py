@@ -17,6 +17,7 @@ from ..geometry._precision import full_precision, to_float64
 from ..geometry.polar import DEFAULT_POLAR_STEPS, nuclear_norm_polar
 from ..geometry.spectral import nuclear_norm, nuclear_norm_bound, nuclear_norm_of_rows
 from ._common import (
+    OpenCLIPSignature,
     Terms,
     at_least_float32,
     check_pair,
@@ -232,7 +233,7 @@ def multimodal_mmcr_loss(
 
 
 @register_loss("multimodal_mmcr")
-class MultimodalMMCRLoss(nn.Module):
+class MultimodalMMCRLoss(OpenCLIPSignature):
     """Drop-in replacement for OpenCLIP's ``ClipLoss`` (Schaeffer et al. 2024, Sec. 7).
 
     ``forward(image_features, text_features, logit_scale=None, logit_bias=None,
@@ -253,22 +254,23 @@ class MultimodalMMCRLoss(nn.Module):
         self.lambd = check_positive(lambd, "lambd", allow_zero=True)
         self.nuclear, self.polar_steps = _check_nuclear(nuclear, polar_steps)
 
-    def forward(
+    key = "mmcr_loss"
+
+    def objective(
         self,
         image_features: torch.Tensor,
         text_features: torch.Tensor,
-        logit_scale: torch.Tensor | float | None = None,
-        logit_bias: torch.Tensor | None = None,
-        output_dict: bool = False,
-        **unused: object,
-    ) -> torch.Tensor | dict[str, torch.Tensor]:
-        loss = multimodal_mmcr_loss(
+        logit_scale: torch.Tensor | float | None,
+        logit_bias: torch.Tensor | None,
+        want_terms: bool,
+    ) -> tuple[torch.Tensor, Terms]:
+        out = multimodal_mmcr_loss(
             image_features,
             text_features,
             self.lambd,
             nuclear=self.nuclear,
             polar_steps=self.polar_steps,
+            return_terms=want_terms,
         )
-        assert isinstance(loss, torch.Tensor)
-        loss = loss + zero_gradient(logit_scale, logit_bias)
-        return {"mmcr_loss": loss} if output_dict else loss
+        loss, terms = out if isinstance(out, tuple) else (out, {})
+        return loss + zero_gradient(logit_scale, logit_bias), terms

@@ -12,7 +12,15 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .._validation import check_finite, check_positive
-from ._common import Terms, check_pair, check_views, float32_inside, unit, zero_gradient
+from ._common import (
+    OpenCLIPSignature,
+    Terms,
+    check_pair,
+    check_views,
+    float32_inside,
+    unit,
+    zero_gradient,
+)
 from ._registry import register_loss
 
 __all__ = ["CLIPLoss", "SimCLRLoss", "clip_loss", "simclr_loss"]
@@ -110,7 +118,7 @@ def clip_loss(
 
 
 @register_loss("clip")
-class CLIPLoss(nn.Module):
+class CLIPLoss(OpenCLIPSignature):
     """CLIP loss, a drop-in for OpenCLIP's ``ClipLoss``. See :func:`clip_loss`.
 
     ``forward(image_features, text_features, logit_scale=None, output_dict=False)`` takes the
@@ -126,15 +134,16 @@ class CLIPLoss(nn.Module):
         super().__init__()
         self.logit_scale = check_positive(logit_scale, "logit_scale")
 
-    def forward(
+    key = "contrastive_loss"
+
+    def objective(
         self,
         image_features: torch.Tensor,
         text_features: torch.Tensor,
-        logit_scale: torch.Tensor | float | None = None,
-        logit_bias: torch.Tensor | None = None,
-        output_dict: bool = False,
-        **unused: object,
-    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        logit_scale: torch.Tensor | float | None,
+        logit_bias: torch.Tensor | None,
+        want_terms: bool,
+    ) -> tuple[torch.Tensor, Terms]:
         scale = self.logit_scale if logit_scale is None else logit_scale
         loss = clip_loss(image_features, text_features, scale) + zero_gradient(logit_bias)
-        return {"contrastive_loss": loss} if output_dict else loss
+        return loss, {"logit_scale": torch.as_tensor(scale).detach().clone()}

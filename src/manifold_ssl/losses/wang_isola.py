@@ -7,7 +7,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .._validation import check_positive, check_tensor
-from ._common import check_pair, float32_inside, unit
+from ._common import Terms, check_pair, float32_inside, halves, unit
 from ._registry import register_loss
 
 __all__ = ["AlignmentLoss", "UniformityLoss", "alignment_loss", "uniformity_loss"]
@@ -57,8 +57,11 @@ class AlignmentLoss(nn.Module):
         super().__init__()
         self.alpha = check_positive(alpha, "alpha")
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        return alignment_loss(z1, z2, self.alpha)
+    def forward(
+        self, z1: torch.Tensor, z2: torch.Tensor, *, return_terms: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+        loss = alignment_loss(z1, z2, self.alpha)
+        return (loss, {}) if return_terms else loss
 
 
 @register_loss("uniformity")
@@ -71,6 +74,8 @@ class UniformityLoss(nn.Module):
         super().__init__()
         self.t = check_positive(t, "t")
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z1: torch.Tensor, z2: torch.Tensor, *, return_terms: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Terms]:
         check_pair(z1, z2)
-        return (uniformity_loss(z1, self.t) + uniformity_loss(z2, self.t)) / 2
+        return halves(uniformity_loss(z1, self.t), uniformity_loss(z2, self.t), return_terms)

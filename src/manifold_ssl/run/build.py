@@ -23,7 +23,7 @@ from ..data.captions import (
     class_words,
     read_captions,
 )
-from ..data.files import FILE_SETS
+from ..data.datasets import file_sources
 from ..data.pairs import CaptionBatches
 from ..data.splits import DataSplits, index_files, load_splits, stratified_split
 from ..data.stream import Layout, TrainBatches, make_batches, resolve_workers
@@ -154,7 +154,7 @@ def check_zero_shot_words(cfg: Config) -> None:
 
 def _caption_mode(cfg: Config) -> str:
     mode = cfg.text.captions
-    return ("files" if cfg.data.name in FILE_SETS else "generated") if mode == "auto" else mode
+    return ("files" if cfg.data.name in file_sources() else "generated") if mode == "auto" else mode
 
 
 # --------------------------------------------------------------------------- views and batches
