@@ -85,13 +85,16 @@ class DataConfig:
     path: str | None = key(
         None,
         "imagefolder: a folder or .tar(.gz) of <split>/<class>/<image>; webdataset: a shard "
-        "pattern with {split}, e.g. shards/{split}-{000000..000099}.tar",
+        "pattern with {split}, e.g. shards/{split}-{000000..000099}.tar, local or remote "
+        "(https://host/{split}-{000000..000099}.tar, 'pipe:aws s3 cp s3://b/{split}-{0..9}.tar -')",
     )
     loader: str = key(
         "auto",
         "memory (one uint8 tensor on the device) | stream (DataLoader workers decode files) | "
-        "auto (stream an imagefolder/webdataset larger than memory_limit_gb)",
-        one_of("auto", "memory", "stream"),
+        "resampled (shards read in order, drawn with replacement: remote shards) | auto "
+        "(resampled for a remote data.path; stream an imagefolder/webdataset larger than "
+        "memory_limit_gb)",
+        one_of("auto", "memory", "stream", "resampled"),
     )
     image_size: int | None = key(
         None,
@@ -119,6 +122,28 @@ class DataConfig:
     )
     memory_limit_gb: float = key(
         8.0, "auto: decoded training images above this many GB are streamed", above(0)
+    )
+    samples_per_epoch: int = key(
+        0, "resampled: samples (global) that make an epoch; required for it", at_least(0)
+    )
+    streams: int = key(
+        8,
+        "resampled: independent shard streams per process, read by the workers; the batches "
+        "depend on it and on the seed, not on data.workers",
+        at_least(1),
+    )
+    shuffle_buffer: int = key(1000, "resampled: samples each stream shuffles among", at_least(1))
+    shard_errors: str = key(
+        "raise",
+        "resampled: a shard that cannot be read stops the run (raise) or is skipped, warned "
+        "and counted (skip)",
+        one_of("raise", "skip"),
+    )
+    eval_path: str | None = key(
+        None,
+        "remote data.path: a local copy the evaluation and monitors read by random access "
+        "(null: the shards of the train and test splits are fetched once into "
+        "<root>/cache/shards)",
     )
     val_fraction: float = key(
         0.1,
@@ -454,6 +479,7 @@ def validate(cfg: Config) -> None:
         raise ValueError(
             f"text.width {cfg.text.width} must be divisible by text.heads {cfg.text.heads}"
         )
+    _check_resampled(cfg, multimodal)
     if cfg.train.keep_best != "none" and not cfg.train.knn_every:
         raise ValueError(
             f"train.keep_best={cfg.train.keep_best} keeps the checkpoint of the best monitor "
@@ -465,6 +491,42 @@ def validate(cfg: Config) -> None:
         raise ValueError(
             "give one of optim.warmup_steps and optim.warmup_epochs, not both "
             f"(got {cfg.optim.warmup_steps} steps and {cfg.optim.warmup_epochs} epochs)"
+        )
+
+
+def resampled(cfg: Config) -> bool:
+    """Whether the pretraining batches come from the resampled shard reader."""
+    from .data.remote import is_remote
+
+    d = cfg.data
+    return d.loader == "resampled" or (d.loader == "auto" and is_remote(d.path))
+
+
+def _check_resampled(cfg: Config, multimodal: bool) -> None:
+    from .data.remote import is_remote
+
+    d = cfg.data
+    if is_remote(d.path) and d.name != "webdataset":
+        raise ValueError(f"data.path {d.path!r} is remote: data.name must be webdataset")
+    if is_remote(d.path) and d.loader in ("memory", "stream"):
+        raise ValueError(
+            f"data.loader={d.loader} reads by random access; remote shards ({d.path}) are "
+            "read by data.loader=resampled (or auto)"
+        )
+    if not resampled(cfg):
+        return
+    if d.name != "webdataset":
+        raise ValueError(f"data.loader=resampled reads WebDataset shards, not {d.name}")
+    if d.samples_per_epoch < cfg.train.batch_size:
+        raise ValueError(
+            "data.loader=resampled draws shards with replacement and has no epoch of its own: "
+            f"set data.samples_per_epoch (at least train.batch_size {cfg.train.batch_size}), "
+            f"got {d.samples_per_epoch}"
+        )
+    if multimodal or d.unlabeled:
+        raise ValueError(
+            "data.loader=resampled pretrains image methods on the labelled training shards "
+            f"(not {'an image-caption method' if multimodal else 'data.unlabeled'})"
         )
 
 

@@ -439,8 +439,8 @@ def index_shards(
     def shards(s: str) -> list[Path]:
         if "://" in pattern or pattern.startswith("pipe:"):
             raise ValueError(
-                f"webdataset: data.path {pattern!r} is a URL; shards are read by random access "
-                "(one permutation, exact resume), so they must be files: copy or mount them"
+                f"webdataset: {pattern!r} is remote; the random-access readers take files "
+                "(data.loader=resampled reads remote shards, and fetches the evaluation's)"
             )
         named = pattern.replace("{split}", s)
         if any(c in named for c in "*?["):  # a glob: each split has its own shard count

@@ -47,6 +47,7 @@ __all__ = [
     "TensorBatches",
     "TrainBatches",
     "derived_generator",
+    "geometric_views",
     "make_batches",
     "resolve_workers",
 ]
@@ -64,6 +65,9 @@ class TrainBatches(Protocol):
     channels: int
     last_index: torch.Tensor  # this rank's images (indices into the split) of the last batch
     index_on_device: torch.Tensor  # the same, on the training device (copied asynchronously)
+
+    # batches that are not indices into the split (the resampled shards) also carry
+    # ``labels_on_device``: the class ids of the last batch
 
     def start_epoch(self, epoch: int, step_in_epoch: int) -> None: ...
     def next_views(self) -> Batch: ...
@@ -185,19 +189,31 @@ class _Geometric(Dataset[tuple[torch.Tensor, int, int]]):
 
     def _views(self, item: Item) -> tuple[torch.Tensor, int, int]:
         index, crop, flip, epoch, step = item
-        image = self.files.open(index)
-        w, h = image.size
-        s = self.size
-        out = np.empty((len(self.specs), s, s, 3), dtype=np.uint8)
-        for k, spec in enumerate(self.specs):
-            i, j, hh, ww = crop_boxes(crop[k : k + 1], h, w, spec.crop_scale, spec.crop_ratio)[0]
-            # crop, then antialiased bilinear resize: RandomResizedCrop on a PIL image
-            box = (int(j), int(i), int(j + ww), int(i + hh))
-            view = image.crop(box).resize((s, s), Image.Resampling.BILINEAR)
-            if flip[k]:
-                view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            out[k] = np.asarray(view)
-        return torch.from_numpy(out).permute(0, 3, 1, 2), epoch, step  # (K, 3, s, s)
+        return (
+            geometric_views(self.files.open(index), crop, flip, self.specs, self.size),
+            epoch,
+            step,
+        )
+
+
+def geometric_views(
+    image: Image.Image, crop: torch.Tensor, flip: torch.Tensor, specs: list[AugmentSpec], size: int
+) -> torch.Tensor:
+    """The geometric part of K views of one RGB image: view k is cropped with the uniforms
+    ``crop[k]`` (attempts, 4) by torchvision's RandomResizedCrop algorithm on the image's own
+    size, resized to ``size`` (antialiased bilinear) and flipped where ``flip[k]``; uint8
+    (K, 3, size, size)."""
+    w, h = image.size
+    out = np.empty((len(specs), size, size, 3), dtype=np.uint8)
+    for k, spec in enumerate(specs):
+        i, j, hh, ww = crop_boxes(crop[k : k + 1], h, w, spec.crop_scale, spec.crop_ratio)[0]
+        # crop, then antialiased bilinear resize: RandomResizedCrop on a PIL image
+        box = (int(j), int(i), int(j + ww), int(i + hh))
+        view = image.crop(box).resize((size, size), Image.Resampling.BILINEAR)
+        if flip[k]:
+            view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        out[k] = np.asarray(view)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
 class _ViewParams:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import Config, config_to_dict, effective_lr
+from ..config import Config, config_to_dict, effective_lr, resampled
 from ..data.captions import (
     ZERO_SHOT_TEMPLATES,
     Captions,
@@ -25,6 +25,8 @@ from ..data.captions import (
 )
 from ..data.datasets import file_sources
 from ..data.pairs import CaptionBatches
+from ..data.remote import fetch_shards, is_remote, shard_urls
+from ..data.resampled import ResampledBatches
 from ..data.splits import DataSplits, index_files, load_splits, stratified_split
 from ..data.stream import Layout, TrainBatches, make_batches, resolve_workers
 from ..data.tensors import ImageTensors
@@ -60,15 +62,16 @@ __all__ = [
 
 # --------------------------------------------------------------------------- data
 def splits_of(cfg: Config) -> DataSplits:
-    """The splits ``cfg.data`` describes."""
+    """The splits ``cfg.data`` describes: of remote shards, a local copy read by random access
+    (``data.eval_path``, else the train and test shards fetched once into the cache)."""
     d = cfg.data
     return load_splits(
         d.name,
         d.root,
-        d.path,
+        _local_path(cfg),
         d.val_fraction,
         d.split_seed,
-        loader=d.loader,
+        loader="auto" if d.loader == "resampled" else d.loader,
         image_size=d.image_size,
         crop_fraction=d.crop_fraction,
         classes_file=d.classes_file,
@@ -77,6 +80,18 @@ def splits_of(cfg: Config) -> DataSplits:
         memory_limit_gb=d.memory_limit_gb,
         workers=resolve_workers(d.workers),
     )
+
+
+def _local_path(cfg: Config) -> str | None:
+    d = cfg.data
+    if not is_remote(d.path) or d.eval_path:
+        return d.eval_path or d.path
+    assert d.path is not None
+    folder = Path(d.root) / "cache" / "shards"
+    local = ""
+    for split in dict.fromkeys(("train", d.test_split)):
+        local = fetch_shards(d.path, split, folder)
+    return local
 
 
 def load_splits_ranked(cfg: Config, ctx: DistContext) -> DataSplits:
@@ -177,14 +192,26 @@ def train_batches(
     for a multimodal method."""
     d = cfg.data
     layout = Layout(cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, device)
+    aug = MultiViewAugment(view_specs(cfg, splits), cfg.views.num_views)
+    if resampled(cfg):
+        assert d.path is not None
+        in_workers = d.views_on == "workers" or (d.views_on == "auto" and device.type == "cpu")
+        return ResampledBatches(
+            shard_urls(d.path, "train"),
+            splits.train.classes,
+            aug,
+            layout,
+            view_size(cfg, splits),
+            d.samples_per_epoch,
+            d.streams,
+            d.shuffle_buffer,
+            d.shard_errors,
+            d.workers,
+            d.prefetch,
+            in_workers,
+        )
     images = make_batches(
-        splits.pretraining(),
-        MultiViewAugment(view_specs(cfg, splits), cfg.views.num_views),
-        layout,
-        view_size(cfg, splits),
-        d.workers,
-        d.prefetch,
-        d.views_on,
+        splits.pretraining(), aug, layout, view_size(cfg, splits), d.workers, d.prefetch, d.views_on
     )
     if cfg.method.name not in MULTIMODAL:
         return images

@@ -330,7 +330,9 @@ class _Trainer:
                 batch = _channels_last(batch)
         for group in self.opt.param_groups:
             group["lr"] = self.cfg.lr(self.step, self.steps_per_epoch)
-        labels = None if self.labels is None else self.labels[self.data.index_on_device]
+        labels = getattr(self.data, "labels_on_device", None)  # batches read with labels
+        if labels is None and self.labels is not None:
+            labels = self.labels[self.data.index_on_device]
         # FLOPs of forward + backward, counted on the first step of each process
         counter = FlopCounterMode(display=False) if self.step_flops is None else None
         loss, terms, z = train_step(
