@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/remote_shards.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    aug = MultiViewAugment(dataset_preset("cifar", size=SIZE), 2)
+    aug = MultiViewAugment(dataset_preset("cifar", (0.5,) * 3, (0.25,) * 3, size=SIZE), 2)
     layout = Layout(BATCH, seed=0)
     rows, resume = [], {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,7 +29,7 @@ def _parse(argv):
 
 
 def test_the_commands_with_settings_are_the_ones_the_issue_names():
-    assert set(WITH_SETTINGS) == {"simulate", "analyze", "export", "lm"}
+    assert set(WITH_SETTINGS) == {"simulate", "analyze", "export", "lm", "launch"}
 
 
 @pytest.mark.parametrize("name", WITH_SETTINGS)
@@ -61,7 +61,9 @@ def _other_value(f, default):
 @pytest.mark.parametrize("name", WITH_SETTINGS)
 def test_flags_and_dotted_keys_give_the_same_settings(name):
     cls = _settings(name)
-    given = {"export": ["run", "--format", "timm", "--out", "x.pt"]}.get(name, [])
+    given = {"export": ["run", "--format", "timm", "--out", "x.pt"], "launch": ["slurm"]}.get(
+        name, []
+    )
     base = _parse([name, *given])
     for f in dataclasses.fields(cls):
         other = _other_value(f, getattr(base, f.name))
@@ -77,7 +79,7 @@ def test_flags_and_dotted_keys_give_the_same_settings(name):
 @pytest.mark.parametrize("name", WITH_SETTINGS)
 def test_bad_values_name_the_key_in_both_spellings(name, capsys):
     cls = _settings(name)
-    positional = {"export": ["run"]}.get(name, [])
+    positional = {"export": ["run"], "launch": ["slurm"]}.get(name, [])
     checked = [f.name for f in dataclasses.fields(cls) if f.metadata["check"] is not None]
     assert checked, f"{name}: no key has a check"
     for key in checked:

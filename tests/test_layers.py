@@ -124,3 +124,11 @@ READS_CONFIG = {"config", "cli", "run", "experiments", "export"}
 def test_only_the_composition_layer_and_the_commands_import_the_config():
     readers = {top(m) for m, deps in GRAPH.items() if "manifold_ssl.config" in deps}
     assert readers <= READS_CONFIG, sorted(readers - READS_CONFIG)
+
+
+def test_the_composition_layer_sits_below_the_experiments():
+    """``run`` turns a config into a run; the experiments (sweeps, the geometry report, the
+    history) use it, never the other way."""
+    for module, deps in GRAPH.items():
+        if top(module) == "run":
+            assert not {d for d in deps if top(d) == "experiments"}, f"{module} imports experiments"

@@ -12,9 +12,12 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def _positive_int(text: str) -> int:
@@ -122,24 +125,30 @@ def _print_run(
     )
 
 
-def _cmd_pretrain(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace) -> Config:
+    """The config of ``pretrain`` and ``launch``: a recipe with overrides, or with ``--resume``
+    the run's own (the stop conditions and data-reading keys may be given again)."""
     from .config import apply_overrides, load_recipe
+
+    if not args.resume:
+        return apply_overrides(load_recipe(args.recipe or "digits_mmcr"), args.overrides)
+    from .config import RESUME_FREE_KEYS, is_free, read_run_config
+
+    if args.recipe or not all(is_free(o, RESUME_FREE_KEYS) for o in args.overrides):
+        raise ValueError(
+            "--resume continues a run with its own config: give no recipe, and no overrides "
+            f"but {', '.join(RESUME_FREE_KEYS)}"
+        )
+    # a stop condition holds for the invocation that gave it
+    stops = [k for k in RESUME_FREE_KEYS if k.startswith("train.")]
+    return apply_overrides(read_run_config(args.resume, without=stops), args.overrides)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .run import evaluate_run, final_percent_error, pretrain
     from .training.distributed import resolve_device, teardown_distributed
 
-    if args.resume:
-        from .config import RESUME_FREE_KEYS, is_free, read_run_config
-
-        if args.recipe or not all(is_free(o, RESUME_FREE_KEYS) for o in args.overrides):
-            raise ValueError(
-                "--resume continues a run with its own config: give no recipe, and no overrides "
-                f"but {', '.join(RESUME_FREE_KEYS)}"
-            )
-        # a stop condition holds for the invocation that gave it
-        stops = [k for k in RESUME_FREE_KEYS if k.startswith("train.")]
-        cfg = apply_overrides(read_run_config(args.resume, without=stops), args.overrides)
-    else:
-        cfg = apply_overrides(load_recipe(args.recipe or "digits_mmcr"), args.overrides)
+    cfg = _run_config(args)
     if not args.no_eval:  # evaluation after training prompts a multimodal method
         from .run.build import check_zero_shot_words
 
@@ -218,7 +227,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.checkpoints:
         return _analyze_history(args)
-    from .run.analyze import analyze_source
+    from .experiments.analyze_run import analyze_source
 
     out, figures = analyze_source(
         args.path, args.settings, args.labels, args.untrained, args.out, not args.quiet
@@ -331,6 +340,23 @@ def _cmd_lm(args: argparse.Namespace) -> int:
 
     compare(args.settings, args.seeds, args.out, progress=not args.quiet)
     print((Path(args.out) / "summary.md").read_text())
+    return 0
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from .run.launch import launch_slurm
+    from .runinfo import make_run_dir
+
+    cfg = _run_config(args)
+    name = cfg.train.name or f"{cfg.method.name}-{cfg.data.name}"
+    run_dir = Path(args.resume) if args.resume else make_run_dir(cfg.train.out_dir, name)
+    job = launch_slurm(cfg, run_dir, args.settings)
+    print(
+        f"submitted job {job.job_id}: run {run_dir}\n  logs: {run_dir}.slurm/\n  figures as it "
+        f"trains: manifold-ssl plot {run_dir}"
+    )
+    if args.settings.wait:
+        print(f"job {job.job_id} ended: {', '.join(map(str, job.results()))}")
     return 0
 
 
@@ -489,6 +515,20 @@ COMMANDS: dict[str, Command] = {
             _QUIET,
         ),
     ),
+    "launch": Command(
+        _cmd_launch,
+        "one run on a Slurm cluster through submitit: manifold-ssl launch slurm RECIPE "
+        "--nodes N --gpus-per-node G [--section.key=value ...]",
+        "Submit one run as a Slurm job of one process per GPU on every node, joined as under "
+        "torchrun; a preempted or timed-out job is requeued and resumes the run exactly; rank "
+        "0 evaluates it at the end. The run's keys are --section.key=value as for pretrain.",
+        "manifold_ssl.run.launch:LaunchConfig",
+        (
+            _arg("backend", choices=["slurm"], help="the scheduler (slurm)"),
+            _arg("recipe", nargs="?", help="recipe name or YAML path (default digits_mmcr)"),
+            _arg("--resume", help="a run directory to continue on the cluster"),
+        ),
+    ),
     "recipes": Command(_cmd_recipes, "list the packaged recipes"),
     "losses": Command(_cmd_losses, "list the registered objectives"),
 }
@@ -605,6 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mine = [o for o in overrides if section and o.startswith(f"--{section}.")]
     if args.command == "pretrain":
         args.overrides = overrides + unknown
+    elif args.command == "launch" and not unknown:  # the run's keys, beside the launch's own
+        args.overrides = [o for o in overrides if o not in mine]
     elif args.command == "evaluate" and not unknown:
         args.overrides = overrides
     elif unknown or len(mine) < len(overrides):

@@ -15,16 +15,11 @@ import torch
 from ..config import Config, config_from_dict, load_recipe
 from ..data.splits import DataSplits, as_tensors
 from ..data.views import MultiViewAugment
-from ..experiments.analyze import (
-    AnalyzeConfig,
-    analyze_features,
-    analyze_model,
-    write_analysis_report,
-)
 from ..methods import SSLMethod
+from ..run.build import splits_of, view_specs
+from ..run.record import RunDir, method_from_state
 from ..training.checkpoint import load_checkpoint
-from .build import splits_of, view_specs
-from .record import RunDir, method_from_state
+from .analyze import AnalyzeConfig, analyze_features, analyze_model, write_analysis_report
 
 __all__ = ["analyze_source"]
 
