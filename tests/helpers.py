@@ -21,6 +21,32 @@ def tiny_run_args(tmp_path, *extra: str) -> list[str]:
     ]
 
 
+def files_run_cfg(tmp_path, name: str, path, *overrides: str):
+    """A tiny run on image files (``imagefolder`` or ``webdataset`` at ``path``) read at 16 px
+    with the ``cifar`` views, batch 8, two epochs, every step logged; data and runs under
+    ``tmp_path``."""
+    from manifold_ssl.config import apply_overrides, load_recipe
+
+    return apply_overrides(
+        load_recipe("digits_mmcr"),
+        [
+            f"--data.name={name}",
+            f"--data.path={path}",
+            f"--data.root={tmp_path / 'data'}",
+            f"--train.out_dir={tmp_path / 'runs'}",
+            "--data.image_size=16",
+            "--data.workers=0",
+            "--views.preset=cifar",
+            *TINY_MODEL,
+            "--train.batch_size=8",
+            "--train.epochs=2",
+            "--train.log_every=1",
+            "--train.knn_every=0",
+            *overrides,
+        ],
+    )
+
+
 def _ddp_pretrain_worker(rank: int, rendezvous: str, cfg_dict: dict, run_dir: str) -> None:
     import os
 

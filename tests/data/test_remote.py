@@ -11,9 +11,9 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_MODEL
+from helpers import files_run_cfg
 
-from manifold_ssl.config import apply_overrides, load_recipe
+from manifold_ssl.config import apply_overrides
 from manifold_ssl.data.remote import fetch_shards, is_remote, shard_samples, shard_urls
 from manifold_ssl.data.synthetic import write_shards
 from manifold_ssl.methods import METHODS
@@ -51,27 +51,9 @@ def _url(server):
 
 
 def _cfg(tmp_path, path, *overrides):
-    return apply_overrides(
-        load_recipe("digits_mmcr"),
-        [
-            "--data.name=webdataset",
-            f"--data.path={path}",
-            f"--data.root={tmp_path / 'data'}",
-            f"--train.out_dir={tmp_path / 'runs'}",
-            "--data.loader=resampled",
-            "--data.samples_per_epoch=32",
-            "--data.streams=3",
-            "--data.shuffle_buffer=16",
-            "--data.image_size=16",
-            "--data.workers=0",
-            "--views.preset=cifar",
-            *TINY_MODEL,
-            "--train.batch_size=8",
-            "--train.epochs=2",
-            "--train.log_every=1",
-            "--train.knn_every=0",
-            *overrides,
-        ],
+    resampled = ["--data.loader=resampled", "--data.samples_per_epoch=32", "--data.streams=3"]
+    return files_run_cfg(
+        tmp_path, "webdataset", path, *resampled, "--data.shuffle_buffer=16", *overrides
     )
 
 

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from helpers import TINY_MODEL, one_and_two_process_losses
+from helpers import files_run_cfg, one_and_two_process_losses
 
-from manifold_ssl.config import apply_overrides, load_recipe
 from manifold_ssl.data import load_splits
 from manifold_ssl.data.datasets import load_dataset
 from manifold_ssl.data.files import centre_view, index_images, index_shards
@@ -38,25 +37,7 @@ def folder(tmp_path_factory):
 
 
 def _cfg(tmp_path, folder, *overrides):
-    return apply_overrides(
-        load_recipe("digits_mmcr"),
-        [
-            "--data.name=imagefolder",
-            f"--data.path={folder}",
-            f"--data.root={tmp_path / 'data'}",
-            f"--train.out_dir={tmp_path / 'runs'}",
-            "--data.loader=stream",
-            "--data.image_size=16",
-            "--data.workers=0",
-            "--views.preset=cifar",
-            *TINY_MODEL,
-            "--train.batch_size=8",
-            "--train.epochs=2",
-            "--train.log_every=1",
-            "--train.knn_every=0",
-            *overrides,
-        ],
-    )
+    return files_run_cfg(tmp_path, "imagefolder", folder, "--data.loader=stream", *overrides)
 
 
 def _losses(run_dir):
