@@ -90,14 +90,14 @@ def _print_results(results: dict[str, dict[str, object]]) -> None:
     def pct(v: object) -> str:
         return f"{100 * v:7.2f}%" if isinstance(v, float) else f"{'-':>8}"
 
-    from .evaluation.report import PROTOCOLS, zero_shot_line
+    from .evaluation.report import PROTOCOLS, transfer_line, zero_shot_line
 
     width = max([12, *(len(name) for name in results)])
     print(
         f"\n{'encoder':>{width}} | {'kNN val':>8} {'kNN test':>8} | {'lin val':>8} {'lin test':>8}"
     )
     for name, r in results.items():
-        if name == "zero_shot":
+        if name.startswith("zero_shot"):
             continue
         print(
             f"{name:>{width}} | {pct(r.get('knn_val_accuracy'))} "
@@ -107,6 +107,8 @@ def _print_results(results: dict[str, dict[str, object]]) -> None:
     print(textwrap.fill(PROTOCOLS, 99))
     if "zero_shot" in results:
         print(zero_shot_line(results["zero_shot"]))
+    if "zero_shot_transfer" in results:
+        print(transfer_line(results["zero_shot_transfer"]))
 
 
 def _print_run(
@@ -165,7 +167,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     teardown_distributed()
     if result.status != "finished" or not ctx.is_main or args.no_eval:
         return 0 if result.status in ("finished", "interrupted", "budget", "max_steps") else 1
-    if result.splits.num_classes < 2:
+    if result.splits.num_classes < 2 and not cfg.eval.zero_shot_data:
         print(
             f"evaluation skipped: the dataset has one class ({result.splits.train.classes}), so "
             f"every classifier would score 100%; run directory: {result.run_dir}"

@@ -5,7 +5,11 @@
 * ``torchvision``: the keys of ``torchvision.models.get_model(name)`` without its classifier,
   so that ``model.load_state_dict(sd, strict=False)`` reports only the classifier missing;
 * ``timm``: the keys of ``timm.create_model(name)``, likewise;
-* ``state_dict``: the backbone's own keys (any backbone).
+* ``state_dict``: the backbone's own keys (any backbone);
+* ``open_clip``: a multimodal run's image and text towers as an OpenCLIP ``CustomTextCLIP``
+  (a ``timm:<name>`` image tower with a linear projection, OpenCLIP's text transformer), with
+  its model config ``NAME.json`` beside ``NAME.pt``: ``open_clip.add_model_config`` of that
+  file, then ``open_clip.create_model_and_transforms(NAME, pretrained=NAME.pt)``.
 
 A backbone from the same library is written as it is. ResNets cross over: torchvision's and
 timm's ResNets share their key names, and the ResNets written here map onto them at width 64
@@ -34,7 +38,7 @@ from .training.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["FORMATS", "ExportConfig", "export_backbone", "export_state"]
 
-FORMATS = ("torchvision", "timm", "state_dict")
+FORMATS = ("torchvision", "timm", "state_dict", "open_clip")
 
 
 @dataclass
@@ -94,6 +98,8 @@ def export_state(
     holding a ViT's ``img_size``), else ``model.kwargs``."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
+    if fmt == "open_clip":
+        return open_clip_state(cfg, model_state, built)
     state = _backbone_state(model_state)
     if not state:
         raise ValueError("the checkpoint holds no backbone weights (keys backbone.*)")
@@ -132,6 +138,80 @@ def export_state(
     )
 
 
+def open_clip_state(
+    cfg: Config, model_state: dict[str, torch.Tensor], built: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A multimodal run's towers as an OpenCLIP ``CustomTextCLIP`` state dict (``visual.trunk``
+    the timm model, ``visual.head.proj`` the projection, ``text`` the text transformer as it is,
+    ``logit_scale`` the learned one, or CLIP's initial 1/0.07 for MMCR, which has none) and, as
+    ``spec["model_config"]``, the OpenCLIP model config that builds it. Needs a ``timm:<name>``
+    image tower built with the model's defaults (3 input channels, no CIFAR stem, no
+    ``model.kwargs``) and a one-layer projector (``model.projector: "D"``)."""
+    from .methods import MULTIMODAL
+
+    name, projector = cfg.model.backbone, cfg.model.projector
+    if cfg.method.name not in MULTIMODAL:
+        raise ValueError(
+            f"--format open_clip writes a multimodal run (method {sorted(MULTIMODAL)}), not "
+            f"{cfg.method.name}; export its backbone as torchvision, timm or state_dict"
+        )
+    library, _, model_name = name.partition(":")
+    kwargs = dict((built or {}).get("kwargs", cfg.model.kwargs))
+    conv = _first_conv(_backbone_state(model_state))
+    if (
+        library != "timm"
+        or cfg.model.small_images
+        or kwargs
+        or (conv is not None and conv.shape[1] != 3)
+    ):
+        raise ValueError(
+            f"OpenCLIP builds a timm image tower with the model's defaults: the run's backbone "
+            f"must be timm:<name> on 3-channel images, without model.small_images or "
+            f"model.kwargs (got {name!r}, small_images={cfg.model.small_images}, kwargs={kwargs})"
+        )
+    if not projector.isdigit():
+        raise ValueError(
+            f"OpenCLIP's timm image tower ends in one linear projection: the run's "
+            f"model.projector must be one layer (e.g. '512'), got {projector!r}"
+        )
+    import math
+
+    import timm
+
+    pool = timm.create_model(model_name, pretrained=False).global_pool
+    state = {
+        f"visual.trunk.{k.removeprefix('backbone.model.')}": v
+        for k, v in model_state.items()
+        if k.startswith("backbone.model.")
+    }
+    state["visual.head.proj.weight"] = model_state["projector.0.weight"]
+    state["visual.head.proj.bias"] = model_state["projector.0.bias"]
+    state |= {k: v for k, v in model_state.items() if k.startswith("text.")}
+    state["logit_scale"] = model_state.get("logit_scale", torch.tensor(math.log(1 / 0.07)))
+    t = cfg.text
+    model_config = {
+        "embed_dim": int(projector),
+        "custom_text": True,
+        "vision_cfg": {
+            "timm_model_name": model_name,
+            "timm_model_pretrained": False,
+            "timm_pool": getattr(pool, "pool_type", pool),
+            "timm_proj": "linear",
+            "timm_proj_bias": True,
+            "image_size": cfg.data.image_size or 224,
+        },
+        "text_cfg": {
+            "context_length": t.context_length,
+            "vocab_size": int(model_state["text.token_embedding.weight"].shape[0]),
+            "width": t.width,
+            "heads": t.heads,
+            "layers": t.layers,
+        },
+    }
+    spec = {"format": "open_clip", "backbone": name, "library": "open_clip", "name": model_name}
+    return {"state_dict": state, "spec": spec | {"model_config": model_config}}
+
+
 def _is_resnet(library: str, name: str) -> bool:
     return name in _RESNETS or (
         library != "manifold_ssl" and re.fullmatch(r"resnet\d+", name) is not None
@@ -143,6 +223,13 @@ def _first_conv(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
 
 
 def _snippet(spec: dict[str, Any], file: str) -> str:
+    if spec["library"] == "open_clip":
+        name = Path(file).stem
+        return (
+            f"import open_clip\nopen_clip.add_model_config({spec['model_config']!r})\n"
+            f"model, _, preprocess = open_clip.create_model_and_transforms({name!r}, "
+            f"pretrained={file!r})\ntokenizer = open_clip.get_tokenizer({name!r})"
+        )
     kwargs = dict(spec["kwargs"])
     if spec["library"] == "timm" and spec["in_channels"] not in (None, 3):
         kwargs["in_chans"] = spec["in_channels"]
@@ -198,6 +285,10 @@ def export_backbone(
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(result["state_dict"], out)
     spec = {**result["spec"], "source": str(ckpt), "step": state.get("step")}
+    if fmt == "open_clip":  # its model config, named as the weights: NAME.json beside NAME.pt
+        config = spec.pop("model_config")
+        atomic_write_text(out.with_suffix(".json"), json.dumps(config, indent=2) + "\n")
+        spec["model_config"] = str(out.with_suffix(".json"))
     spec["load"] = _snippet(spec, str(out))
     atomic_write_text(out.with_name(out.name + ".json"), json.dumps(spec, indent=2) + "\n")
     return out
@@ -206,7 +297,9 @@ def export_backbone(
 def _export_target(out: Path, src: Path, fmt: str, overwrite: bool) -> Path:
     if out.is_dir():
         out = out / f"{src.stem if src.is_file() else src.name}-{fmt}.pt"
-    for path in (out, out.with_name(out.name + ".json")):
+    written = [out, out.with_name(out.name + ".json")]
+    written += [out.with_suffix(".json")] if fmt == "open_clip" else []  # its model config
+    for path in written:
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise ValueError(f"--out {path} exists and is not a regular file; choose another path")
         if path.exists() and not overwrite:

@@ -46,6 +46,9 @@ from .._atomic import atomic_file
 from .cache import cache_prefix, remove_stale, save_cache
 from .tensors import ImageTensors
 
+#: The one class of caption-only shards (no ``.cls``): multimodal pretraining reads their
+#: captions; a run evaluates on another labelled data set (``eval.zero_shot_data``).
+UNLABELLED = "unlabelled"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 #: The data sources read from files (indexed here; decoded or streamed), the rest are tensors.
 
@@ -398,7 +401,8 @@ def index_images(
 
 def _shard_rows(shard: Path, archive: int) -> Iterator[tuple[str, str, int, int, int]]:
     """(class, key, archive, offset, size) of each sample's image in a WebDataset shard; the
-    class is the text of its ``.cls`` member."""
+    class is the text of its ``.cls`` member, or :data:`UNLABELLED` in a shard without any
+    (caption-only shards, DataComp- and CC3M-style: ``<key>.jpg`` + ``<key>.txt``)."""
     images: dict[str, tuple[int, int]] = {}
     labels: dict[str, str] = {}
     try:
@@ -415,10 +419,14 @@ def _shard_rows(shard: Path, archive: int) -> Iterator[tuple[str, str, int, int,
                 labels[key] = (handle.read() if handle else b"").decode().strip()
             elif _is_image(m.name) and key not in images:
                 images[key] = (m.offset_data, m.size)
+    if labels and len(labels) < len(images):
+        key = next(k for k in images if k not in labels)
+        raise ValueError(
+            f"webdataset: sample {key} of {shard} has no .cls label, but others have (a shard "
+            "is labelled throughout, or caption-only: no .cls at all)"
+        )
     for key, (offset, size) in images.items():
-        if key not in labels:
-            raise ValueError(f"webdataset: sample {key} of {shard} has no .cls label")
-        yield labels[key], key, archive, offset, size
+        yield labels.get(key, UNLABELLED), key, archive, offset, size
 
 
 def _label_order(name: str) -> tuple[int, str]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .datasets import DATASETS, ImageTensors, file_sources, load_dataset
-from .files import ImageFiles
+from .files import UNLABELLED, ImageFiles
 
 __all__ = [
     "DataSplits",
@@ -216,14 +216,24 @@ def load_splits(
         files = index_files(name, "train", root, path, classes_file)
         image_size = image_size or _common_side(files)
         full: Split = files.with_view(image_size, crop_fraction)
-        test: Split = index_files(name, test_split, root, path, classes_file).with_view(
-            image_size, crop_fraction
-        )
+
+        def read_test() -> Split:
+            test = index_files(name, test_split, root, path, classes_file)
+            return test.with_view(image_size, crop_fraction)
     else:
         kw = {"size": image_size, "classes_file": classes_file, "crop_fraction": crop_fraction}
         full = load_dataset(name, "train", root, path, **kw, workers=workers)  # type: ignore[arg-type]
-        test = load_dataset(name, test_split, root, path, **kw, workers=workers)  # type: ignore[arg-type]
+
+        def read_test() -> Split:
+            return load_dataset(name, test_split, root, path, **kw, workers=workers)  # type: ignore[arg-type]
+
     keep, held = stratified_split(full.labels, val_fraction, split_seed)
+    try:
+        test = read_test()
+    except FileNotFoundError:
+        if full.classes != [UNLABELLED]:
+            raise
+        test = full.subset(held)  # caption-only data has no test split: the held-out images
     extra = None
     if unlabeled:
         opts = {"size": image_size, "crop_fraction": crop_fraction}

@@ -10,9 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-__all__ = ["write_cifar", "write_image_folder", "write_shards", "write_stl10"]
+__all__ = [
+    "write_caption_shards",
+    "write_cifar",
+    "write_class_folder",
+    "write_image_folder",
+    "write_shards",
+    "write_stl10",
+]
 
 
 def write_image_folder(
@@ -125,4 +133,56 @@ def write_stl10(root: str | Path, per_split: int = 20, seed: int = 0) -> Path:
         if split != "unlabeled":
             (labels + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")
     (folder / "class_names.txt").write_text("".join(f"class{c}\n" for c in range(10)))
+    return root
+
+
+def write_caption_shards(
+    root: str | Path,
+    images: torch.Tensor,
+    captions: list[list[str]],
+    shards: int = 2,
+    split: str = "train",
+) -> str:
+    """Caption-only WebDataset shards, DataComp- and CC3M-style: ``<key>.png`` (lossless, so
+    that small images keep their pixels) and ``<key>.txt`` (one caption per line), no ``.cls``;
+    ``images`` uint8 (N, C, H, W), ``captions[i]`` the captions of image i. Returns the brace
+    pattern of the shards with ``{split}``."""
+    import io
+    import tarfile
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for shard in range(shards):
+        with tarfile.open(root / f"{split}-{shard:06d}.tar", "w") as tar:
+            for i in range(shard, len(images), shards):
+                png = io.BytesIO()
+                pixels = images[i].permute(1, 2, 0).numpy()
+                Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
+                    png, "PNG"
+                )
+                text = "\n".join(captions[i]).encode()
+                for suffix, data in (("png", png.getvalue()), ("txt", text)):
+                    info = tarfile.TarInfo(f"{split}{i:06d}.{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(root / f"{{split}}-{{000000..{shards - 1:06d}}}.tar")
+
+
+def write_class_folder(
+    root: str | Path,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    split: str = "test",
+) -> Path:
+    """``<root>/<split>/<class>/<i>.png`` of uint8 ``images`` (N, C, H, W), lossless: a labelled
+    data set as an image folder. Returns ``root``."""
+    root = Path(root)
+    for i, (image, label) in enumerate(zip(images, labels.tolist(), strict=True)):
+        folder = root / split / classes[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = image.permute(1, 2, 0).numpy()
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
+            folder / f"{i}.png"
+        )
     return root

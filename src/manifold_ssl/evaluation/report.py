@@ -7,7 +7,7 @@ from typing import Any
 
 from ..runinfo import atomic_write_text, read_metrics
 
-__all__ = ["PROTOCOLS", "write_report", "zero_shot_line"]
+__all__ = ["PROTOCOLS", "transfer_line", "write_report", "zero_shot_line"]
 
 
 def _plot_curves(run_dir: Path) -> list[Path]:
@@ -64,6 +64,18 @@ def zero_shot_line(r: dict[str, Any]) -> str:
     )
 
 
+def transfer_line(r: dict[str, Any]) -> str:
+    """One line for the zero-shot transfer of :func:`manifold_ssl.run.evaluate.zero_shot_transfer`."""
+    split = r["split"]
+    top5 = r.get(f"zero_shot_{split}_top5")
+    extra = f", top-5 {_pct(top5)}%" if top5 is not None else ""
+    return (
+        f"zero-shot transfer to {r['dataset']} ({split}, {r['images']} images): top-1 "
+        f"{_pct(r[f'zero_shot_{split}_accuracy'])}%{extra} (chance {_pct(r['chance'])}%; "
+        f"{len(r['templates'])} prompt templates ensembled)"
+    )
+
+
 def write_report(
     run_dir: Path,
     results: dict[str, dict[str, Any]],
@@ -80,7 +92,7 @@ def write_report(
         "| --- | --- | --- | --- | --- |",
     ]
     for name, r in results.items():
-        if name == "zero_shot":
+        if name.startswith("zero_shot"):
             continue
         lines.append(
             f"| {name} | {_pct(r.get('knn_val_accuracy'))} | {_pct(r.get('knn_test_accuracy'))} | "
@@ -90,6 +102,8 @@ def write_report(
     if "zero_shot" in results:
         zs = results["zero_shot"]
         lines += [f"- {zero_shot_line(zs)}: " + "; ".join(f"`{t}`" for t in zs["templates"]), ""]
+    if "zero_shot_transfer" in results:
+        lines += [f"- {transfer_line(results['zero_shot_transfer'])}", ""]
     lines += [f"![curves]({f.name})" for f in figures]
     path = run_dir / filename
     atomic_write_text(path, "\n".join(lines) + "\n")

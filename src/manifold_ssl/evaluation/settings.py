@@ -12,6 +12,12 @@ from .._keys import above, at_least, between, key, list_of, non_empty_list_of, o
 __all__ = ["EvalConfig"]
 
 
+def _dataset_name(name: str) -> str | None:
+    from ..data.datasets import DATASETS  # at check time: the settings import no PyTorch
+
+    return None if name in DATASETS else f"one of {sorted(DATASETS)}"
+
+
 @dataclass
 class EvalConfig:
     knn_k: int = key(200, "neighbours of the weighted kNN", at_least(1))
@@ -42,5 +48,18 @@ class EvalConfig:
     augmented_batch: int = key(1024, "augmented probe: batch size", at_least(1))
     augmented_lr: float = key(0.1, "augmented probe: Adam learning rate (cosine decay)", above(0))
     augmented_wd: float = key(1e-6, "augmented probe: Adam weight decay", at_least(0))
+    zero_shot_data: str | None = key(
+        None,
+        "zero-shot transfer of a multimodal run to another labelled data set (a data.name: "
+        "cifar10, cifar100, stl10, imagefolder, webdataset), prompted with the templates "
+        "ensembled",
+        lambda v: None if v is None else _dataset_name(v),
+    )
+    zero_shot_path: str | None = key(None, "zero_shot_data's data.path (imagefolder, webdataset)")
+    zero_shot_split: str = key("test", "zero_shot_data's split evaluated")
+    zero_shot_class_names: list[str] = key(
+        help="zero_shot_data's class words in label order (default: its class names as words)",
+        factory=list,
+    )
     finetune_epochs: int = key(20, "fine-tuning epochs", at_least(1))
     finetune_lr: float = key(0.1, "fine-tuning learning rate of the head (backbone: /10)", above(0))

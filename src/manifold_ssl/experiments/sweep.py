@@ -217,7 +217,7 @@ def run_trial(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads:
         result = pretrain(cfg, progress=False, run_dir=path)
     if result.status not in ("finished", "max_steps", "budget"):  # budget: a speedrun's end
         return "partial"
-    if evaluate and result.splits.num_classes >= 2:
+    if evaluate and (result.splits.num_classes >= 2 or cfg.eval.zero_shot_data):
         extra = {"steps": result.step, "final percent error": final_percent_error(path)}
         device = str(resolve_device(cfg.train.device, DistContext()))
         evaluate_run(cfg, result.method, result.splits, path, device, extra, progress=False)

@@ -24,6 +24,7 @@ from ..data.captions import (
     read_captions,
 )
 from ..data.datasets import file_sources
+from ..data.files import UNLABELLED
 from ..data.pairs import CaptionBatches
 from ..data.remote import fetch_shards, is_remote, shard_urls
 from ..data.resampled import ResampledBatches
@@ -117,6 +118,11 @@ def captions_of(cfg: Config, splits: DataSplits) -> Captions:
         keep, _ = stratified_split(files.labels, d.val_fraction, d.split_seed)
         return read_captions(files.subset(keep))
     train = splits.train
+    if train.classes == [UNLABELLED]:
+        raise ValueError(
+            "text.captions=generated names each image's class, but these images have none "
+            "(caption-only shards): read their captions with text.captions=files"
+        )
     if not isinstance(train, ImageTensors):
         raise ValueError(
             "text.captions=generated measures the images in memory: use data.loader=memory "

@@ -18,7 +18,11 @@ import torch
 from torch import nn
 
 from ..config import Config, config_to_dict
+from ..data.captions import class_words
+from ..data.datasets import load_dataset
 from ..data.splits import DataSplits
+from ..data.stream import resolve_workers
+from ..data.tensors import ImageTensors
 from ..evaluation.features import extract_features
 from ..evaluation.knn import knn_accuracy
 from ..evaluation.protocol import evaluate_with_baselines
@@ -45,25 +49,89 @@ def zero_shot(
     ``names``, prompting with the class words in the held-out templates
     (:func:`~manifold_ssl.data.splits.zero_shot_prompts`)."""
     classes, templates = zero_shot_prompts(cfg, splits)
+    out: dict[str, float] = {}
+    for name in names:
+        acc = _zero_shot_accuracy(
+            cfg, method, classes, templates, getattr(splits, name), splits, device
+        )
+        out.update({f"zero_shot_{name}_{k}": v for k, v in acc.items()})
+    return out
+
+
+def _zero_shot_accuracy(
+    cfg: Config,
+    method: MultimodalMethod,
+    words: list[str],
+    templates: list[str],
+    images: Any,
+    splits: DataSplits,
+    device: torch.device | str,
+) -> dict[str, float]:
+    """Top-1 (``accuracy``) and, with more than 5 classes, ``top5`` of the image tower on
+    ``images`` against the class embeddings of ``words`` averaged over ``templates`` (CLIP's
+    prompt ensembling), the images standardised as the pretraining data's."""
     tokenize = build_tokenizer(cfg.text.context_length)
     was_training = method.training
     method.eval()
     try:
-        weights = class_text_embeddings(method.encode_text, tokenize, classes, templates, device)
+        weights = class_text_embeddings(method.encode_text, tokenize, words, templates, device)
     finally:
         method.train(was_training)
     tower = nn.Sequential(method.backbone, method.projector)
-    top = (1, 5) if len(classes) > 5 else (1,)
-    out: dict[str, float] = {}
-    for name in names:
-        split = getattr(splits, name)
-        acc = zero_shot_accuracy(
-            tower, weights, split, *splits.normalisation, device, cfg.data.workers, top
+    top = (1, 5) if len(words) > 5 else (1,)
+    acc = zero_shot_accuracy(
+        tower, weights, images, *splits.normalisation, device, cfg.data.workers, top
+    )
+    return {"accuracy": acc[1], **({"top5": acc[5]} if 5 in acc else {})}
+
+
+def zero_shot_transfer(
+    cfg: Config, method: MultimodalMethod, splits: DataSplits, device: torch.device | str
+) -> dict[str, Any]:
+    """Zero-shot top-1 (and top-5) of ``method`` on another labelled data set
+    (``eval.zero_shot_data``, its ``zero_shot_split`` at the pretraining view size), prompted
+    with its class words (``eval.zero_shot_class_names``, else its class names) in the
+    held-out templates, ensembled."""
+    e = cfg.eval
+    assert e.zero_shot_data is not None
+    data = load_dataset(
+        e.zero_shot_data,
+        e.zero_shot_split,
+        cfg.data.root,
+        e.zero_shot_path,
+        size=view_size(cfg, splits),
+        crop_fraction=cfg.data.crop_fraction,
+        workers=resolve_workers(cfg.data.workers),
+    )
+    data = ImageTensors(_channels(data.images, splits.channels), data.labels, data.classes)
+    words = list(e.zero_shot_class_names) or class_words(data.classes)
+    if len(words) != len(data.classes):
+        raise ValueError(
+            f"eval.zero_shot_class_names has {len(words)} names, but {e.zero_shot_data} has "
+            f"{len(data.classes)} classes ({', '.join(data.classes[:10])})"
         )
-        out[f"zero_shot_{name}_accuracy"] = acc[1]
-        if 5 in acc:
-            out[f"zero_shot_{name}_top5"] = acc[5]
-    return out
+    _, templates = zero_shot_prompts(cfg, splits)
+    acc = _zero_shot_accuracy(cfg, method, words, templates, data, splits, device)
+    split = e.zero_shot_split
+    return {
+        "dataset": e.zero_shot_data,
+        "split": split,
+        **{f"zero_shot_{split}_{k}": v for k, v in acc.items()},
+        "chance": 1 / len(words),
+        "images": int(data.images.shape[0]),
+        "templates": templates,
+    }
+
+
+def _channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 images (N, C, H, W) with ``channels`` channels: colour to grey by ITU-R 601 luma
+    (grey images stored as RGB come back exactly), grey to colour by repetition."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 1:
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    return images.expand(-1, channels, -1, -1).contiguous()
 
 
 def knn_monitor(cfg: Config) -> Monitor:
@@ -125,28 +193,18 @@ def evaluate_run(
     them (``--eval.*`` ``overrides``: ``eval-<overrides>.json`` and ``report-<overrides>.md``,
     beside the run's own; a kept ``checkpoint`` other than ``last.pt``:
     ``eval-<checkpoint>.json``)."""
-    # the same initialisation the pretrained encoder had
-    random_encoder = build_method_for(cfg, splits.channels, image_size=view_size(cfg, splits))
-    results = evaluate_with_baselines(
-        cfg.eval,
-        method.backbone,
-        splits,
-        device,
-        random_encoder.backbone,
-        progress,
-        cfg.data.workers,
-    )
-    if getattr(method, "online_head", None) is not None:
-        results["online_linear"] = _online_linear(cfg, method, splits, device)
-    if isinstance(method, MultimodalMethod):
+    transfer = isinstance(method, MultimodalMethod) and cfg.eval.zero_shot_data
+    if splits.num_classes < 2 and not transfer:
+        raise ValueError(
+            f"evaluation needs at least two classes, but the data set has {splits.num_classes} "
+            f"({splits.train.classes}); a multimodal run on caption-only data evaluates "
+            "zero-shot on another data set: set eval.zero_shot_data"
+        )
+    results = _own_data(cfg, method, splits, device, progress) if splits.num_classes > 1 else {}
+    if transfer and isinstance(method, MultimodalMethod):
         if progress:
-            print("zero-shot classification with held-out prompt templates")
-        results["zero_shot"] = {
-            **zero_shot(cfg, method, splits, device),
-            "chance": 1 / splits.num_classes,
-            "templates": zero_shot_prompts(cfg, splits)[1],
-        }
-    results.update(_trained_heads(cfg, method, splits, device, progress))
+            print(f"zero-shot transfer to {cfg.eval.zero_shot_data}")
+        results["zero_shot_transfer"] = zero_shot_transfer(cfg, method, splits, device)
     stem = result_stem("eval", overrides, checkpoint)
     settings = {"eval": config_to_dict(cfg)["eval"], "overrides": list(overrides)}
     path = run_dir / f"{stem}.json"
@@ -234,6 +292,36 @@ def _track(cfg: Config, run_dir: Path, prefix: str, results: dict[str, dict[str,
     }
     tracked.summarise(values, [run_dir / "curves.png", *sorted(run_dir.glob("figures/*.png"))])
     tracked.close()
+
+
+def _own_data(
+    cfg: Config, method: Method, splits: DataSplits, device: str, progress: bool
+) -> dict[str, dict[str, Any]]:
+    """kNN and linear probe next to the baselines, the online head, zero-shot on the run's
+    own classes, the augmented probe and fine-tuning: the evaluation on the run's data."""
+    # the same initialisation the pretrained encoder had
+    random_encoder = build_method_for(cfg, splits.channels, image_size=view_size(cfg, splits))
+    results = evaluate_with_baselines(
+        cfg.eval,
+        method.backbone,
+        splits,
+        device,
+        random_encoder.backbone,
+        progress,
+        cfg.data.workers,
+    )
+    if getattr(method, "online_head", None) is not None:
+        results["online_linear"] = _online_linear(cfg, method, splits, device)
+    if isinstance(method, MultimodalMethod):
+        if progress:
+            print("zero-shot classification with held-out prompt templates")
+        results["zero_shot"] = {
+            **zero_shot(cfg, method, splits, device),
+            "chance": 1 / splits.num_classes,
+            "templates": zero_shot_prompts(cfg, splits)[1],
+        }
+    results.update(_trained_heads(cfg, method, splits, device, progress))
+    return results
 
 
 def result_stem(name: str, overrides: Sequence[str], checkpoint: str = "last.pt") -> str:

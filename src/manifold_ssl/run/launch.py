@@ -107,7 +107,7 @@ class RunJob:
             result = pretrain(cfg, progress=False, run_dir=path)
         if result.status not in ("finished", "max_steps", "budget"):
             return result.status
-        if rank == 0 and evaluate and result.splits.num_classes >= 2:
+        if rank == 0 and evaluate and (result.splits.num_classes >= 2 or cfg.eval.zero_shot_data):
             _evaluate(cfg, result, path)
         return result.status
 
