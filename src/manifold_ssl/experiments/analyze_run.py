@@ -109,14 +109,15 @@ def _analyze_trained(
     if isinstance(method, SSLMethod):  # the objective of image views (not image-caption)
         from ..evaluation.coherence import weight_layers
 
-        result["gradient_coherence"] = _coherence_of(method, splits, specs, cfg, s.seed)
+        views = cfg.views.num_views
+        result["gradient_coherence"] = _coherence_of(method, splits, specs, views, s.seed)
         layers = weight_layers(method)
         result["gradient_coherence_layers"] = {"first": layers[0], "last": layers[-1]}
     return result
 
 
 def _coherence_of(
-    method: SSLMethod, splits: DataSplits, specs: Any, cfg: Config, seed: int
+    method: SSLMethod, splits: DataSplits, specs: Any, num_views: int, seed: int
 ) -> dict[str, float]:
     """Gradient coherence (Yerxa Fig. 3) of the objective on 16 test images of each of the
     first four classes, under the run's own views, with the shuffled-label control."""
@@ -126,6 +127,6 @@ def _coherence_of(
     pick = torch.cat([torch.nonzero(labels == c).flatten()[:16] for c in labels.unique()[:4]])
     gen = torch.Generator().manual_seed(seed)
     images = as_tensors(splits.test.subset(pick)).images
-    views = MultiViewAugment(specs, cfg.views.num_views)(images, gen)
+    views = MultiViewAugment(specs, num_views)(images, gen)
     method.eval()
     return coherence_with_control(method, lambda v: method(v)[0], views, labels[pick], seed)
