@@ -10,6 +10,21 @@ TINY_MODEL = [
     "--train.batch_size=64",
 ]
 
+# A multimodal model as small: image and text towers, few iterations of the linear probe.
+TINY_MULTIMODAL = [
+    "--model.width=4",
+    "--model.projector=16",
+    "--text.width=16",
+    "--text.layers=1",
+    "--text.heads=2",
+    "--text.context_length=16",
+    "--train.batch_size=32",
+    "--train.log_every=1",
+    "--train.knn_every=0",
+    "--eval.linear_max_iter=20",
+    "--eval.baselines=false",
+]
+
 
 def tiny_run_args(tmp_path, *extra: str) -> list[str]:
     """``pretrain`` arguments for a tiny run whose data and runs live under ``tmp_path``."""

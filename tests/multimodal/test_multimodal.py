@@ -11,7 +11,7 @@ import tarfile
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import one_and_two_process_losses
+from helpers import TINY_MULTIMODAL, one_and_two_process_losses
 from torch import nn
 
 from manifold_ssl.config import apply_overrides, load_recipe
@@ -38,19 +38,7 @@ from manifold_ssl.models.text import build_tokenizer
 from manifold_ssl.run import build_method_for, evaluate_run, pretrain
 from manifold_ssl.training.metrics import read_metrics
 
-TINY = [
-    "--model.width=4",
-    "--model.projector=16",
-    "--text.width=16",
-    "--text.layers=1",
-    "--text.heads=2",
-    "--text.context_length=16",
-    "--train.batch_size=32",
-    "--train.log_every=1",
-    "--train.knn_every=0",
-    "--eval.linear_max_iter=20",
-    "--eval.baselines=false",
-]
+TINY = TINY_MULTIMODAL
 
 
 def _cfg(tmp_path, method="multimodal_mmcr", *overrides):

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import TINY_MULTIMODAL
 from PIL import Image
 
 from manifold_ssl.cli import main
@@ -15,19 +16,7 @@ from manifold_ssl.data.datasets import load_dataset
 from manifold_ssl.run import evaluate_run, pretrain
 from manifold_ssl.run.evaluate import _channels
 
-TINY = [
-    "--model.width=4",
-    "--model.projector=16",
-    "--text.width=16",
-    "--text.layers=1",
-    "--text.heads=2",
-    "--text.context_length=16",
-    "--train.batch_size=32",
-    "--train.knn_every=0",
-    "--train.epochs=1",
-    "--eval.linear_max_iter=20",
-    "--eval.baselines=false",
-]
+TINY = [*TINY_MULTIMODAL, "--train.epochs=1"]
 
 
 def _digits_as_colour_folder(tmp_path):
