@@ -81,6 +81,11 @@ def test_a_missing_shard_is_a_clear_error_from_every_source(shards, server):
     ):
         with pytest.raises(OSError, match=expected):
             list(shard_samples(url))
+    cut = shards.parent / "cut"  # a shard that ends midway, as a dropped connection leaves it
+    cut.mkdir(exist_ok=True)
+    (cut / "train-000000.tar").write_bytes((shards / "train-000000.tar").read_bytes()[:5000])
+    with pytest.raises(OSError, match=r"train-000000.tar: not a readable tar stream"):
+        list(shard_samples(f"pipe:cat {cut / 'train-000000.tar'}"))
 
 
 def test_fetched_shards_index_as_the_local_ones(shards, server, tmp_path):

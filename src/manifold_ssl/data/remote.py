@@ -132,6 +132,10 @@ def shard_samples(url: str, timeout: float = TIMEOUT_S) -> Iterator[dict[str, by
                 yield {"__key__": (key or "").encode(), **sample}
     except tarfile.TarError as err:
         raise OSError(f"shard {url}: not a readable tar stream ({err})") from None
+    except OSError as err:  # a read that failed midway (a connection reset, a timeout)
+        if str(err).startswith(f"shard {url}"):
+            raise
+        raise OSError(f"shard {url}: {err or type(err).__name__}") from None
 
 
 def fetch_shards(pattern: str, split: str, folder: str | os.PathLike[str]) -> str:

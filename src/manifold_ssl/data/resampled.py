@@ -60,20 +60,19 @@ class _Lane:
         self.buffer: list[dict[str, bytes]] = []
         self.shard: Iterator[dict[str, bytes]] | None = None
         self.skipped = self.failed_in_a_row = self.barren_in_a_row = 0
-        self.kept_in_shard = False
+        self.kept_in_shard, self.url = False, ""
 
     def _read(self) -> dict[str, bytes]:
         """The next sample of the stream (drawing the next shard when one ends)."""
-        url = ""
         while True:
             if self.shard is None:
-                url = self.urls[int(self.rng.integers(len(self.urls)))]
-                self.shard, self.kept_in_shard = shard_samples(url), False
+                self.url = self.urls[int(self.rng.integers(len(self.urls)))]
+                self.shard, self.kept_in_shard = shard_samples(self.url), False
             try:
                 sample = next(self.shard)
             except StopIteration:
                 self.shard = None
-                self._ended(url)
+                self._ended(self.url)
                 continue
             except OSError as err:
                 self.shard = None
