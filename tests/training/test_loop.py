@@ -150,6 +150,8 @@ def test_missing_cifar_offline_says_where_to_put_it(tmp_path, monkeypatch):
 def _ddp_worker(rank: int, rendezvous: str, cfg_overrides: list[str], run_dir: str) -> None:
     # a file rendezvous in the test's folder: no port chosen in advance (another process may
     # take it) and no store hosted by rank 0 that rank 1 could still need while rank 0 exits
+    import gc
+
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     torch.distributed.init_process_group(
@@ -159,8 +161,13 @@ def _ddp_worker(rank: int, rendezvous: str, cfg_overrides: list[str], run_dir: s
     from manifold_ssl.run import pretrain as run_pretrain  # with the probes of cfg.probes
 
     cfg = apply_overrides(load_recipe("digits_mmcr"), cfg_overrides)
+    gc.disable()  # as if the collector never ran before the process ends
     result = run_pretrain(cfg, progress=False, run_dir=run_dir)
     assert not result.ctx.owns_group and torch.distributed.is_initialized()  # ours to end
+    # the DDP wrapper (a reference cycle holding the group) is gone: destroying the group
+    # frees it now, not in interpreter finalisation, where gloo's threads abort the process
+    ddp = torch.nn.parallel.DistributedDataParallel
+    assert not [o for o in gc.get_objects() if isinstance(o, ddp)]
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
