@@ -178,7 +178,8 @@ def open_clip_state(
 
     import timm
 
-    pool = timm.create_model(model_name, pretrained=False).global_pool
+    with torch.device("meta"):  # the model's default pooling; no weights allocated
+        pool = timm.create_model(model_name, pretrained=False).global_pool
     state = {
         f"visual.trunk.{k.removeprefix('backbone.model.')}": v
         for k, v in model_state.items()

@@ -72,7 +72,7 @@ class _Lane:
                 sample = next(self.shard)
             except StopIteration:
                 self.shard = None
-                self._ended(self.url)
+                self._ended()
                 continue
             except OSError as err:
                 self.shard = None
@@ -83,13 +83,13 @@ class _Lane:
                 self.kept_in_shard = True
                 return sample
 
-    def _ended(self, url: str) -> None:
+    def _ended(self) -> None:
         """A shard read to its end: it must have had a sample of the kept classes, or one of
         the next shards must (never an endless read of shards that give nothing)."""
         self.barren_in_a_row = 0 if self.kept_in_shard else self.barren_in_a_row + 1
         if self.barren_in_a_row >= max(8, 2 * len(self.urls)):
             raise ValueError(
-                f"{self.barren_in_a_row} shards in a row (last {url}) held no image of the "
+                f"{self.barren_in_a_row} shards in a row (last {self.url}) held no image of the "
                 "evaluation data's classes (their .cls values, after data.classes_file)"
             )
 
@@ -111,8 +111,8 @@ class _Lane:
 
 
 class _Shards(IterableDataset):
-    """Yields ``(step, views or crops, labels, worker, shards it skipped)`` for this worker's steps of
-    ``epoch`` from ``start`` on (in a DataLoader worker, or the main process)."""
+    """Yields ``(step, views or crops, labels, worker, shards it skipped)`` for this worker's
+    steps of ``epoch`` from ``start`` on (in a DataLoader worker, or the main process)."""
 
     def __init__(
         self,

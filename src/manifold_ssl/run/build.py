@@ -89,10 +89,8 @@ def _local_path(cfg: Config) -> str | None:
         return d.eval_path or d.path
     assert d.path is not None
     folder = Path(d.root) / "cache" / "shards"
-    local = ""
-    for split in dict.fromkeys(("train", d.test_split)):
-        local = fetch_shards(d.path, split, folder)
-    return local
+    fetch_shards(d.path, "train", folder)  # both splits' copies: one glob with {split}
+    return fetch_shards(d.path, d.test_split, folder)
 
 
 def load_splits_ranked(cfg: Config, ctx: DistContext) -> DataSplits:

@@ -49,13 +49,9 @@ def zero_shot(
     ``names``, prompting with the class words in the held-out templates
     (:func:`~manifold_ssl.data.splits.zero_shot_prompts`)."""
     classes, templates = zero_shot_prompts(cfg, splits)
-    out: dict[str, float] = {}
-    for name in names:
-        acc = _zero_shot_accuracy(
-            cfg, method, classes, templates, getattr(splits, name), splits, device
-        )
-        out.update({f"zero_shot_{name}_{k}": v for k, v in acc.items()})
-    return out
+    named = {name: getattr(splits, name) for name in names}
+    acc = _zero_shot_accuracy(cfg, method, classes, templates, named, splits, device)
+    return {f"zero_shot_{name}_{k}": v for name, a in acc.items() for k, v in a.items()}
 
 
 def _zero_shot_accuracy(
@@ -63,13 +59,14 @@ def _zero_shot_accuracy(
     method: MultimodalMethod,
     words: list[str],
     templates: list[str],
-    images: Any,
+    named: dict[str, Any],
     splits: DataSplits,
     device: torch.device | str,
-) -> dict[str, float]:
-    """Top-1 (``accuracy``) and, with more than 5 classes, ``top5`` of the image tower on
-    ``images`` against the class embeddings of ``words`` averaged over ``templates`` (CLIP's
-    prompt ensembling), the images standardised as the pretraining data's."""
+) -> dict[str, dict[str, float]]:
+    """Per split of ``named`` (name → images): top-1 (``accuracy``) and, with more than 5
+    classes, ``top5`` of the image tower against the class embeddings of ``words`` averaged
+    over ``templates`` (CLIP's prompt ensembling, computed once), the images standardised as
+    the pretraining data's."""
     tokenize = build_tokenizer(cfg.text.context_length)
     was_training = method.training
     method.eval()
@@ -79,10 +76,13 @@ def _zero_shot_accuracy(
         method.train(was_training)
     tower = nn.Sequential(method.backbone, method.projector)
     top = (1, 5) if len(words) > 5 else (1,)
-    acc = zero_shot_accuracy(
-        tower, weights, images, *splits.normalisation, device, cfg.data.workers, top
-    )
-    return {"accuracy": acc[1], **({"top5": acc[5]} if 5 in acc else {})}
+    out = {}
+    for name, images in named.items():
+        acc = zero_shot_accuracy(
+            tower, weights, images, *splits.normalisation, device, cfg.data.workers, top
+        )
+        out[name] = {"accuracy": acc[1], **({"top5": acc[5]} if 5 in acc else {})}
+    return out
 
 
 def zero_shot_transfer(
@@ -111,8 +111,8 @@ def zero_shot_transfer(
             f"{len(data.classes)} classes ({', '.join(data.classes[:10])})"
         )
     _, templates = zero_shot_prompts(cfg, splits)
-    acc = _zero_shot_accuracy(cfg, method, words, templates, data, splits, device)
     split = e.zero_shot_split
+    acc = _zero_shot_accuracy(cfg, method, words, templates, {split: data}, splits, device)[split]
     return {
         "dataset": e.zero_shot_data,
         "split": split,
