@@ -132,8 +132,9 @@ def _two_level_spectrum(
     # level 2 on the eigenvectors level 1 left (eigh sorts ascending: the first columns). On
     # an accelerator all k columns, large ones zeroed: fixed shapes, nothing read back. On the
     # CPU, where reading a tensor costs nothing, only as many columns as some matrix of the
-    # batch left (none for a well-conditioned matrix).
-    if a.device.type != "cpu":
+    # batch left (none for a well-conditioned matrix). A compiled graph (training.whole_step)
+    # takes the fixed shapes on any device: a graph reads nothing back.
+    if a.device.type != "cpu" or torch.compiler.is_compiling():
         n_small = k
     else:
         with cpu_only():

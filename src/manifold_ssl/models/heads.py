@@ -65,13 +65,18 @@ class MomentumEncoder(nn.Module):
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, online: nn.Module, tau: float) -> None:
-        if not 0 <= tau <= 1:
+    def update(self, online: nn.Module, tau: float | torch.Tensor) -> None:
+        """The EMA step; ``tau`` a float, or a 0-dim device tensor (a compiled step's, where
+        a float would be a constant of the graph; checked where it is computed)."""
+        if not isinstance(tau, torch.Tensor) and not 0 <= tau <= 1:
             raise ValueError(f"momentum tau must be in [0, 1], got {tau}")
         mine: list[torch.Tensor] = list(self.module.parameters())
         theirs: list[torch.Tensor] = [p.detach() for p in online.parameters()]
         torch._foreach_mul_(mine, tau)
-        torch._foreach_add_(mine, theirs, alpha=1 - tau)
+        if isinstance(tau, torch.Tensor):
+            torch._foreach_add_(mine, torch._foreach_mul(theirs, 1 - tau))
+        else:
+            torch._foreach_add_(mine, theirs, alpha=1 - tau)
         for b_m, b_o in zip(self.module.buffers(), online.buffers(), strict=True):
             b_m.copy_(b_o)
 
