@@ -143,7 +143,8 @@ class SSLMethod(nn.Module):
                 targets = labels.repeat_interleave(k, output_size=labels.shape[0] * k)
             else:
                 targets = labels.repeat(len(features))
-            logits = self.online_head(feats.float())
+            head_dtype = next(self.online_head.parameters()).dtype  # float32 under amp too
+            logits = self.online_head(feats.to(head_dtype))
             # a mean over the labelled rows; 0 for a batch of unlabelled images (STL-10's)
             ce = F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
             terms = {**terms, "online_ce": ce / (targets >= 0).sum().clamp_min(1)}
@@ -188,14 +189,25 @@ class SSLMethod(nn.Module):
         terms = {key: (terms_a[key] + terms_b[key]) * weight for key in terms_a}
         return (loss_a + loss_b) * weight, terms, z.detach()
 
+    def target_tau(self, step: int, total_steps: int) -> float:
+        """The EMA coefficient after optimiser step ``step`` (τ constant, or cosine τ_base → 1;
+        1.0 without a target), computed on the host."""
+        if self.target is None:
+            return 1.0
+        if self.spec.ema == "cosine":
+            return cosine_momentum(self.base_momentum, step, total_steps)
+        return self.base_momentum
+
     @torch.no_grad()
+    def after_step(self, tau: float | torch.Tensor) -> None:
+        """What follows an optimiser step: the target's EMA step with coefficient ``tau`` (a
+        float, or a 0-dim device tensor inside a compiled step)."""
+        if self.target is not None:
+            self.target.update(nn.Sequential(self.backbone, self.projector), tau)
+
     def update_target(self, step: int, total_steps: int) -> None:
         """EMA step of the target after an optimiser step (τ constant, or cosine τ_base → 1)."""
-        if self.target is not None:
-            tau = self.base_momentum
-            if self.spec.ema == "cosine":
-                tau = cosine_momentum(self.base_momentum, step, total_steps)
-            self.target.update(nn.Sequential(self.backbone, self.projector), tau)
+        self.after_step(self.target_tau(step, total_steps))
 
 
 def build_method(name: str, backbone: nn.Module, projector: str, **kwargs: Any) -> SSLMethod:
