@@ -6,6 +6,10 @@ cap, a float32 Gram or normalisation, a dropped refinement) applied to a tempora
 objectives excluded for time) then run against that copy, stopping at the first failure. A
 mutation is *caught* when some test fails; the table names the first. Every mutation must be
 caught; an edit whose text is no longer in the source is reported as stale (fix the list).
+A *float32-only* mutation leaves float64 input computing exactly as before (it drops the
+float64 working precision for float32 input alone); for it the float64 oracle tests
+(``tests/losses/test_oracles.py``) must also still pass, or it is reported as ``not-f32``
+(fix the mutation): so the table shows a float32 regression caught by the float32 tests.
 
     python benchmarks/mutations.py [--out results/mutations.json] [--only NAME ...]
 
@@ -32,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "manifold_ssl"
 TESTS = ["tests/losses"]
+#: float64-only tests a float32-only mutation must leave passing
+FLOAT64_TESTS = ["tests/losses/test_oracles.py"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class Mutation:
     file: str  # relative to src/manifold_ssl
     old: str
     new: str
+    float32_only: bool = False
 
 
 MUTATIONS = [
@@ -138,6 +145,43 @@ MUTATIONS = [
         'MethodSpec("byol", "predict", predictor=True, target="ema", combine="sum")',
         'MethodSpec("byol", "predict", predictor=True, target="ema")',
     ),
+    Mutation(
+        "nuclear norm: level 2 keeps only what a one-level Gram keeps",
+        "geometry/spectral.py",
+        "floor = torch.maximum(mu.amax(dim=-1, keepdim=True) * k * eps, top * (max(rows, k) * eps) ** 2)",
+        "floor = top * k * eps",
+    ),
+    Mutation(
+        "clamp: radius over m, not min(D, m)",
+        "losses/clamp.py",
+        "n_r = min(dim, m) if spec.rank_by_dim else m",
+        "n_r = m",
+    ),
+    # float32-only: float64 input computes exactly as before, so only a test that runs the
+    # objectives in float32 (against float64 truth) can catch them
+    Mutation(
+        "mmcr: float32 centroids for float32 input",
+        "losses/_common.py",
+        "z64 = z.to(torch.float64)\n        norms",
+        "z64 = z if z.dtype == torch.float32 else z.to(torch.float64)\n        norms",
+        float32_only=True,
+    ),
+    Mutation(
+        "nuclear norm: float32 Gram eigensystem for float32 input",
+        "geometry/spectral.py",
+        "out: torch.Tensor = _NuclearNorm.apply(to_float64(x), None, None)",
+        "out: torch.Tensor = _NuclearNorm.apply(\n"
+        "            x if x.dtype == torch.float32 else to_float64(x), None, None\n"
+        "        )",
+        float32_only=True,
+    ),
+    Mutation(
+        "clamp: float32 distances for float32 input",
+        "losses/clamp.py",
+        "out = _clamp(to_float64(z), r_s, spec, return_terms)",
+        "out = _clamp(z if z.dtype == torch.float32 else to_float64(z), r_s, spec, return_terms)",
+        float32_only=True,
+    ),
 ]
 
 
@@ -161,17 +205,27 @@ def run_one(m: Mutation, python: str) -> dict[str, object]:
         if not where.startswith(tmp):
             raise RuntimeError(f"the mutated copy is not the one imported: {where}")
         start = time.perf_counter()
-        proc = subprocess.run(
-            [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *TESTS],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        failed = re.findall(r"^FAILED (\S+)", proc.stdout, flags=re.M)
+
+        def pytest(tests: list[str]) -> tuple[int, list[str]]:
+            proc = subprocess.run(
+                [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            return proc.returncode, re.findall(r"^FAILED (\S+)", proc.stdout, flags=re.M)
+
+        code, failed = pytest(TESTS)
+        status = "caught" if code != 0 else "missed"
+        if m.float32_only and status == "caught":
+            code64, failed64 = pytest(FLOAT64_TESTS)
+            if code64 != 0:  # it changes float64 results too: not the regression it names
+                status, failed = "not-f32", failed64
         return {
             "mutation": m.name,
-            "status": "caught" if proc.returncode != 0 else "missed",
+            "float32_only": m.float32_only,
+            "status": status,
             "first_failure": failed[0] if failed else None,
             "seconds": time.perf_counter() - start,
         }
@@ -187,7 +241,7 @@ def main() -> None:
     for m in chosen:
         row = run_one(m, sys.executable)
         rows.append(row)
-        print(f"{row['status']:>7}  {m.name:<55} {row['first_failure'] or ''}", flush=True)
+        print(f"{row['status']:>7}  {m.name:<62} {row['first_failure'] or ''}", flush=True)
     missed = [r for r in rows if r["status"] != "caught"]
     print(f"\n{len(rows) - len(missed)} of {len(rows)} mutations caught")
     args.out.parent.mkdir(parents=True, exist_ok=True)

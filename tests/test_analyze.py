@@ -52,6 +52,10 @@ def test_analyze_of_the_default_digits_run_works_with_default_options(tmp_path):
         f"{g}/{s}" for g in ("all", "first", "last", "shuffled") for s in ("within", "across")
     } == set(gc)
     assert "gradient coherence" in (run / "analysis" / "analysis.md").read_text()
+    # issue 27.1: the encoder's layers, which the objective reaches (not the online head)
+    layers = result["gradient_coherence_layers"]
+    assert all(n.startswith("backbone.") for n in layers.values()), layers
+    assert gc["last/within"] != 0 and gc["last/across"] != 0
 
 
 def test_analyze_untrained_model_and_trained_run(tmp_path):

@@ -146,3 +146,62 @@ def test_losses_lists_plain_text(capsys):
     assert main(["losses"]) == 0
     out = capsys.readouterr().out
     assert "mmcr" in out and "``" not in out and ":func:" not in out and "See" not in out
+
+
+def _pretrain_config(monkeypatch, *argv):
+    """The config ``manifold-ssl pretrain ARGV`` would train (stopped before training)."""
+    seen = {}
+
+    def stop(cfg, **kwargs):
+        seen["cfg"] = cfg
+        raise ValueError("stopped before training")
+
+    monkeypatch.setattr("manifold_ssl.run.pretrain", stop)
+    assert main(["pretrain", *argv]) == 2
+    return seen["cfg"]
+
+
+def test_a_key_takes_its_value_after_a_space_as_argparse_flags_do(monkeypatch, capsys):
+    # issue 27.14: --train.epochs 3 took 3 for the recipe ("recipe '3' not found")
+    cfg = _pretrain_config(monkeypatch, "--train.epochs", "3")
+    assert cfg.train.epochs == 3 and cfg.data.name == "digits"
+    cfg = _pretrain_config(
+        monkeypatch, "--train.epochs", "3", "cifar10_mmcr", "--data.workers", "-1"
+    )
+    assert (cfg.train.epochs, cfg.data.name, cfg.data.workers) == (3, "cifar10", -1)
+    # a boolean key alone means true and leaves the recipe after it alone
+    cfg = _pretrain_config(monkeypatch, "--model.sync_bn", "cifar10_mmcr")
+    assert cfg.model.sync_bn is True and cfg.data.name == "cifar10"
+    assert _pretrain_config(monkeypatch, "--model.sync_bn", "false").model.sync_bn is False
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--train.epochs", "--train.seed=1"])
+    assert "--train.epochs needs a value: --train.epochs=VALUE" in capsys.readouterr().err
+    assert main(["export", "run", "--export.format", "bogus"]) == 2  # a command's own keys
+    assert "--export.format: expected one of" in capsys.readouterr().err
+
+
+def test_a_loss_keyword_is_checked_before_anything_is_built(monkeypatch, capsys, tmp_path):
+    # issue 27.14: --method.loss.nuclr=polar ended in a raw TypeError once the model was built
+    from manifold_ssl.config import apply_overrides, load_recipe
+
+    monkeypatch.setattr("manifold_ssl.run.pretrain", lambda *a, **k: pytest.fail("built"))
+    assert main(["pretrain", "--method.loss.nuclr=polar"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'method.loss.nuclr' for the mmcr loss" in err
+    assert "(did you mean 'nuclear'?)" in err and "lambd, local_views, nuclear, polar_steps" in err
+    recipe = tmp_path / "clip.yaml"
+    recipe.write_text("method: {name: clip, loss: {logit_scal: 10}}\nviews: {num_views: 1}\n")
+    with pytest.raises(
+        ValueError, match="'method.loss.logit_scal' for the clip loss.*'logit_scale'"
+    ):
+        load_recipe(str(recipe))
+    # an entry given by a dotted path keeps the recipe's other entries; a whole mapping replaces
+    clamp = load_recipe("cifar10_clamp")
+    assert clamp.method.loss == {"r_s": 7.0, "form": "official"}
+    assert apply_overrides(clamp, ["--method.loss.r_s=5"]).method.loss == {
+        "r_s": 5,
+        "form": "official",
+    }
+    assert apply_overrides(clamp, ["--method.loss={r_s: 5}"]).method.loss == {"r_s": 5}
+    with pytest.raises(ValueError, match="give method.loss whole or by entries"):
+        apply_overrides(clamp, ["--method.loss={r_s: 5}", "--method.loss.form=official"])

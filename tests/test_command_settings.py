@@ -123,3 +123,70 @@ def test_settings_from_reads_the_keys_parse_and_checks_the_whole():
     assert settings_from(LMConfig, {"text": "a.txt"}).task == "text"
     with pytest.raises(ValueError, match="task 'text' needs --text"):
         settings_from(LMConfig, {"task": "text"})
+
+
+def _every_key():
+    """(where, dotted name, settings class, field) of every key in the registry: the run's
+    config and every command's settings."""
+    from manifold_ssl.config import Config
+
+    keys = []
+    for section in dataclasses.fields(Config):
+        cls = type(getattr(Config(), section.name))
+        keys += [("config", f"{section.name}.{f.name}", cls, f) for f in dataclasses.fields(cls)]
+    for name in WITH_SETTINGS:
+        cls = _settings(name)
+        keys += [(name, f"{name}.{f.name}", cls, f) for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _documented_values(f):
+    """A key's default and the values its check lists (``one_of``, a registry's names), and
+    both booleans for a boolean key."""
+    default = cli._default_of(f)
+    values = [default, *getattr(f.metadata["check"], "options", [])]
+    if isinstance(default, bool):
+        values += [True, False]
+    return [v for i, v in enumerate(values) if all(v is not w for w in values[:i])]
+
+
+@pytest.mark.parametrize("where, dotted, cls, f", _every_key(), ids=lambda v: str(v)[:40])
+def test_every_key_reads_back_its_default_and_allowed_values(where, dotted, cls, f, tmp_path):
+    # issue 27.9: --train.wandb=off (the documented default) read as YAML 1.1's False was
+    # refused ("expects a string, got False"); an optional key must read null as None
+    from manifold_ssl._keys import check_settings, update_settings, value_text
+    from manifold_ssl.config import RECIPE_DIR, Config, read_overrides, read_packaged_yaml
+
+    check = f.metadata["check"]
+    for value in _documented_values(f):
+        if check is not None and check(value):  # a required key (export --format): no default
+            continue
+        text = value_text(value)  # as --help shows it
+        if where != "config":
+            assert check_flag(cls, f.name, text) == value, (dotted, text)
+            continue
+        section, name = dotted.split(".")
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(f"{section}:\n  {name}: {text}\n")
+        _, from_yaml = read_packaged_yaml(str(recipe), RECIPE_DIR, "recipe", [])
+        for values in (read_overrides([f"--{dotted}={text}"]), from_yaml):
+            cfg = Config()
+            update_settings(cfg, values)
+            check_settings(cfg)
+            got = getattr(getattr(cfg, section), name)
+            assert got == value and type(got) is type(value), (dotted, text, got)
+
+
+def test_a_string_key_takes_the_text_as_typed():
+    # issue 27.9: YAML 1.1 read off/no/yes as booleans, null as None, 8:32 as 512
+    from manifold_ssl.config import apply_overrides, load_recipe
+
+    base = load_recipe("digits_mmcr")
+    cfg = apply_overrides(base, ["--train.wandb=off", "--train.name=no", "--data.path=null"])
+    assert (cfg.train.wandb, cfg.train.name, cfg.data.path) == ("off", "no", None)
+    assert apply_overrides(base, ["--train.name='null'"]).train.name == "null"
+    assert apply_overrides(base, ["--train.name=8:32"]).train.name == "8:32"
+    assert apply_overrides(base, ["--optim.lr=1e-4"]).optim.lr == 1e-4
+    with pytest.raises(ValueError, match=r"train.keep_best must be one of \['none'"):
+        apply_overrides(base, ["--train.keep_best=null"])
+    assert check_flag(_settings("lm"), "task", "null") is None

@@ -92,19 +92,23 @@ def _print_results(results: dict[str, dict[str, object]]) -> None:
 
     from .evaluation.report import PROTOCOLS, transfer_line, zero_shot_line
 
-    width = max([12, *(len(name) for name in results)])
-    print(
-        f"\n{'encoder':>{width}} | {'kNN val':>8} {'kNN test':>8} | {'lin val':>8} {'lin test':>8}"
-    )
-    for name, r in results.items():
-        if name.startswith("zero_shot"):
-            continue
+    rows = {name: r for name, r in results.items() if not name.startswith("zero_shot")}
+    width = max([12, *(len(name) for name in rows)])
+    if not rows:  # a one-class (caption-only) run: no kNN or probe table, only zero-shot
+        print("\nno kNN or linear-probe table: the run's data has one class; evaluated by:")
+    else:
+        print(
+            f"\n{'encoder':>{width}} | {'kNN val':>8} {'kNN test':>8} | "
+            f"{'lin val':>8} {'lin test':>8}"
+        )
+    for name, r in rows.items():
         print(
             f"{name:>{width}} | {pct(r.get('knn_val_accuracy'))} "
             f"{pct(r.get('knn_test_accuracy'))} | "
             f"{pct(r.get('linear_val_accuracy'))} {pct(r.get('linear_test_accuracy'))}"
         )
-    print(textwrap.fill(PROTOCOLS, 99))
+    if rows:
+        print(textwrap.fill(PROTOCOLS, 99))
     if "zero_shot" in results:
         print(zero_shot_line(results["zero_shot"]))
     if "zero_shot_transfer" in results:
@@ -116,14 +120,17 @@ def _print_run(
     extra: dict[str, object],
     run_dir: Path,
     report: str = "report.md",
+    checkpoint: str = "last.pt",
 ) -> None:
+    from .run.record import RunDir
+
     _print_results(results)
     for key, value in extra.items():
         print(f"{key}: {value}")
     print(
         f"\nrun directory: {run_dir}\n  report: {run_dir / report}\n  curves: "
         f"{run_dir / 'curves.png'}\n  metrics: {run_dir / 'metrics.jsonl'}\n  checkpoint: "
-        f"{run_dir / 'checkpoints' / 'last.pt'}"
+        f"{RunDir(run_dir).checkpoint_file(checkpoint)}"
     )
 
 
@@ -148,19 +155,22 @@ def _run_config(args: argparse.Namespace) -> Config:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .run import evaluate_run, final_percent_error, pretrain
+    from .training.checkpoint import resume_command
     from .training.distributed import resolve_device, teardown_distributed
 
     cfg = _run_config(args)
-    if not args.no_eval:  # evaluation after training prompts a multimodal method
+    if not args.no_eval:  # what the evaluation after training needs, checked before it trains
         from .run.build import check_zero_shot_words
+        from .run.evaluate import check_zero_shot_transfer
 
         check_zero_shot_words(cfg)
+        check_zero_shot_transfer(cfg)
     result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
     ctx = result.ctx
     if result.status != "finished" and ctx.is_main:
         print(
             f"stopped ({result.status}) at step {result.step}; resume with: "
-            f"manifold-ssl pretrain --resume {result.run_dir}"
+            f"{resume_command(result.run_dir)}"
         )
     # a group the caller made (pretrain ends its own): what follows runs on rank 0 alone, and a
     # synchronised layer must not wait there for ranks that have returned
@@ -180,9 +190,16 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         "steps": result.step,
         "final percent error": final_percent_error(result.run_dir),
     }
-    results = evaluate_run(
-        cfg, result.method, result.splits, result.run_dir, device, extra, not args.quiet
-    )
+    try:
+        results = evaluate_run(
+            cfg, result.method, result.splits, result.run_dir, device, extra, not args.quiet
+        )
+    except (ValueError, OSError) as err:  # the trained run is kept: say how to finish it
+        raise ValueError(
+            f"{_one_line(err)}; the trained run is kept: finish its evaluation with "
+            f"manifold-ssl evaluate {result.run_dir} (--eval.* to correct a setting, "
+            "e.g. --eval.zero_shot_path=...)"
+        ) from err
     _print_run(results, extra, result.run_dir)
     return 0
 
@@ -215,14 +232,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             "dataset": cfg.data.name,
             "steps": state["step"],
             "checkpoint": args.checkpoint,
-            "final percent error": final_percent_error(run_dir),
+            "final percent error": final_percent_error(run_dir, int(state["step"])),
         }
         if overrides:
             extra["evaluation overrides"] = " ".join(overrides)
         results = evaluate_run(
             cfg, method, splits, run_dir, device, extra, not args.quiet, overrides, args.checkpoint
         )
-    _print_run(results, extra, run_dir, f"{result_stem('report', overrides, args.checkpoint)}.md")
+    report = f"{result_stem('report', overrides, args.checkpoint)}.md"
+    _print_run(results, extra, run_dir, report, args.checkpoint)
     return 0
 
 
@@ -248,10 +266,11 @@ def _analyze_history(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.path) / "analysis" / "history"
     rows = analyze_history(args.path, args.checkpoints, out)
     keys = ("percent_error", "effective_rank", "capacity", "knn_accuracy")
-    print(f"{'checkpoint':>16} {'epoch':>6} " + " ".join(f"{k:>15}" for k in keys))
+    print(f"{'checkpoint':>16} {'step':>7} {'epoch':>6} " + " ".join(f"{k:>15}" for k in keys))
     for r in rows:
         values = " ".join(f"{r.get(f'probe/{k}', float('nan')):15.4g}" for k in keys)
-        print(f"{r['checkpoint']:>16} {r['epoch']:>6} {values}")
+        name = "=".join([r["checkpoint"], *r["same_as"]])  # one file's names
+        print(f"{name:>16} {r['step']:>7} {r['epoch']:>6} {values}")
     print(f"history: {out / 'history.json'}\nfigures: {out / 'probes.png'}")
     return 0
 
@@ -286,6 +305,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     spec = load_spec(args.spec, args.grid)
     out = Path(args.out or Path("sweeps") / Path(args.spec).stem)
+    if args.list:
+        from .experiments.sweep import trial_table
+
+        rows = trial_table(spec, out)
+        print(f"{len(rows)} trials of {args.spec} in {out / 'trials'} (directory, status, grid):")
+        for row in rows:
+            values = " ".join(f"{k}={v}" for k, v in row.items() if k not in ("trial", "status"))
+            print(f"  {row['trial']}  {row['status']:<8} {values}")
+        return 0
     slurm = {
         "partition": args.partition,
         "time": args.time,
@@ -475,6 +503,12 @@ COMMANDS: dict[str, Command] = {
                 "repeatable",
             ),
             _arg("--out", help="sweep directory (default sweeps/<spec name>)"),
+            _arg(
+                "--list",
+                action="store_true",
+                help="print each trial (its directory under DIR/trials, status and grid "
+                "values) and exit without running any",
+            ),
             _arg("--workers", type=_positive_int, default=1, help="local parallel trials"),
             _arg("--launcher", choices=["local", "slurm"], default="local"),
             _arg("--partition", help="slurm partition"),
@@ -639,6 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, OSError, ImportError) as err:
             print(f"manifold-ssl openclip: error: {_one_line(err)}", file=sys.stderr)
             return 2
+    argv = _joined(argv, parser)
     # --section.key=value overrides are taken out first: argparse mistakes values with spaces
     # ("--eval.semi_supervised=[0.01, 0.1]") for positionals
     overrides = [a for a in argv if re.match(r"^--[A-Za-z_]+\.[A-Za-z_.]+=", a)]
@@ -664,6 +699,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as err:  # a non-finite loss: the run kept its last checkpoint
         print(f"manifold-ssl {args.command}: error: {err}", file=sys.stderr)
         return 1
+
+
+_DOTTED = re.compile(r"--[A-Za-z_]+\.[A-Za-z_.]+")
+
+
+def _joined(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``--section.key VALUE`` as ``--section.key=VALUE``, as argparse reads ``--flag VALUE``:
+    a dotted key (never one of argparse's own options) takes the next argument as its value,
+    so a recipe or run directory after it is never taken for one; a boolean key alone, or
+    before anything but true/false, means true (``--model.sync_bn cifar10_mmcr``). A key
+    with no value is refused, showing the ``=`` form."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg, after = argv[i], argv[i + 1] if i + 1 < len(argv) else None
+        i += 1
+        if not _DOTTED.fullmatch(arg):
+            out.append(arg)
+            continue
+        if _annotation(arg[2:], argv[0]) is bool:
+            given = after is not None and after.lower() in ("true", "false")
+            out.append(f"{arg}={after if given else 'true'}")
+            i += int(given)
+        elif after is None or after.startswith("--"):
+            parser.error(f"{arg} needs a value: {arg}=VALUE (or {arg} VALUE)")
+        else:
+            out.append(f"{arg}={after}")
+            i += 1
+    return out
+
+
+def _annotation(dotted: str, command: str) -> Any:
+    """The type of the key ``dotted`` (``section.key``) as ``command`` reads it (its own
+    settings, or the run's config), or None where there is no such key."""
+    import typing
+
+    section, _, name = dotted.partition(".")
+    if command in COMMANDS and COMMANDS[command].settings and section == command:
+        cls: Any = _settings_class(COMMANDS[command])
+    else:
+        from .config import Config
+
+        cls = typing.get_type_hints(Config).get(section)
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return None
+    return typing.get_type_hints(cls).get(name)
 
 
 def _one_line(err: BaseException) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import importlib
 import math
 import os
@@ -22,17 +23,20 @@ import yaml
 
 from ._keys import (
     Check,
+    Entries,
+    OneOf,
+    Text,
     above,
     at_least,
     between,
     check_settings,
     device_name,
+    dump_yaml,
     key,
     list_of,
+    load_yaml,
     one_of,
-    parse_text,
     settings_help,
-    suggest,
     update_settings,
 )
 from .evaluation.settings import EvalConfig
@@ -47,6 +51,7 @@ __all__ = [
     "effective_lr",
     "list_recipes",
     "load_recipe",
+    "read_overrides",
 ]
 
 RECIPE_DIR = Path(__file__).resolve().parent / "configs"
@@ -58,11 +63,7 @@ RECIPE_DIR = Path(__file__).resolve().parent / "configs"
 def registered(module: str, table: str) -> Check:
     """One of the names of a registry, looked up when checked (no import at definition)."""
 
-    def check(v: str) -> str | None:
-        names = sorted(getattr(importlib.import_module(module), table))
-        return None if v in names else f"one of {names}{suggest(v, names)}"
-
-    return check
+    return OneOf(lambda: sorted(getattr(importlib.import_module(module), table)), close=True)
 
 
 def _backbone_name(v: str) -> str | None:
@@ -71,22 +72,40 @@ def _backbone_name(v: str) -> str | None:
     return backbone_problem(v)
 
 
-def _method_name(v: str) -> str | None:
+def _method_names() -> list[str]:
     from .methods import METHODS, MULTIMODAL
 
-    names = sorted({*METHODS, *MULTIMODAL})
-    return None if v in names else f"one of {names}{suggest(v, names)}"
+    return sorted({*METHODS, *MULTIMODAL})
+
+
+_method_name = OneOf(_method_names, close=True)
+
+
+def _data_path_problem(v: object) -> str | None:
+    from .data.paths import path_problem
+
+    return path_problem(v)
+
+
+def _read_data_path(text: str) -> Any:
+    from .data.paths import read_path
+
+    return read_path(text)
 
 
 @dataclass
 class DataConfig:
     name: str = key("digits", "dataset", registered("manifold_ssl.data.datasets", "DATASETS"))
     root: str = key("data", "folder of raw files and the decoded tensor cache")
-    path: str | None = key(
+    path: str | dict[str, str] | None = key(
         None,
         "imagefolder: a folder or .tar(.gz) of <split>/<class>/<image>; webdataset: a shard "
         "pattern with {split}, e.g. shards/{split}-{000000..000099}.tar, local or remote "
-        "(https://host/{split}-{000000..000099}.tar, 'pipe:aws s3 cp s3://b/{split}-{0..9}.tar -')",
+        "(https://host/{split}-{000000..000099}.tar, 'pipe:aws s3 cp s3://b/{split}-{0..9}.tar -'), "
+        "or a mapping from split to pattern ('{train: tr-{0000..1023}.tar, test: te-{0..7}.tar}'); "
+        "splits that read the same files are refused",
+        lambda v: _data_path_problem(v),
+        parse=lambda text: _read_data_path(text),
     )
     loader: str = key(
         "auto",
@@ -133,17 +152,32 @@ class DataConfig:
         at_least(1),
     )
     shuffle_buffer: int = key(1000, "resampled: samples each stream shuffles among", at_least(1))
+    shuffle_initial: int = key(
+        100,
+        "resampled: samples a stream's buffer holds before it gives its first (then it grows "
+        "to shuffle_buffer, reading two samples for each one it gives)",
+        at_least(1),
+    )
+    eval_shards: int = key(
+        16,
+        "remote data.path without data.eval_path: training shards (a seeded choice) fetched "
+        "once into <root>/cache/shards for the labelled training images of the evaluation, "
+        "monitor and probes (0: every training shard); the test split's shards are all fetched",
+        at_least(0),
+    )
     shard_errors: str = key(
         "raise",
-        "resampled: a shard that cannot be read stops the run (raise) or is skipped, warned "
-        "and counted (skip)",
+        "resampled: a shard that cannot be read (or is truncated) stops the run (raise) or is "
+        "skipped, reported and counted (skip); the same for the evaluation's one-time fetch",
         one_of("raise", "skip"),
     )
-    eval_path: str | None = key(
+    eval_path: str | dict[str, str] | None = key(
         None,
-        "remote data.path: a local copy the evaluation and monitors read by random access "
-        "(null: the shards of the train and test splits are fetched once into "
-        "<root>/cache/shards)",
+        "remote data.path: a local copy the evaluation and monitors read by random access, a "
+        "pattern or a mapping as data.path (null: the test split's shards and data.eval_shards "
+        "training shards are fetched once into <root>/cache/shards)",
+        lambda v: _data_path_problem(v),
+        parse=lambda text: _read_data_path(text),
     )
     val_fraction: float = key(
         0.1,
@@ -270,7 +304,19 @@ class TrainConfig:
     amp: bool = key(True, "bf16 autocast on CUDA (spectra stay float64); see amp_cpu")
     amp_cpu: bool = key(False, "bf16 autocast on the CPU too (slow on most CPUs; for tests)")
     channels_last: bool = key(False, "views and weights in channels-last memory (faster convs)")
-    compile: bool = key(False, "torch.compile the model (the first steps compile)")
+    compile: bool | str = key(
+        False,
+        "torch.compile: true (the model, in place) | step (the whole step as one graph: "
+        "forward, backward, optimiser, EMA, online head; a CUDA graph on CUDA; one process) "
+        "| false",
+        lambda v: None if v is True or v is False or v == "step" else "true, false or step",
+        parse=lambda text: {"true": True, "false": False}.get(text.strip().lower(), text),
+    )
+    compile_backend: str = key(
+        "inductor",
+        "train.compile's backend: inductor | aot_eager (the graph without a compiler)",
+        one_of("inductor", "aot_eager"),
+    )
     num_threads: int = key(0, "torch CPU threads (0: leave as is)", at_least(0))
     log_every: int = key(10, "steps between metric lines", at_least(1))
     knn_every: int = key(
@@ -356,7 +402,16 @@ def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Conf
 
 def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
     """Apply ``["section.key=value", ...]`` (a leading ``--`` is allowed)."""
-    nested: dict[str, Any] = {}
+    return config_from_dict(read_overrides(overrides), cfg)
+
+
+def read_overrides(overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """``["section.key=value", ...]`` as the nested values :func:`config_from_dict` takes.
+    Each value is the text as typed, read by its key's type when set
+    (:func:`manifold_ssl._keys.read_text`: a string key takes it as it is, ``off`` too); a
+    dotted path into a mapping key (``method.loss.nuclear=polar``) sets that entry and keeps
+    the others."""
+    nested = Entries()
     for item in overrides:
         text = item[2:] if item.startswith("--") else item
         if "=" not in text:
@@ -366,10 +421,16 @@ def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
         if len(parts) < 2:
             raise ValueError(f"override {item!r} must name a section, e.g. --optim.lr=0.1")
         node = nested
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = parse_text(value)
-    return config_from_dict(nested, cfg)
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, Entries())
+            if not isinstance(node, Entries):
+                given = ".".join(parts[: i + 1])
+                raise ValueError(
+                    f"override {item!r} sets an entry of {given}, given whole by another "
+                    f"override: give {given} whole or by entries, not both"
+                )
+        node[parts[-1]] = Text(value)
+    return nested
 
 
 def list_recipes() -> list[str]:
@@ -392,7 +453,7 @@ def read_packaged_yaml(
             f"{what} {name_or_path!r} not found; expected a YAML path or one of {available}"
         )
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{what} {path} is not valid YAML: {err}") from None
     if not isinstance(values, dict):
@@ -475,6 +536,7 @@ def validate(cfg: Config) -> None:
                 f"method {cfg.method.name} takes exactly 2 views: set views.num_views to 2, "
                 f"got {cfg.views.num_views}"
             )
+    _check_loss_keys(cfg.method.name, cfg.method.loss)
     if cfg.text.width % cfg.text.heads:
         raise ValueError(
             f"text.width {cfg.text.width} must be divisible by text.heads {cfg.text.heads}"
@@ -494,6 +556,31 @@ def validate(cfg: Config) -> None:
         )
 
 
+def _check_loss_keys(method: str, values: dict[str, Any]) -> None:
+    """``method.loss``'s keys against the keywords of the method's objective (its class's
+    constructor in the loss registry, :data:`manifold_ssl.losses.LOSSES`), before anything is
+    built; an unknown one is named with the closest keywords, as any unknown key is."""
+    import inspect
+
+    from .losses import LOSSES
+    from .methods import METHODS, MULTIMODAL
+
+    name = METHODS[method].loss if method in METHODS else MULTIMODAL[method]
+    cls = LOSSES[name]
+    params = inspect.signature(cls).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    keywords = sorted(p.name for p in params if p.kind is not p.VAR_POSITIONAL)
+    for given in values:
+        if given not in keywords:
+            close = difflib.get_close_matches(str(given), keywords, n=3)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise ValueError(
+                f"unknown config key 'method.loss.{given}' for the {name} loss "
+                f"({cls.__name__}){hint}; its keys: {', '.join(keywords) or 'none'}"
+            )
+
+
 def resampled(cfg: Config) -> bool:
     """Whether the pretraining batches come from the resampled shard reader."""
     from .data.remote import is_remote
@@ -506,6 +593,16 @@ def _check_resampled(cfg: Config, multimodal: bool) -> None:
     from .data.remote import is_remote
 
     d = cfg.data
+    if d.test_split == "train":
+        raise ValueError(
+            "data.test_split=train would measure the final numbers on the training images: "
+            "name another split (test, val)"
+        )
+    if isinstance(d.path, dict) and d.name != "webdataset":
+        raise ValueError(
+            f"data.path as a mapping from split to pattern is for webdataset shards; {d.name} "
+            "takes one path (imagefolder: <path>/<split>/<class>/<image>)"
+        )
     if is_remote(d.path) and d.name != "webdataset":
         raise ValueError(f"data.path {d.path!r} is remote: data.name must be webdataset")
     if is_remote(d.path) and d.loader in ("memory", "stream"):
@@ -541,7 +638,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
     """Write ``cfg`` as a run's ``config.yaml`` (atomically): :func:`read_run_config` reads it."""
     from ._atomic import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    atomic_write_text(path, dump_yaml(config_to_dict(cfg), sort_keys=False))
 
 
 def read_run_config(run_dir: str | Path, without: Iterable[str] = ()) -> Config:
@@ -551,7 +648,7 @@ def read_run_config(run_dir: str | Path, without: Iterable[str] = ()) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
-    saved = yaml.safe_load(path.read_text()) or {}
+    saved = load_yaml(path.read_text()) or {}
     for dotted in without:
         section, _, key = dotted.partition(".")
         saved.get(section, {}).pop(key, None)

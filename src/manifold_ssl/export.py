@@ -9,7 +9,9 @@
 * ``open_clip``: a multimodal run's image and text towers as an OpenCLIP ``CustomTextCLIP``
   (a ``timm:<name>`` image tower with a linear projection, OpenCLIP's text transformer), with
   its model config ``NAME.json`` beside ``NAME.pt``: ``open_clip.add_model_config`` of that
-  file, then ``open_clip.create_model_and_transforms(NAME, pretrained=NAME.pt)``.
+  file, then ``open_clip.create_model_and_transforms(NAME, pretrained=NAME.pt, image_mean=…,
+  image_std=…, image_interpolation="bilinear")`` with the run's view of an image (the
+  checkpoint's ``preprocess``), so that OpenCLIP's ``preprocess`` is the run's.
 
 A backbone from the same library is written as it is. ResNets cross over: torchvision's and
 timm's ResNets share their key names, and the ResNets written here map onto them at width 64
@@ -91,15 +93,20 @@ def export_state(
     model_state: dict[str, torch.Tensor],
     fmt: str,
     built: dict[str, Any] | None = None,
+    preprocess: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``(state_dict, spec)`` of the backbone in ``model_state`` (an ``SSLMethod`` state dict)
     in format ``fmt``; ``spec`` says how to build the model that loads it. ``built``: the
     library backbone's own record of its constructor keywords (a checkpoint's ``backbone``,
-    holding a ViT's ``img_size``), else ``model.kwargs``."""
+    holding a ViT's ``img_size``), else ``model.kwargs``. ``preprocess``: the run's
+    evaluation view (a checkpoint's ``preprocess``, :func:`manifold_ssl.run.build.eval_preprocess`),
+    which ``open_clip`` needs."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
     if fmt == "open_clip":
-        return open_clip_state(cfg, model_state, built)
+        if preprocess is None:
+            raise ValueError("--format open_clip needs the run's evaluation view (preprocess)")
+        return open_clip_state(cfg, model_state, preprocess, built)
     state = _backbone_state(model_state)
     if not state:
         raise ValueError("the checkpoint holds no backbone weights (keys backbone.*)")
@@ -139,14 +146,24 @@ def export_state(
 
 
 def open_clip_state(
-    cfg: Config, model_state: dict[str, torch.Tensor], built: dict[str, Any] | None = None
+    cfg: Config,
+    model_state: dict[str, torch.Tensor],
+    preprocess: dict[str, Any],
+    built: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A multimodal run's towers as an OpenCLIP ``CustomTextCLIP`` state dict (``visual.trunk``
     the timm model, ``visual.head.proj`` the projection, ``text`` the text transformer as it is,
     ``logit_scale`` the learned one, or CLIP's initial 1/0.07 for MMCR, which has none) and, as
     ``spec["model_config"]``, the OpenCLIP model config that builds it. Needs a ``timm:<name>``
     image tower built with the model's defaults (3 input channels, no CIFAR stem, no
-    ``model.kwargs``) and a one-layer projector (``model.projector: "D"``)."""
+    ``model.kwargs``) and a one-layer projector (``model.projector: "D"``).
+
+    ``preprocess`` (the run's evaluation view: size, crop fraction, statistics) becomes
+    ``spec["preprocess_cfg"]``, OpenCLIP's names for it, which the load lines pass to
+    ``create_model_and_transforms`` (``image_mean``, ``image_std``, ``image_interpolation``,
+    ``image_resize_mode``): OpenCLIP's default are CLIP's ImageNet statistics and bicubic
+    resizing, not the run's. (OpenCLIP 3 reads a ``preprocess_cfg`` only from a hub or
+    ``local-dir:`` config; in a config given to ``add_model_config`` it is an error.)"""
     from .methods import MULTIMODAL
 
     name, projector = cfg.model.backbone, cfg.model.projector
@@ -199,7 +216,7 @@ def open_clip_state(
             "timm_pool": getattr(pool, "pool_type", pool),
             "timm_proj": "linear",
             "timm_proj_bias": True,
-            "image_size": cfg.data.image_size or 224,
+            "image_size": int(preprocess["size"]),
         },
         "text_cfg": {
             "context_length": t.context_length,
@@ -209,7 +226,20 @@ def open_clip_state(
             "layers": t.layers,
         },
     }
-    spec = {"format": "open_clip", "backbone": name, "library": "open_clip", "name": model_name}
+    spec = {
+        "format": "open_clip",
+        "backbone": name,
+        "library": "open_clip",
+        "name": model_name,
+        "preprocess_cfg": {
+            "size": int(preprocess["size"]),
+            "mean": [float(v) for v in preprocess["mean"]],
+            "std": [float(v) for v in preprocess["std"]],
+            "interpolation": preprocess["interpolation"],
+            "resize_mode": "shortest",
+        },
+        "crop_fraction": float(preprocess["crop_fraction"]),
+    }
     return {"state_dict": state, "spec": spec | {"model_config": model_config}}
 
 
@@ -225,12 +255,7 @@ def _first_conv(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
 
 def _snippet(spec: dict[str, Any], file: str) -> str:
     if spec["library"] == "open_clip":
-        name = Path(file).stem
-        return (
-            f"import open_clip\nopen_clip.add_model_config({spec['model_config']!r})\n"
-            f"model, _, preprocess = open_clip.create_model_and_transforms({name!r}, "
-            f"pretrained={file!r})\ntokenizer = open_clip.get_tokenizer({name!r})"
-        )
+        return _open_clip_snippet(spec, file)
     kwargs = dict(spec["kwargs"])
     if spec["library"] == "timm" and spec["in_channels"] not in (None, 3):
         kwargs["in_chans"] = spec["in_channels"]
@@ -258,6 +283,33 @@ def _snippet(spec: dict[str, Any], file: str) -> str:
     )
 
 
+def _open_clip_snippet(spec: dict[str, Any], file: str) -> str:
+    """The lines that load an ``open_clip`` export, with the run's evaluation view as
+    ``preprocess``: OpenCLIP's transforms given the run's statistics and interpolation, or,
+    where the run crops a central fraction (``data.crop_fraction`` < 1, which OpenCLIP's
+    transforms cannot), the run's view in torchvision's transforms."""
+    name, pp = Path(file).stem, spec["preprocess_cfg"]
+    mean, std = tuple(pp["mean"]), tuple(pp["std"])
+    lines = [
+        "import open_clip",
+        f"open_clip.add_model_config({spec['model_config']!r})",
+        f"model, _, preprocess = open_clip.create_model_and_transforms({name!r}, "
+        f"pretrained={file!r}, image_mean={mean!r}, image_std={std!r}, "
+        f"image_interpolation={pp['interpolation']!r}, image_resize_mode={pp['resize_mode']!r})",
+        f"tokenizer = open_clip.get_tokenizer({name!r})",
+    ]
+    crop = spec["crop_fraction"]
+    if crop != 1.0:  # shorter side to size / crop_fraction, then the central size x size
+        short = round(pp["size"] / crop)
+        lines += [
+            f"from torchvision import transforms as T  # the run's view crops the central {crop:g}",
+            f"preprocess = T.Compose([T.Resize({short}, T.InterpolationMode.BILINEAR), "
+            f"T.CenterCrop({pp['size']}), T.Lambda(lambda image: image.convert('RGB')), "
+            f"T.ToTensor(), T.Normalize({mean!r}, {std!r})])",
+        ]
+    return "\n".join(lines)
+
+
 def export_backbone(
     source: str | Path,
     fmt: str,
@@ -271,7 +323,7 @@ def export_backbone(
     ``overwrite``, and never anything but a regular file (a device, a link). ``checkpoint``:
     which of a run directory's kept checkpoints (``last``, ``best``, ``epoch-<N>``)."""
     src = Path(source)
-    ckpt = RunDir(src).checkpoint_file(checkpoint) if src.is_dir() else src
+    ckpt = RunDir(src).existing_checkpoint(checkpoint) if src.is_dir() else src
     if not ckpt.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt} (export takes a run directory or a .pt)")
     out = _export_target(Path(out), src, fmt, overwrite)
@@ -282,7 +334,10 @@ def export_backbone(
     else:
         state = load_checkpoint(ckpt)
         cfg = config_from_dict(state["config"])
-    result = export_state(cfg, state["model"], fmt, state.get("backbone"))
+    preprocess = state.get("preprocess")
+    if fmt == "open_clip" and preprocess is None:  # a checkpoint written before it was kept
+        preprocess = _preprocess_from_data(cfg, ckpt)
+    result = export_state(cfg, state["model"], fmt, state.get("backbone"), preprocess)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(result["state_dict"], out)
     spec = {**result["spec"], "source": str(ckpt), "step": state.get("step")}
@@ -293,6 +348,22 @@ def export_backbone(
     spec["load"] = _snippet(spec, str(out))
     atomic_write_text(out.with_name(out.name + ".json"), json.dumps(spec, indent=2) + "\n")
     return out
+
+
+def _preprocess_from_data(cfg: Config, ckpt: Path) -> dict[str, Any]:
+    """The evaluation view of a run whose checkpoint does not record it: measured on the
+    run's data, as its evaluation does."""
+    from .run.build import eval_preprocess, splits_of
+
+    try:
+        splits = splits_of(cfg)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{ckpt} does not record the run's image statistics (a checkpoint from before "
+            f"they were kept), and its data (data.name={cfg.data.name}, "
+            f"data.path={cfg.data.path}) cannot be read to measure them: {err}"
+        ) from err
+    return eval_preprocess(cfg, splits)
 
 
 def _export_target(out: Path, src: Path, fmt: str, overwrite: bool) -> Path:

@@ -222,3 +222,43 @@ def test_the_speedrun_sweep_is_every_method_at_one_budget():
     assert len(trials) == 6 * 3
     assert {t.cfg.train.time_budget_s for t in trials} == {600}
     assert len({t.cfg.method.name for t in trials}) == 6
+
+
+def test_clamp_dynamics_are_drawn_against_the_step_with_integer_ticks(tmp_path, monkeypatch):
+    # issue 27.17b/c: steps 0 and 9 were both drawn at epoch 0, without a title; step ticks at
+    # fractions (2.5)
+    from matplotlib.figure import Figure
+
+    from manifold_ssl.experiments.plots import plot_probe_records
+
+    saved: dict[str, Figure] = {}
+    original = Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):
+        saved[Path(path).name] = fig
+        return original(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    steps = [0, 1, 2, 3]  # one epoch of 10 steps: every probe is at epoch 0
+    probes = [
+        {
+            "step": s,
+            "epoch": 0,
+            "probe/seconds": 0.1,
+            "probe/neighbours": 10.0 - s,
+            "probe/size": 1.0 + s,
+            "probe/coherence/all/within": 0.5,
+            "probe/coherence/all/across": 0.2,
+        }
+        for s in steps
+    ]
+    plot_probe_records(tmp_path, probes, tmp_path / "out")
+    fig = saved["clamp_dynamics.png"]
+    assert "CLAMP" in fig._suptitle.get_text()
+    for ax in fig.axes[:2]:
+        assert list(ax.lines[0].get_xdata()) == steps and ax.get_xlabel() == "training step"
+    for name in ("clamp_dynamics.png", "probes.png", "coherence.png"):
+        for ax in saved[name].axes:
+            if ax.get_xlabel() == "training step":
+                ticks = ax.xaxis.get_major_locator()()
+                assert all(float(t).is_integer() for t in ticks), (name, ticks)

@@ -282,3 +282,80 @@ def test_a_trial_stopped_by_its_time_budget_is_done(tmp_path):
     spec.overrides["train.time_budget_s"] = 1e-6
     (row,) = run_sweep(spec, out, progress=False)
     assert row["status"] == "done" and row["steps"] == 1
+
+
+def test_a_sweep_whose_trials_all_fail_alike_stops_after_two(tmp_path):
+    # issue 27.15: with no data, 18 trials failed one by one on the same error. Here every
+    # trial's batch exceeds the data: the first two (which differ in every grid value) fail
+    # at start with one error, and no other trial is started
+    out = tmp_path / "sweep"
+    spec = load_spec(str(_spec(tmp_path, steps=2, grid={"D": [8, 16]})), ["seed=0,1"])
+    spec.overrides["train.batch_size"] = 4096
+    match = "differ in every grid value.*train.batch_size 4096.*2 trial.s. run, 2 not started"
+    with pytest.raises(ValueError, match=match):
+        run_sweep(spec, out, progress=False)
+    assert sweep_status(out) == {"done": 0, "partial": 0, "failed": 2, "pending": 2}
+    failed = {p.stem for p in (out / "trials").glob("*.error")}
+    points = [json.loads((out / "trials" / f"{k}.json").read_text())["point"] for k in failed]
+    assert {(p["D"], p["seed"]) for p in points} == {(8, 0), (16, 1)}
+
+
+def test_a_failure_that_depends_on_a_grid_value_does_not_stop_the_sweep(tmp_path):
+    # the first trial's partner differs from it in P as well, so it runs; every trial runs
+    out = tmp_path / "sweep"
+    spec = load_spec(str(_spec(tmp_path, steps=2, grid={"P": [4096, 16], "D": [8, 16]})))
+    rows = run_sweep(spec, out, progress=False)
+    assert sorted((r["P"], r["D"], r["status"]) for r in rows) == [
+        (16, 8, "done"),
+        (16, 16, "done"),
+        (4096, 8, "failed"),
+        (4096, 16, "failed"),
+    ]
+
+
+def test_sweep_list_prints_every_trial_without_running_any(tmp_path, capsys):
+    from manifold_ssl.cli import main
+
+    out = tmp_path / "sweep"
+    spec = str(_spec(tmp_path))
+    assert main(["sweep", spec, "--out", str(out), "--grid", "seed=0,1", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"8 trials of {spec} in {out / 'trials'}")
+    keys = [t.key for t in expand(load_spec(spec, ["seed=0,1"]))]
+    assert [ln.split()[:2] for ln in lines[1:]] == [[k, "pending"] for k in keys]
+    assert lines[-1].split()[2:] == ["D=16", "P=32", "seed=1"]  # the spec's axes, then seed
+    assert not out.exists()
+
+
+def test_the_sweep_bar_counts_done_failed_and_interrupted_trials_apart(monkeypatch):
+    # issue 27.17: the bar counted every trial that ended, interrupted ones too, as done
+    import manifold_ssl.experiments.sweep as sweep_module
+
+    bars = []
+
+    def bar(**kwargs):
+        import io
+
+        from tqdm import tqdm
+
+        bars.append(tqdm(**kwargs, file=io.StringIO()))
+        return bars[-1]
+
+    statuses = iter(["done", "failed", "done", "partial", "done"])
+    monkeypatch.setattr(sweep_module, "tqdm", bar)
+    monkeypatch.setattr(sweep_module, "_attempt", lambda *args: next(statuses))
+    todo = [({}, str(Path("/nonexistent") / str(i)), False) for i in range(5)]
+    # an interrupted trial (Ctrl-C in this process) stops the sweep: the last is not started
+    with pytest.raises(KeyboardInterrupt):
+        sweep_module._run_local(todo, 1, progress=True)
+    (b,) = bars
+    assert b.n == 2 and b.total == 5
+    assert b.postfix == "failed=1, interrupted=1"
+    assert next(statuses) == "done"
+
+
+def test_grid_values_are_read_as_the_keys_are(tmp_path):
+    # issue 27.9: --grid train.wandb=off,offline read off as YAML 1.1's False
+    spec = load_spec(str(_spec(tmp_path)), ["train.wandb=off,offline", "optim.lr=1e-4"])
+    assert spec.grid["train.wandb"] == ["off", "offline"] and spec.grid["optim.lr"] == [1e-4]
+    assert {t.cfg.train.wandb for t in expand(spec)} == {"off", "offline"}

@@ -8,7 +8,7 @@ import torch
 
 from manifold_ssl.dispatch import DispatchCounter
 from manifold_ssl.geometry import nuclear_norm_polar
-from manifold_ssl.geometry.polar import DEFAULT_POLAR_STEPS, polar_threshold
+from manifold_ssl.geometry.polar import DEFAULT_POLAR_STEPS, polar_steps_for, polar_threshold
 
 f64 = torch.float64
 
@@ -84,6 +84,67 @@ def test_weak_directions_get_the_documented_weight(steps, gen):
     assert (weights[resolved] > 1 - 1e-6).all()
     # the value loses at most the unresolved singular values themselves
     assert 0 <= s.sum() - value <= s[~resolved].sum()
+
+
+def _at_the_edge(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 512×512 float64 matrix at the documented edge, and its singular values: ``flat``, all
+    but one singular value at σ_max and one at 10⁻⁴·σ_max (``c = (Σσ⁴)^{1/4}`` at its largest,
+    ~k^{1/4}·σ_max, the weak direction at its smallest σ/c); ``half``, 256 at σ_max and 256 at
+    10⁻⁴·σ_max (as many directions at the edge as there are strong ones)."""
+    k = 512
+    weak = 1 if kind == "flat" else k // 2
+    s = torch.cat([torch.ones(k - weak, dtype=f64), torch.full((weak,), 1e-4, dtype=f64)])
+    u, _ = torch.linalg.qr(torch.randn(k, k, generator=gen, dtype=f64))
+    v, _ = torch.linalg.qr(torch.randn(k, k, generator=gen, dtype=f64))
+    return (u * s) @ v.T, s
+
+
+@pytest.mark.parametrize("kind", ["flat", "half"])
+def test_the_documented_range_holds_at_k_512(kind, gen):
+    # every σ >= 1e-4·σ_max converges (weight > 1 − 1e-6) for any k <= 512 at the default steps;
+    # in float64 the weights are the scalar map's, so this checks the step count's maths
+    x, s = _at_the_edge(kind, gen)
+    value, grad = value_and_grad(x)
+    u, sv, vh = torch.linalg.svd(x, full_matrices=False)
+    weights = torch.diagonal(u.T @ grad @ vh.T)
+    assert float(weights.min()) > 1 - 1e-6
+    assert float(s.min() / (s**4).sum() ** 0.25) >= polar_threshold()  # as polar_threshold says
+    # the value loses σᵢ·(1 − weight) < 1e-6·σᵢ of the weak ones, beside float64's rounding
+    lost = float(sv.sum() - value.detach())
+    assert abs(lost) <= 1e-6 * float(sv[sv < 1e-3].sum()) + 1e-12 * float(sv.sum())
+    # one step fewer than the rule gives does not reach it for the flat spectrum (k = 512 is
+    # the edge): 30 steps held only to k <= 464
+    if kind == "flat":
+        _, grad = value_and_grad(x, DEFAULT_POLAR_STEPS - 1)
+        assert float(torch.diagonal(u.T @ grad @ vh.T).min()) < 1 - 1e-6
+
+
+@pytest.mark.parametrize("kind", ["flat", "half"])
+def test_float32_rounding_at_k_512_within_its_bounds(kind, gen):
+    x, _ = _at_the_edge(kind, gen)
+    x = x.float()
+    value, grad = value_and_grad(x)
+    expected, polar = truth(x)
+    s = torch.linalg.svdvals(x.double())
+    eps = torch.finfo(torch.float32).eps
+    # value: Q's singular values and the float32 sum Σ Q∘X each rounded by ~ε₃₂ (module docstring)
+    assert abs(value.double() - expected) / expected < 2.5 * eps
+    # gradient: each direction of relative size s_i = σ_i/c is turned by at most ~ε₃₂/s_i
+    scaled = s / (s**4).sum() ** 0.25
+    bound = eps * float(((1 / scaled**2).sum() / len(s)) ** 0.5)
+    assert (grad.double() - polar).norm() / polar.norm() < bound
+
+
+def test_polar_steps_for_checks_its_arguments():
+    assert DEFAULT_POLAR_STEPS == polar_steps_for(1e-4, 512)
+    assert polar_steps_for(1e-4, 464) == 30 and polar_steps_for(1e-4, 465) == 31
+    for steps in (10, 31, 60):  # the rule inverts polar_threshold
+        ratio = polar_threshold(steps) * 16**0.25
+        assert polar_steps_for(ratio * 1.001, 16) == steps
+    with pytest.raises(ValueError, match="ratio must be in"):
+        polar_steps_for(0.0, 8)
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        polar_steps_for(1e-4, 0)
 
 
 def test_edge_cases_have_finite_minimum_norm_gradients(gen):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import oracles
 import pytest
+import reference
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +60,27 @@ def test_mmcr_matches_the_authors_cifar_loss(b, k, d, lmbda, gen):
     )
 
 
+@pytest.mark.parametrize("b, spread", [(32, 1e-5), (64, 1e-4)])
+def test_mmcr_gradient_near_collapse_matches_the_authors_loss(b, spread, gen):
+    # views within `spread` of one direction, B = D: the centroids' singular values reach
+    # ~1e-8·σ_max, below the √(k·ε₆₄)·σ_max ≈ 1e-7 that a one-level float64 Gram resolves,
+    # so only the second level (spectral.py) gets their gradient; a one-level Gram's floor
+    # there errs by 0.13–0.25 (relative). The authors' loss takes an SVD of the centroids,
+    # whose singular vectors err by ~k·ε₆₄·σ_max/σᵢ (backward-stable SVD): < 1e-6 here.
+    u = torch.randn(b, generator=gen, dtype=f64)
+    z = u + spread * u.norm() / b**0.5 * torch.randn(b, 2, b, generator=gen, dtype=f64)
+    s = torch.linalg.svdvals(F.normalize(z, dim=-1).mean(1))
+    eps = torch.finfo(f64).eps
+    assert b * eps / 1e-6 < s[-1] / s[0] < (b * eps) ** 0.5  # the regime described above
+    ours, theirs = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    value = mmcr_loss(ours)
+    expected = oracles.mmcr_yerxa(views_to_image_major(theirs), 2)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=0)
+    value.backward()
+    expected.backward()
+    assert (ours.grad - theirs.grad).norm() < 1e-6 * theirs.grad.norm()
+
+
 @pytest.mark.parametrize("lmbda", [0.0, 0.3])
 def test_mmcr_momentum_matches_the_authors_imagenet_loss(lmbda, gen):
     z = torch.randn(9, 3, 7, generator=gen, dtype=f64)
@@ -104,6 +126,27 @@ def test_clamp_matches_the_published_loss_at_its_margins(gen):
     assert_same_value_and_gradient(
         lambda x: clamp_loss(x, 3.0),
         lambda x: oracles.clamp_published(views_to_view_major(x), 6, 3.0),
+        z,
+    )
+
+
+@pytest.mark.parametrize("b, m, d", [(12, 8, 4), (16, 8, 2)])
+@pytest.mark.parametrize("r_s", [0.3, 0.6])
+def test_clamp_radius_over_min_d_m_when_d_below_m(b, m, d, r_s, gen):
+    # D < m with no pair's reach at the 1.5 cap, so the radius's normalisation by min(D, m)
+    # (not m) reaches the loss: over m it changes the loss by 14–160% here
+    z = torch.randn(b, m, d, generator=gen, dtype=f64)
+    _, terms = clamp_loss(z, r_s, return_terms=True)
+    zt = F.normalize(z - z.mean((0, 1)), dim=-1)
+    radii = r_s * (zt.var(dim=1).sum(-1) / min(d, m)).sqrt()  # Tr Λ_i / (m − 1) over min(D, m)
+    assert 2 * float(radii.max()) < 1.5  # every r_i + r_j below the cap
+    assert 0 < terms["n_overlapping_pairs"] < b * (b - 1)  # some pairs overlap, not all
+    assert clamp_loss(z, r_s).item() == pytest.approx(
+        reference.clamp_official(z.numpy(), r_s), rel=1e-12
+    )
+    assert_same_value_and_gradient(
+        lambda x: clamp_loss(x, r_s),
+        lambda x: oracles.clamp_published(views_to_view_major(x), m, r_s),
         z,
     )
 

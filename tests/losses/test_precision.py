@@ -72,7 +72,7 @@ CASES: dict[str, tuple[Callable[..., torch.Tensor], Callable[[str, torch.Generat
         lambda kind, g: [_views(B, 2, B, kind, g), _views(B, 2, B, kind, g)],
     ),
     "nuclear_norm": (lambda x: nuclear_norm(x), lambda kind, g: [_pair(B, B, kind, g)[0]]),
-    # the matmul-only path, inside its documented range (σ >= 1e-4·σ_max at 30 steps)
+    # the matmul-only path, inside its documented range (σ >= 1e-4·σ_max at 31 steps)
     "mmcr_polar": (
         lambda z: mmcr_loss(z, nuclear="polar"),
         lambda kind, g: [_views(B, 2, B, kind, g)],

@@ -173,7 +173,7 @@ def test_export_never_replaces_what_is_there_unasked(tmp_path, capsys):
 def test_library_backbones_are_analysed_layer_by_layer(name, kwargs):
     # issue 18.5: a library backbone was one layer, "model"; a timm ViT's "first layer" for
     # gradient coherence was the whole backbone (first == all)
-    from manifold_ssl.evaluation.coherence import coherence_with_control, weight_layers
+    from manifold_ssl.evaluation.coherence import coherence_layers, coherence_with_control
     from manifold_ssl.experiments.analyze import backbone_layers
 
     torch.manual_seed(0)
@@ -185,9 +185,10 @@ def test_library_backbones_are_analysed_layer_by_layer(name, kwargs):
     else:
         assert layers == ["model.patch_embed", "model.blocks.0", "model.blocks.1", "model"]
     method = build_method("mmcr", backbone, "32-16")
-    first, last = weight_layers(method)[0], weight_layers(method)[-1]
-    assert first.startswith("backbone.model.") and last.startswith("projector")
     views = torch.randn(32, 2, 3, 16, 16)
+    layers = coherence_layers(method, lambda v: method(v)[0], views[:8])
+    # the encoder's layers (issue 27.1): the projector head is not the encoder's last layer
+    assert all(n.startswith("backbone.model.") for n in layers.values())
     labels = torch.arange(2).repeat_interleave(16)
     out = coherence_with_control(method, lambda v: method(v)[0], views, labels, per_batch=8)
     assert out["first/within"] != pytest.approx(out["all/within"], abs=1e-4)

@@ -126,13 +126,19 @@ def test_caption_only_shards_pretrain_and_evaluate_on_another_data_set(tmp_path,
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "zero-shot transfer to imagefolder (test, 360 images): top-1" in out
+    # issue 27, item 17d: no empty kNN/probe table, and what was evaluated instead
+    assert "encoder |" not in out and "Protocols:" not in out
+    assert "no kNN or linear-probe table: the run's data has one class; evaluated by:" in out
     (run,) = (tmp_path / "runs").iterdir()
+    report = (run / "report.md").read_text()
+    assert "| encoder |" not in report and "zero-shot transfer to imagefolder" in report
     results = json.loads((run / "eval.json").read_text())["results"]
     assert set(results) == {"zero_shot_transfer"}  # one class here: nothing else to measure
     assert results["zero_shot_transfer"]["chance"] == pytest.approx(0.1)
-    # generated captions need classes to name
-    assert main([*args[:6], *args[7:-3], "--no-eval", "--quiet"]) == 2
-    assert "caption-only shards): read their captions with text.captions=files" in (
+    # generated captions need classes to name (text.captions=auto reads the files: issue 27.4)
+    generated = [*args[:6], "--text.captions=generated", *args[7:-3], "--no-eval", "--quiet"]
+    assert main(generated) == 2
+    assert "caption-only shards): give every image its <key>.txt caption" in (
         capsys.readouterr().err
     )
     # without a data set to transfer to, a one-class run is not evaluated
@@ -161,3 +167,49 @@ def _png():
     out = io.BytesIO()
     Image.new("L", (4, 4)).save(out, "PNG")
     return out.getvalue()
+
+
+def test_zero_shot_settings_are_checked_before_training(tmp_path, capsys):
+    """Issue 27, item 12: every ``eval.zero_shot_*`` setting that can be checked is checked
+    before the first step (no run directory is made); an evaluation error after training
+    names the command that finishes the trained run's evaluation, which then does."""
+    from manifold_ssl.data.synthetic import write_class_folder
+
+    test = load_dataset("digits", "test", tmp_path / "data")
+    folder = tmp_path / "folder"
+    write_class_folder(folder, test.images, test.labels, test.classes, "train")
+    write_class_folder(folder, test.images, test.labels, test.classes, "test")
+    runs = tmp_path / "runs"
+    base = ["pretrain", "digits_clip", f"--data.root={tmp_path / 'data'}"]
+    base += [f"--train.out_dir={runs}", *TINY, "--train.batch_size=256", "--quiet"]
+    base += ["--eval.zero_shot_data=imagefolder"]
+    path = f"--eval.zero_shot_path={folder}"
+    refused = [
+        (["--eval.zero_shot_path=/no/such/folder"], "eval.zero_shot_path=/no/such/folder"),
+        ([path, "--eval.zero_shot_split=val"], "eval.zero_shot_split=val"),
+        (
+            [path, "--eval.zero_shot_class_names=[a, b]"],
+            "eval.zero_shot_class_names has 2 names, but imagefolder has 10 classes",
+        ),
+        ([], "imagefolder needs eval.zero_shot_path"),
+    ]
+    for extra, message in refused:
+        assert main([*base, *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+        assert not runs.exists()  # refused before anything was written
+    image_only = ["pretrain", "digits_mmcr", f"--data.root={tmp_path / 'data'}"]
+    assert main([*image_only, "--eval.zero_shot_data=cifar10", "--quiet"]) == 2
+    assert "the zero-shot transfer of a multimodal run" in capsys.readouterr().err
+    assert main([*base[:-1], path]) == 2  # a path without zero_shot_data
+    assert "eval.zero_shot_path is a setting of zero-shot transfer" in capsys.readouterr().err
+    # an image that cannot be decoded is found when the evaluation reads it, after training
+    bad = next((folder / "test" / test.classes[0]).iterdir())
+    good = bad.read_bytes()
+    bad.write_bytes(b"not a png")
+    assert main([*base, path]) == 2
+    err = capsys.readouterr().err
+    (run,) = runs.iterdir()
+    assert f"finish its evaluation with manifold-ssl evaluate {run}" in err
+    bad.write_bytes(good)
+    assert main(["evaluate", str(run), "--quiet"]) == 0
+    assert "zero-shot transfer to imagefolder (test, 360 images)" in capsys.readouterr().out

@@ -43,7 +43,8 @@ def history(tmp_path_factory):
 
 def test_epoch_checkpoints_are_kept_newest_first_within_the_limit(history):
     assert history.kept() == ["best.pt", "epoch-0003.pt", "epoch-0004.pt", "last.pt"]
-    assert kept_checkpoints(history) == ["epoch-0003.pt", "epoch-0004.pt", "last.pt"]
+    kept = ["epoch-0003.pt", "epoch-0004.pt", "best.pt", "last.pt"]
+    assert kept_checkpoints(history) == kept
     for name, epoch in (("epoch-0003", 3), ("epoch-0004", 4)):
         assert history.checkpoint(name)["epoch"] == epoch
     # a hard link of the checkpoint it kept, not a copy (where the file system links)
@@ -62,13 +63,20 @@ def test_the_best_checkpoint_is_the_best_monitor_value_across_the_resume(history
 
 def test_geometry_is_measured_at_every_kept_checkpoint(history, tmp_path):
     rows = analyze_history(history.path, "all", tmp_path / "h")
-    assert [r["checkpoint"] for r in rows] == ["epoch-0003.pt", "epoch-0004.pt", "last.pt"]
-    assert [r["epoch"] for r in rows] == [3, 4, 4]
+    # issue 27.11: every kept file once (best.pt included; last.pt, a hard link of epoch 4,
+    # not measured twice), each row named with all its names and its own step
+    names = [n for r in rows for n in [r["checkpoint"], *r["same_as"]]]
+    assert sorted(names) == history.kept()
+    steps = {n: history.checkpoint(n)["step"] for n in history.kept()}
+    assert all(steps[n] == r["step"] for r in rows for n in [r["checkpoint"], *r["same_as"]])
+    assert len({r["step"] for r in rows}) == len(rows)
+    last = next(r for r in rows if "last.pt" in [r["checkpoint"], *r["same_as"]])
+    assert "epoch-0004.pt" in [last["checkpoint"], *last["same_as"]]
+    assert [r["epoch"] for r in rows] == sorted({history.checkpoint(n)["epoch"] for n in names})
     for key in ("percent_error", "effective_rank", "capacity", "knn_accuracy"):
         assert all(r[f"probe/{key}"] == r[f"probe/{key}"] for r in rows), key  # not NaN
     assert "probe/coherence/shuffled/within" in rows[0]  # with its control
-    # the same weights give the same geometry: epoch 4 is last.pt
-    assert rows[1]["probe/percent_error"] == rows[2]["probe/percent_error"]
+    assert all(r["probe/coherence/last/within"] != 0 for r in rows)  # issue 27.1
     assert (tmp_path / "h" / "probes.png").is_file() and (
         tmp_path / "h" / "coherence.png"
     ).is_file()
@@ -79,9 +87,21 @@ def test_geometry_is_measured_at_every_kept_checkpoint(history, tmp_path):
 
 
 def test_evaluate_analyze_and_export_take_a_kept_checkpoint(history, tmp_path, capsys):
+    best = history.checkpoint("best")
+    assert best["step"] != history.checkpoint("last")["step"]  # best.pt is not last.pt here
+    capsys.readouterr()
     assert main(["evaluate", str(history.path), "--checkpoint", "best", "--quiet"]) == 0
+    console = capsys.readouterr().out
     result = json.loads((history.path / "eval-best.json").read_text())
     assert result["checkpoint"] == "best" and "pretrained" in result["results"]
+    # issue 27.10: every number and label is best.pt's: its step, the percent error logged
+    # at (or last before) its step, its file
+    logged = [r for r in history.metrics() if "percent_error" in r and r["step"] <= best["step"]]
+    own = f"{100 * logged[-1]['percent_error']:.2f}% (batch centroids, step {logged[-1]['step']})"
+    assert result["steps"] == best["step"] and result["final percent error"] == own
+    assert own in (history.path / "report-best.md").read_text()
+    assert f"checkpoint: {history.checkpoint_file('best')}" in console
+    assert "last.pt" not in console
     assert main(["analyze", str(history.path), "--checkpoints", "epoch-0004,best"]) == 0
     assert "epoch-0004.pt" in capsys.readouterr().out
     out = tmp_path / "b.pt"
@@ -89,6 +109,10 @@ def test_evaluate_analyze_and_export_take_a_kept_checkpoint(history, tmp_path, c
     assert main([*args, "--checkpoint", "epoch-0003"]) == 0
     exported = json.loads(out.with_name("b.pt.json").read_text())
     assert exported["step"] == history.checkpoint("epoch-0003")["step"]
+    capsys.readouterr()
+    assert main([*args, "--checkpoint", "epoch-3", "--overwrite"]) == 2  # issue 27.17e
+    err = capsys.readouterr().err
+    assert "no checkpoint epoch-3.pt" in err and ", ".join(history.kept()) in err
     assert main(["evaluate", str(history.path), "--checkpoint", "epoch-0001"]) == 2
     assert "no checkpoint epoch-0001.pt" in capsys.readouterr().err
 
@@ -98,3 +122,20 @@ def test_keep_best_needs_a_monitor():
         apply_overrides(
             load_recipe("digits_mmcr"), ["--train.keep_best=knn", "--train.knn_every=0"]
         )
+
+
+@pytest.mark.parametrize("recipe", ["digits_clip", "digits_multimodal_mmcr"])
+def test_history_of_an_image_caption_run_is_refused_with_what_applies(recipe, tmp_path, capsys):
+    # issue 27.6: a traceback ending in "TypeError: the training probes measure image views"
+    import yaml
+
+    from manifold_ssl.config import config_to_dict
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(load_recipe(recipe))))
+    (run / "checkpoints" / "last.pt").write_bytes(b"")  # never read: refused before loading
+    assert main(["analyze", str(run), "--checkpoints", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "image-caption method" in err
+    assert f"manifold-ssl analyze {run}/checkpoints/NAME.pt" in err and "evaluate" in err

@@ -18,6 +18,9 @@ with a caption. Two sources, one interface (:class:`Captions`: ``len(captions)``
   text of ``<key>.txt`` beside each image (a file, or a member of the same archive or shard);
   several lines are several captions of the image, one drawn per step.
 
+``text.captions: auto`` (:func:`manifold_ssl.run.build.caption_source`) takes the files when
+every training image has one (:func:`count_captions`), and generates captions otherwise.
+
 What generated captions can and cannot show: they test whether an objective aligns an image
 tower with a text tower that sees words for class and measured attributes, at a scale a CPU
 trains in a minute. They are not web alt-text: no noise, no long tail of concepts, a tiny
@@ -49,6 +52,7 @@ __all__ = [
     "ImageAttributes",
     "caption_choices",
     "class_words",
+    "count_captions",
     "fill",
     "read_captions",
 ]
@@ -255,17 +259,21 @@ def _caption_lines(raw: bytes, where: str) -> list[str]:
     return lines
 
 
-def read_captions(files: ImageFiles) -> FileCaptions:
-    """The ``<key>.txt`` captions of every image of ``files``: the file beside it, or the
-    member of the same archive or shard (one pass over each archive's headers)."""
+def _caption_files(files: ImageFiles, read: bool) -> tuple[list[list[str] | None], list[str]]:
+    """Per image of ``files``, its ``<key>.txt`` caption lines (``read``; else ``[]`` for a
+    caption that exists) or None where it has none, and where each missing one was looked for:
+    the file beside it, or the member of the same archive or shard (one pass over each
+    archive's headers)."""
     lines: list[list[str] | None] = [None] * len(files)
+    missing: list[str] = []
     by_archive: dict[int, list[int]] = {}
     for i, (archive, _, _) in enumerate(files.members.tolist()):
         if archive < 0:
             path = Path(os.fsdecode(files.names[i])).with_suffix(".txt")
             if not path.exists():
-                raise ValueError(f"text.captions=files: image {path.with_suffix('')} has no {path}")
-            lines[i] = _caption_lines(path.read_bytes(), str(path))
+                missing.append(f"image {path.with_suffix('')} has no {path}")
+            else:
+                lines[i] = _caption_lines(path.read_bytes(), str(path)) if read else []
         else:
             by_archive.setdefault(archive, []).append(i)
     for archive, rows in by_archive.items():
@@ -282,13 +290,31 @@ def read_captions(files: ImageFiles) -> FileCaptions:
                 wds_key = prefix + base.partition(".")[0] + ".txt"
                 member = texts.get(key) or texts.get(wds_key)
                 if member is None:
-                    raise ValueError(
-                        f"text.captions=files: {member_name} in {name} has no {key} member"
-                    )
-                handle = tar.extractfile(member)
-                assert handle is not None
-                lines[i] = _caption_lines(handle.read(), f"{key} in {name}")
-    assert all(line is not None for line in lines)  # every row was read or raised
+                    missing.append(f"{member_name} in {name} has no {key} member")
+                elif read:
+                    handle = tar.extractfile(member)
+                    assert handle is not None
+                    lines[i] = _caption_lines(handle.read(), f"{key} in {name}")
+                else:
+                    lines[i] = []
+    return lines, missing
+
+
+def count_captions(files: ImageFiles) -> tuple[int, list[str]]:
+    """How many images of ``files`` have a ``<key>.txt`` caption (read by
+    :func:`read_captions`), and a line for each that has none (nothing is decoded)."""
+    lines, missing = _caption_files(files, read=False)
+    return sum(line is not None for line in lines), missing
+
+
+def read_captions(files: ImageFiles) -> FileCaptions:
+    """The ``<key>.txt`` captions of every image of ``files``: the file beside it, or the
+    member of the same archive or shard (one pass over each archive's headers); an image
+    without one is an error naming it and how many more have none."""
+    lines, missing = _caption_files(files, read=True)
+    if missing:
+        more = f" (and {len(missing) - 1} more images)" if len(missing) > 1 else ""
+        raise ValueError(f"text.captions=files: {missing[0]}{more}")
     return FileCaptions(lines)  # type: ignore[arg-type]
 
 

@@ -37,6 +37,7 @@ import torch
 
 from .cache import cache_prefix, save_cache
 from .files import ImageFiles, centre_view, index_images, index_shards, read_class_list
+from .paths import DataPath, patterns
 from .tensors import ImageTensors
 
 __all__ = ["DATASETS", "DataSource", "ImageTensors", "file_sources", "load_dataset"]
@@ -84,7 +85,7 @@ def load_dataset(
     name: str,
     split: str,
     root: str | os.PathLike[str] = "data",
-    path: str | None = None,
+    path: DataPath | None = None,
     size: int | None = None,
     classes_file: str | None = None,
     crop_fraction: float = 1.0,
@@ -159,13 +160,18 @@ def _resize_and_select(
     return data
 
 
-def _source_key(path: str) -> tuple[str, str]:
+def _source_key(path: DataPath) -> tuple[str, str]:
     """Cache key of an image folder, archive or shard pattern, as ``(prefix, content)``: the
     prefix names the source (:func:`cache_prefix`), the content fingerprints its listing (names,
     sizes and modification times), so that an edited data set (a new class folder, a replaced
     image or shard) is decoded again instead of served stale, and its old cache removed."""
-    src = Path(path).expanduser().resolve()
     digest = hashlib.sha1()
+    if not isinstance(path, str):  # a mapping from split to shard pattern
+        for file in sorted({f for p in patterns(path) for f in _pattern_files(p)}):
+            st = file.stat()
+            digest.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return cache_prefix("wds", repr(sorted(path.items()))), digest.hexdigest()[:12]
+    src = Path(path).expanduser().resolve()
     if src.is_dir():
         for file in sorted(src.rglob("*")):
             if file.is_file():

@@ -44,6 +44,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._atomic import atomic_file
 from .cache import cache_prefix, remove_stale, save_cache
+from .paths import DataPath, check_disjoint, split_path
+from .tars import file_end_problem
 from .tensors import ImageTensors
 
 #: The one class of caption-only shards (no ``.cls``): multimodal pretraining reads their
@@ -265,10 +267,16 @@ def _tar_items(archive: Path, split: str) -> Iterator[tuple[str, str, int, int]]
             f"archive ({err})"
         ) from None
     with tar:
-        for m in tar:
-            parts = Path(m.name).parts
-            if m.isfile() and len(parts) >= 3 and parts[-3] == split and _is_image(m.name):
-                yield parts[-2], m.name, m.offset_data, m.size
+        try:
+            for m in tar:
+                parts = Path(m.name).parts
+                if m.isfile() and len(parts) >= 3 and parts[-3] == split and _is_image(m.name):
+                    yield parts[-2], m.name, m.offset_data, m.size
+            problem = file_end_problem(tar)  # tarfile ends a cut archive silently
+        except tarfile.TarError as err:  # cut inside a member
+            problem = f"not a readable .tar ({err})"
+    if problem:
+        raise ValueError(f"imagefolder: data.path {archive} is {problem}")
 
 
 def _fingerprint(paths: Iterable[Path]) -> str:
@@ -410,15 +418,21 @@ def _shard_rows(shard: Path, archive: int) -> Iterator[tuple[str, str, int, int,
     except (tarfile.TarError, OSError) as err:
         raise ValueError(f"webdataset: shard {shard} is not a readable .tar ({err})") from None
     with tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.partition(".")
-            if ext == "cls":
-                handle = tar.extractfile(m)
-                labels[key] = (handle.read() if handle else b"").decode().strip()
-            elif _is_image(m.name) and key not in images:
-                images[key] = (m.offset_data, m.size)
+        try:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                key, _, ext = m.name.partition(".")
+                if ext == "cls":
+                    handle = tar.extractfile(m)
+                    labels[key] = (handle.read() if handle else b"").decode().strip()
+                elif _is_image(m.name) and key not in images:
+                    images[key] = (m.offset_data, m.size)
+            problem = file_end_problem(tar)  # tarfile ends a cut archive silently
+        except tarfile.TarError as err:  # cut inside a member
+            problem = f"not a readable .tar ({err})"
+    if problem:
+        raise ValueError(f"webdataset: shard {shard} is {problem}")
     if labels and len(labels) < len(images):
         key = next(k for k in images if k not in labels)
         raise ValueError(
@@ -434,23 +448,25 @@ def _label_order(name: str) -> tuple[int, str]:
 
 
 def index_shards(
-    pattern: str,
+    pattern: DataPath,
     split: str,
     root: str | os.PathLike[str] = "data",
     classes_file: str | None = None,
 ) -> ImageFiles:
-    """Index the WebDataset shards ``pattern`` (``{split}`` replaced by ``split``, then brace
-    expanded). Classes are the ``.cls`` values of the training shards, integers in numeric
-    order (label = position), names in sorted order."""
+    """Index the WebDataset shards of ``split``: its pattern (``{split}`` replaced by
+    ``split``, or ``pattern[split]`` of a mapping), brace expanded or globbed. Classes are the
+    ``.cls`` values of the training shards, integers in numeric order (label = position),
+    names in sorted order. A split that reads training shards is refused
+    (:func:`~.paths.check_disjoint`)."""
     from braceexpand import braceexpand
 
     def shards(s: str) -> list[Path]:
-        if "://" in pattern or pattern.startswith("pipe:"):
+        named = split_path(pattern, s)
+        if "://" in named or named.startswith("pipe:"):
             raise ValueError(
-                f"webdataset: {pattern!r} is remote; the random-access readers take files "
+                f"webdataset: {named!r} is remote; the random-access readers take files "
                 "(data.loader=resampled reads remote shards, and fetches the evaluation's)"
             )
-        named = pattern.replace("{split}", s)
         if any(c in named for c in "*?["):  # a glob: each split has its own shard count
             paths = [Path(p) for p in sorted(glob.glob(os.path.expanduser(named)))]
             if not paths:
@@ -471,7 +487,7 @@ def index_shards(
     def table(s: str) -> tuple[dict, tuple[str, ...]]:
         paths = shards(s)
         content = _fingerprint(paths)
-        key = f"{cache_prefix('wds', pattern)}{content}"
+        key = f"{cache_prefix('wds', str(pattern))}{content}"
         rows = (r for i, p in enumerate(paths) for r in _shard_rows(p, i))
         index = _cached_index(cache / f"{key}-{s}.pt", rows, content)
         return index, tuple(str(p.resolve()) for p in paths)
@@ -479,6 +495,11 @@ def index_shards(
     train, archives = table("train")
     found = sorted(set(train["cls"]), key=_label_order)
     subset = read_class_list(classes_file)
-    classes = sorted(_keep_classes(found, subset, pattern), key=_label_order)
-    rows, archives = (train, archives) if split == "train" else table(split)
+    classes = sorted(_keep_classes(found, subset, str(pattern)), key=_label_order)
+    if split != "train":
+        train_archives = archives
+        rows, archives = table(split)
+        check_disjoint(split, archives, train_archives)
+    else:
+        rows = train
     return _files(rows, classes, archives, split, f"webdataset {pattern}", subset is not None)

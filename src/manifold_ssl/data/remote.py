@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import IO
 
 from .._atomic import atomic_file
+from .paths import DataPath, patterns, split_path
+from .tars import TailReader, file_end_problem
 
 __all__ = ["fetch_shards", "is_remote", "open_shard", "shard_samples", "shard_urls"]
 
@@ -32,16 +35,19 @@ __all__ = ["fetch_shards", "is_remote", "open_shard", "shard_samples", "shard_ur
 TIMEOUT_S = 60.0
 
 
-def is_remote(path: str | None) -> bool:
-    """Whether ``data.path`` names shards read sequentially (a URL or a command)."""
-    return bool(path) and (path.startswith(("http://", "https://", "pipe:")))  # type: ignore[union-attr]
+def is_remote(path: DataPath | None) -> bool:
+    """Whether ``data.path`` names shards read sequentially (a URL or a command; of a
+    mapping, any split's)."""
+    remote = ("http://", "https://", "pipe:")
+    return bool(path) and any(p.startswith(remote) for p in patterns(path))  # type: ignore[arg-type]
 
 
-def shard_urls(pattern: str, split: str) -> list[str]:
-    """The shards of ``split``: ``{split}`` replaced, then brace expanded (``{000..099}``)."""
+def shard_urls(pattern: DataPath, split: str) -> list[str]:
+    """The shards of ``split``: its pattern (:func:`~.paths.split_path`) brace expanded
+    (``{000..099}``)."""
     from braceexpand import braceexpand
 
-    urls = list(braceexpand(pattern.replace("{split}", split)))
+    urls = list(braceexpand(split_path(pattern, split)))
     if not urls:
         raise ValueError(f"data.path {pattern!r} names no shard")
     return urls
@@ -113,7 +119,9 @@ def shard_samples(url: str, timeout: float = TIMEOUT_S) -> Iterator[dict[str, by
     key is the name up to the first dot of its last path component). A truncated or corrupt
     shard raises OSError naming it."""
     try:
-        with open_shard(url, timeout) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with open_shard(url, timeout) as raw:
+            stream = TailReader(raw)
+            tar = tarfile.open(fileobj=stream, mode="r|*")  # type: ignore[call-overload]
             key: str | None = None
             sample: dict[str, bytes] = {}
             for member in tar:
@@ -128,6 +136,12 @@ def shard_samples(url: str, timeout: float = TIMEOUT_S) -> Iterator[dict[str, by
                 key = k
                 data = tar.extractfile(member)
                 sample[ext] = data.read() if data is not None else b""
+            # a shard cut at a member boundary reads as a shorter one: it must end as tar ends
+            problem = (
+                stream.problem(tar) if getattr(tar.fileobj, "comptype", "tar") == "tar" else None
+            )
+            if problem:
+                raise OSError(f"shard {url}: {problem}")
             if sample:
                 yield {"__key__": (key or "").encode(), **sample}
     except tarfile.TarError as err:
@@ -138,15 +152,41 @@ def shard_samples(url: str, timeout: float = TIMEOUT_S) -> Iterator[dict[str, by
         raise OSError(f"shard {url}: {err or type(err).__name__}") from None
 
 
-def fetch_shards(pattern: str, split: str, folder: str | os.PathLike[str]) -> str:
-    """Copy the shards of ``split`` into ``folder/<hash of the pattern>/`` once (each shard
-    whole or not at all) and return the glob of the copies, ``.../{split}-*.tar``, for the
-    random-access readers (the evaluation reads its splits this way)."""
-    urls = shard_urls(pattern, split)
-    where = Path(folder) / hashlib.sha256(pattern.encode()).hexdigest()[:16]
-    for i, url in enumerate(urls):
-        target = where / f"{split}-{i:06d}.tar"
+def fetch_shards(
+    urls: list[str], folder: str | os.PathLike[str], errors: str = "raise"
+) -> tuple[list[str], list[str]]:
+    """Copy the shards ``urls`` into ``folder`` once, each named by a hash of its URL and kept
+    only whole (read to its end, and ending as a tar ends: :mod:`.tars`), for the
+    random-access readers. Returns the copies' paths (in the order of ``urls``) and the errors
+    of the shards skipped: a shard that cannot be read raises an OSError naming it, or with
+    ``errors="skip"`` is left out, its error returned."""
+    copies, skipped = [], []
+    for url in urls:
+        target = Path(folder) / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.tar"
         if not target.is_file():
-            with open_shard(url) as stream, atomic_file(target, "wb", shared=True) as out:
-                shutil.copyfileobj(stream, out, 1 << 20)
-    return str(where / "{split}-*.tar")
+            try:
+                with open_shard(url) as stream, atomic_file(target, "wb", shared=True) as out:
+                    shutil.copyfileobj(stream, out, 1 << 20)
+                    out.flush()
+                    problem = _copy_problem(out.name)
+                    if problem:
+                        raise OSError(f"shard {url}: {problem}")
+            except (OSError, http.client.HTTPException) as err:
+                if errors != "skip":
+                    raise OSError(f"{err} (data.shard_errors=skip skips such shards)") from None
+                skipped.append(str(err) if str(err).startswith("shard") else f"shard {url}: {err}")
+                continue
+        copies.append(str(target))
+    return copies, skipped
+
+
+def _copy_problem(path: str) -> str | None:
+    """Why the tar file ``path`` is not whole (cut inside a member, or at a boundary), if it
+    is not."""
+    try:
+        with tarfile.open(path) as tar:
+            for _ in tar:
+                pass
+            return file_end_problem(tar)
+    except tarfile.TarError as err:
+        return f"not a readable tar ({err})"

@@ -8,7 +8,10 @@ Semantics, which differ from the random-access loaders (:mod:`.stream`):
 * Each process reads ``data.streams`` independent streams ("lanes"). Lane ``l`` of rank ``r`` in
   epoch ``e`` draws shards *with replacement* from a generator seeded by ``(seed, r, e, l)``,
   reads each shard to its end and passes its samples through a shuffle buffer of
-  ``data.shuffle_buffer`` samples (from the same generator); step ``k`` of the epoch takes this
+  ``data.shuffle_buffer`` samples (from the same generator), which gives its first sample once
+  it holds ``data.shuffle_initial`` and then grows, reading two samples for each one it gives
+  (``webdataset.shuffle``'s ``initial``): a lane that gives c samples reads at most
+  ``min(2c + initial, c + buffer)``, not a full buffer at every epoch's start; step ``k`` of the epoch takes this
   rank's ``batch / world`` samples from lane ``k mod streams``. So the batches are a function
   of the seed, the epoch, the step, the rank and the number of streams alone: not of
   ``data.workers`` (each DataLoader worker reads some of the lanes; the main process puts
@@ -22,15 +25,16 @@ Semantics, which differ from the random-access loaders (:mod:`.stream`):
   bytes are read again: resuming late in a long epoch costs that traffic). Nothing of the
   streams goes into the checkpoint.
 * A shard that cannot be read (HTTP error, a failing command, a truncated tar) raises an error
-  naming it (``data.shard_errors: raise``), or is skipped with a warning and counted
-  (``skip``: :attr:`ResampledBatches.shards_skipped`; then a transient failure makes the run
+  naming it (``data.shard_errors: raise``), or is skipped, reported on one line and counted for
+  the run (``skip``: :attr:`ResampledBatches.shards_skipped`; the samples a truncated shard gave
+  before its cut are used; a transient failure makes the run
   differ from an uninterrupted one). Reads time out (:data:`~.remote.TIMEOUT_S`); when every
   shard drawn in a row fails, the run stops with an error rather than loop.
 """
 
 from __future__ import annotations
 
-import warnings
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,15 +55,25 @@ _SHARDS = 2  # the generator path of the shard streams (beside the stream loader
 
 
 class _Lane:
-    """One stream: shards drawn with replacement, read in order, through a shuffle buffer."""
+    """One stream: shards drawn with replacement, read in order, through a shuffle buffer that
+    gives its first sample once it holds ``initial`` samples and then grows to ``buffer``,
+    reading two samples for each one it gives (``webdataset.shuffle(bufsize, initial)``)."""
 
     def __init__(
-        self, urls: list[str], rng: np.random.Generator, buffer: int, errors: str, keep: Any
+        self,
+        urls: list[str],
+        rng: np.random.Generator,
+        buffer: int,
+        errors: str,
+        keep: Any,
+        initial: int | None = None,
     ) -> None:
         self.urls, self.rng, self.size, self.errors, self.keep = urls, rng, buffer, errors, keep
+        self.initial = min(buffer, buffer if initial is None else initial)
         self.buffer: list[dict[str, bytes]] = []
         self.shard: Iterator[dict[str, bytes]] | None = None
-        self.skipped = self.failed_in_a_row = self.barren_in_a_row = 0
+        self.failed_in_a_row = self.barren_in_a_row = 0
+        self.skips: list[str] = []  # the errors of the shards skipped, not yet reported
         self.kept_in_shard, self.url = False, ""
 
     def _read(self) -> dict[str, bytes]:
@@ -96,14 +110,16 @@ class _Lane:
     def _failed(self, err: OSError) -> None:
         if self.errors == "raise":
             raise OSError(f"{err} (data.shard_errors=skip skips such shards)") from None
-        self.skipped += 1
+        self.skips.append(str(err))
         self.failed_in_a_row += 1
-        warnings.warn(f"skipped an unreadable shard ({self.skipped} so far): {err}", stacklevel=2)
         if self.failed_in_a_row >= max(8, 2 * len(self.urls)):
             raise OSError(f"{self.failed_in_a_row} shards in a row could not be read; last: {err}")
 
     def next(self) -> dict[str, bytes]:
-        while len(self.buffer) < self.size:
+        self.buffer.append(self._read())
+        if len(self.buffer) < self.size:  # growing: two read for each one given
+            self.buffer.append(self._read())
+        while len(self.buffer) < self.initial:  # the first fill
             self.buffer.append(self._read())
         i = int(self.rng.integers(len(self.buffer)))
         self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
@@ -111,8 +127,9 @@ class _Lane:
 
 
 class _Shards(IterableDataset):
-    """Yields ``(step, views or crops, labels, worker, shards it skipped)`` for this worker's
-    steps of ``epoch`` from ``start`` on (in a DataLoader worker, or the main process)."""
+    """Yields ``(step, views or crops, labels, the errors of the shards skipped for it)`` for
+    this worker's steps of ``epoch`` from ``start`` on (in a DataLoader worker, or the main
+    process). A step before ``start`` is read again to resume: its skips were counted then."""
 
     def __init__(
         self,
@@ -126,10 +143,11 @@ class _Shards(IterableDataset):
         errors: str,
         rank: int,
         views_in_workers: bool,
+        initial: int | None = None,
     ) -> None:
         self.urls, self.index = urls, {c: i for i, c in enumerate(classes)}
         self.views, self.size, self.streams, self.steps = views, size, streams, steps
-        self.buffer, self.errors, self.rank = buffer, errors, rank
+        self.buffer, self.errors, self.rank, self.initial = buffer, errors, rank, initial
         self.views_in_workers = views_in_workers
         self.specs = [views.aug.spec_of(k) for k in range(views.aug.num_views)]
         self.epoch = self.start = 0
@@ -141,7 +159,7 @@ class _Shards(IterableDataset):
         """Samples of a kept class with an image (a class list keeps some classes only)."""
         return self._label(sample) in self.index and any(k in sample for k in _IMAGE_KEYS)
 
-    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, list[str]]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         seed = self.views.seed % (1 << 63)
@@ -152,6 +170,7 @@ class _Shards(IterableDataset):
                 self.buffer,
                 self.errors,
                 self._keep,
+                self.initial,
             )
             for lane in range(worker, self.streams, workers)
         }
@@ -161,11 +180,12 @@ class _Shards(IterableDataset):
             if lane is None:
                 continue
             samples = [lane.next() for _ in range(local)]
+            skips, lane.skips = lane.skips, []
             if k < self.start:
                 continue  # read again to resume exactly, not decoded
             with host_side():  # (never a yield inside: the mark would outlive the batch)
                 batch, labels = self._batch(samples, k)
-            yield k, batch, labels, worker, sum(x.skipped for x in lanes.values())
+            yield k, batch, labels, skips
 
     def _batch(self, samples: list[dict[str, bytes]], k: int) -> tuple[torch.Tensor, torch.Tensor]:
         params = self.views.local(self.epoch, k)
@@ -200,6 +220,7 @@ class ResampledBatches:
         workers: int = 0,
         prefetch: int = 2,
         views_in_workers: bool = False,
+        initial: int | None = 100,
     ) -> None:
         if not layout.batch <= samples_per_epoch:
             raise ValueError(
@@ -223,6 +244,7 @@ class ResampledBatches:
             errors,
             layout.rank,
             self.views_in_workers,
+            initial,
         )
         self.loader = DataLoader(
             self.dataset,
@@ -234,8 +256,7 @@ class ResampledBatches:
         self._it: Iterator[Any] | None = None
         self._pending: dict[int, Any] = {}
         self.epoch = self.k = 0
-        self.shards_skipped = self._done = 0  # unreadable shards skipped (shard_errors=skip)
-        self._skipped: dict[int, int] = {}
+        self.shards_skipped = 0  # unreadable shards skipped in this run (shard_errors=skip)
         self.last_index = torch.empty(0, dtype=torch.long)  # not indices into a split
         self.index_on_device = self.last_index
         self.labels_on_device = self.last_index
@@ -243,7 +264,6 @@ class ResampledBatches:
     def start_epoch(self, epoch: int, step_in_epoch: int) -> None:
         self.dataset.epoch, self.dataset.start = epoch, step_in_epoch
         self.epoch, self.k, self._pending = epoch, step_in_epoch, {}
-        self._done, self._skipped = self.shards_skipped, {}  # the epochs before, and this one
         with host_side():  # the loader draws its workers' seeds on the host
             self._it = iter(self.loader)
 
@@ -251,10 +271,15 @@ class ResampledBatches:
         if self._it is None:
             raise RuntimeError("start_epoch must be called before next_views")
         while self.k not in self._pending:  # the workers' batches, back in step order
-            k, batch, labels, worker, skipped = next(self._it)
+            k, batch, labels, skips = next(self._it)
             self._pending[k] = (batch, labels)
-            self._skipped[worker] = skipped
-        self.shards_skipped = self._done + sum(self._skipped.values())
+            for cause in skips:  # one line each, counted for the run (not per stream)
+                self.shards_skipped += 1
+                print(
+                    f"skipped an unreadable shard ({self.shards_skipped} this run, "
+                    f"data.shard_errors=skip): {cause}",
+                    file=sys.stderr,
+                )
         batch, labels = self._pending.pop(self.k)
         batch = batch.to(self.device, non_blocking=True)
         self.labels_on_device = labels.to(self.device, non_blocking=True)
@@ -273,4 +298,4 @@ class ResampledBatches:
                 "the checkpoint lacks the resampled loader's state: it was not written by a "
                 "data.loader=resampled run"
             )
-        self.shards_skipped = self._done = int(state["shards_skipped"])
+        self.shards_skipped = int(state["shards_skipped"])

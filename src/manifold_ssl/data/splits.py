@@ -15,6 +15,7 @@ import torch
 
 from .datasets import DATASETS, ImageTensors, file_sources, load_dataset
 from .files import UNLABELLED, ImageFiles
+from .paths import DataPath
 
 __all__ = [
     "DataSplits",
@@ -168,7 +169,7 @@ def check_same_data(recorded: dict[str, Any] | None, splits: DataSplits, what: s
 
 
 def index_files(
-    name: str, split: str, root: str, path: str | None, classes_file: str | None
+    name: str, split: str, root: str, path: DataPath | None, classes_file: str | None
 ) -> ImageFiles:
     """The index of ``split`` of a data set read from files (a source with an ``index``:
     ``imagefolder``, ``webdataset``)."""
@@ -186,7 +187,7 @@ def index_files(
 def load_splits(
     name: str,
     root: str = "data",
-    path: str | None = None,
+    path: DataPath | None = None,
     val_fraction: float = 0.1,
     split_seed: int = 0,
     *,
@@ -202,7 +203,13 @@ def load_splits(
     """The splits of dataset ``name`` (see :class:`~manifold_ssl.config.DataConfig` for the
     options). ``loader="auto"`` streams an image folder or shards whose decoded training
     images (at ``image_size``, or the first image's size) exceed ``memory_limit_gb``, and
-    keeps everything else in memory."""
+    keeps everything else in memory. The test split never reads the training split's images:
+    ``test_split="train"``, or files of the training split, are refused."""
+    if test_split == "train":
+        raise ValueError(
+            "data.test_split=train would measure the final numbers on the training images: "
+            "name another split (test, val)"
+        )
     if loader == "auto":
         loader = "memory"
         if name in file_sources():
@@ -225,6 +232,8 @@ def load_splits(
         full = load_dataset(name, "train", root, path, **kw, workers=workers)  # type: ignore[arg-type]
 
         def read_test() -> Split:
+            if name in file_sources():  # the index (cached) refuses the training split's files
+                index_files(name, test_split, root, path, classes_file)
             return load_dataset(name, test_split, root, path, **kw, workers=workers)  # type: ignore[arg-type]
 
     keep, held = stratified_split(full.labels, val_fraction, split_seed)

@@ -55,12 +55,15 @@ def write_image_folder(
     return root
 
 
-def _images(classes: int, count: int, side: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` uint8 (side, side, 3) images and their labels, cycling through the classes."""
-    rng = np.random.default_rng(seed)
+def _images(
+    classes: int, count: int, side: int, seed: int, tint_seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` uint8 (side, side, 3) images and their labels, cycling through the classes:
+    each image its class's tint, drawn from ``tint_seed`` alone (so class c looks the same in
+    every split and file that shares it), averaged with noise drawn from ``seed``."""
     labels = np.arange(count) % classes
-    tint = rng.integers(0, 256, (classes, 1, 1, 3))
-    noise = rng.integers(0, 256, (count, side, side, 3))
+    tint = np.random.default_rng([tint_seed, classes]).integers(0, 256, (classes, 1, 1, 3))
+    noise = np.random.default_rng(seed).integers(0, 256, (count, side, side, 3))
     return ((noise + tint[labels]) // 2).astype(np.uint8), labels
 
 
@@ -81,7 +84,7 @@ def write_shards(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for s, (split, count) in enumerate((per_split or {"train": 12, "test": 6}).items()):
-        images, labels = _images(classes, count, side, seed + s)
+        images, labels = _images(classes, count, side, seed + s, seed)
         for shard in range(shards):
             with tarfile.open(root / f"{split}-{shard:06d}.tar", "w") as tar:
                 for i in range(shard, count, shards):
@@ -111,7 +114,7 @@ def write_cifar(
     classes = 10 if ten else 100
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if ten else ["train", "test"]
     for i, file in enumerate(files):
-        images, labels = _images(classes, per_split, 32, seed + i)
+        images, labels = _images(classes, per_split, 32, seed + i, seed)
         entry = {"data": images.transpose(0, 3, 1, 2).reshape(per_split, -1)}
         entry["labels" if ten else "fine_labels"] = labels.tolist()
         (folder / file).write_bytes(pickle.dumps(entry))
@@ -128,7 +131,7 @@ def write_stl10(root: str | Path, per_split: int = 20, seed: int = 0) -> Path:
     folder = root / "stl10_binary"
     folder.mkdir(parents=True, exist_ok=True)
     for i, split in enumerate(("train", "test", "unlabeled")):
-        images, labels = _images(10, per_split, 96, seed + i)
+        images, labels = _images(10, per_split, 96, seed + i, seed)
         images.transpose(0, 3, 2, 1).tofile(folder / f"{split}_X.bin")  # (N, C, W, H)
         if split != "unlabeled":
             (labels + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")

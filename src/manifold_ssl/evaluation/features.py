@@ -138,9 +138,16 @@ def class_manifolds(
             kept.append(int(c))
     if len(chosen) < 2:
         counts = {int(c): int((labels == c).sum()) for c in torch.unique(labels)}
+        if len(counts) < 2:  # no per_class can help
+            raise ValueError(
+                f"class manifolds need labelled examples of at least two classes, but there "
+                f"is {len(counts)} ({counts}); analyse a labelled data set of two or more classes"
+            )
+        largest = sorted(counts.values())[-2]  # the most per_class that two classes have
         raise ValueError(
             f"class manifolds need at least two classes with per_class = {per_class} examples "
-            f"each, but the classes have {counts} examples; lower --per-class"
+            f"each, but the classes have {counts} examples; lower --per-class to at most "
+            f"{largest}"
         )
     return torch.stack(chosen), torch.tensor(kept)
 

@@ -86,19 +86,22 @@ def write_report(
     lines = [f"# Run report: {run_dir.name}", ""]
     for key, value in extra.items():
         lines.append(f"- **{key}**: {value}")
-    lines += [
-        "",
-        "| encoder | kNN val % | kNN test % | linear val % | linear test % |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name, r in results.items():
-        if name.startswith("zero_shot"):
-            continue
+    rows = {name: r for name, r in results.items() if not name.startswith("zero_shot")}
+    if rows:
+        lines += [
+            "",
+            "| encoder | kNN val % | kNN test % | linear val % | linear test % |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+    else:  # a one-class (caption-only) run: no table to fill, only zero-shot
+        lines += ["", "No kNN or linear-probe table: the run's data has one class.", ""]
+    for name, r in rows.items():
         lines.append(
             f"| {name} | {_pct(r.get('knn_val_accuracy'))} | {_pct(r.get('knn_test_accuracy'))} | "
             f"{_pct(r.get('linear_val_accuracy'))} | {_pct(r.get('linear_test_accuracy'))} |"
         )
-    lines += ["", PROTOCOLS, ""]
+    if rows:
+        lines += ["", PROTOCOLS, ""]
     if "zero_shot" in results:
         zs = results["zero_shot"]
         lines += [f"- {zero_shot_line(zs)}: " + "; ".join(f"`{t}`" for t in zs["templates"]), ""]

@@ -440,6 +440,8 @@ def _report_lines(result: dict[str, Any]) -> list[str]:
             + ", ".join(pairs)
             + " (shuffled: labels permuted, the control)"
         )
+    if result.get("gradient_coherence_absent"):
+        lines.append(f"- no gradient coherence: {result['gradient_coherence_absent']}")
     if "class_effective_ranks" in result:
         cer = result["class_effective_ranks"]
         lines.append(

@@ -107,26 +107,34 @@ def _analyze_trained(
         progress,
     )
     if isinstance(method, SSLMethod):  # the objective of image views (not image-caption)
-        from ..evaluation.coherence import weight_layers
-
         views = cfg.views.num_views
-        result["gradient_coherence"] = _coherence_of(method, splits, specs, views, s.seed)
-        layers = weight_layers(method)
-        result["gradient_coherence_layers"] = {"first": layers[0], "last": layers[-1]}
+        coherence, layers, absent = _coherence_of(method, splits, specs, views, s.seed)
+        result["gradient_coherence"] = coherence
+        if layers:
+            result["gradient_coherence_layers"] = layers
+        if absent:
+            result["gradient_coherence_absent"] = absent
     return result
 
 
 def _coherence_of(
     method: SSLMethod, splits: DataSplits, specs: Any, num_views: int, seed: int
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, str], str | None]:
     """Gradient coherence (Yerxa Fig. 3) of the objective on 16 test images of each of the
-    first four classes, under the run's own views, with the shuffled-label control."""
-    from ..evaluation.coherence import coherence_with_control
+    first four classes with that many, under the run's own views, with the shuffled-label
+    control; the first and last layers it measured; why it is absent (None: present)."""
+    from ..evaluation.coherence import coherence_layers, coherence_shortfall, coherence_with_control
 
     labels = splits.test.labels
-    pick = torch.cat([torch.nonzero(labels == c).flatten()[:16] for c in labels.unique()[:4]])
+    absent = coherence_shortfall(labels)
+    if absent:
+        return {}, {}, f"{absent} (the test split's)"
+    full = [c for c in labels.unique() if int((labels == c).sum()) >= 16][:4]
+    pick = torch.cat([torch.nonzero(labels == c).flatten()[:16] for c in full])
     gen = torch.Generator().manual_seed(seed)
     images = as_tensors(splits.test.subset(pick)).images
     views = MultiViewAugment(specs, num_views)(images, gen)
     method.eval()
-    return coherence_with_control(method, lambda v: method(v)[0], views, labels[pick], seed)
+    loss_of = lambda v: method(v)[0]  # noqa: E731
+    layers = coherence_layers(method, loss_of, views[:8])
+    return coherence_with_control(method, loss_of, views, labels[pick], seed), layers, None

@@ -12,6 +12,8 @@ instead of during it: ``manifold-ssl analyze RUN --checkpoints all``.
 
 from __future__ import annotations
 
+import filecmp
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,17 +24,40 @@ from ..run.build import splits_of, training_probe
 from ..run.record import RunDir, method_from_state
 from ..runinfo import write_json
 
-__all__ = ["analyze_history", "kept_checkpoints"]
+__all__ = ["analyze_history", "distinct_checkpoints", "kept_checkpoints"]
 
 _EPOCH = re.compile(r"^epoch-(\d+)\.pt$")
 
 
 def kept_checkpoints(run: RunDir) -> list[str]:
-    """The run's kept checkpoints in training order: ``epoch-<N>.pt`` by N, then ``last.pt``
-    (``best.pt`` is one of them at another name, and left out)."""
+    """The run's kept checkpoint files, by name: ``epoch-<N>.pt`` by N, then ``best.pt`` and
+    ``last.pt`` (each file once: :func:`distinct_checkpoints` merges names of one file)."""
     kept = run.kept()
     epochs = sorted((int(m.group(1)), n) for n in kept if (m := _EPOCH.match(n)))
-    return [n for _, n in epochs] + (["last.pt"] if "last.pt" in kept else [])
+    return [n for _, n in epochs] + [n for n in ("best.pt", "last.pt") if n in kept]
+
+
+def distinct_checkpoints(run: RunDir, names: list[str]) -> dict[str, list[str]]:
+    """``names`` grouped by file identity: ``{name: [other names of the same file]}``. Names
+    are one file when they are one inode (``last.pt`` a hard link of the newest ``epoch-N``)
+    or hold the same bytes (a copy where the file system does not link)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        path = run.checkpoint_file(name)
+        same = next(
+            (
+                first
+                for first in groups
+                if os.path.samefile(path, run.checkpoint_file(first))
+                or filecmp.cmp(path, run.checkpoint_file(first), shallow=False)
+            ),
+            None,
+        )
+        if same is None:
+            groups[name] = []
+        else:
+            groups[same].append(name)
+    return groups
 
 
 def _resolve(run: RunDir, which: str | list[str]) -> list[str]:
@@ -51,6 +76,24 @@ def _resolve(run: RunDir, which: str | list[str]) -> list[str]:
     return names
 
 
+def _check_image_views(run: RunDir) -> None:
+    """Refuse, before anything is loaded, a run of an image-caption method: the probes measure
+    an objective of image views (its gradient coherence, its views' packing), which it has none
+    of; say what such a run has instead."""
+    from ..methods import MULTIMODAL
+
+    name = run.config().method.name
+    if name in MULTIMODAL:
+        raise ValueError(
+            f"analyze --checkpoints measures the training probes, which need an objective of "
+            f"image views; {run.path} trains the image-caption method {name}, which has none. "
+            f"For its checkpoints use: manifold-ssl analyze {run.path} (the geometry of the "
+            f"image encoder on the test split, last.pt), manifold-ssl analyze "
+            f"{run.path}/checkpoints/NAME.pt (one kept checkpoint), or manifold-ssl evaluate "
+            f"{run.path} --checkpoint NAME (kNN, linear probe and zero-shot)"
+        )
+
+
 def analyze_history(
     run_dir: str | Path,
     which: str | list[str] = "all",
@@ -58,10 +101,12 @@ def analyze_history(
     device: torch.device | str = "cpu",
 ) -> list[dict[str, Any]]:
     """Probe each checkpoint ``which`` (``"all"``, or names such as ``epoch-0005,best``) of
-    the run ``run_dir``; rows ``{checkpoint, step, epoch, probe/...}`` in training order,
+    the run ``run_dir``, each checkpoint once (one file, or one step); rows ``{checkpoint,
+    same_as, step, epoch, probe/...}`` (``same_as``: its other names) in training order,
     written to ``out/history.json`` with the probes' figures (default ``out``:
     ``run_dir/analysis/history``)."""
     run = RunDir(run_dir)
+    _check_image_views(run)
     out_dir = Path(out) if out is not None else run.path / "analysis" / "history"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "probes" / "pair_distances.jsonl").unlink(missing_ok=True)
@@ -70,15 +115,25 @@ def analyze_history(
         cfg = run.config()
         splits = splits_of(cfg)
         probe = training_probe(cfg, splits, torch.device(device), out_dir)
-        rows = []
-        for name in names:
+        rows: list[dict[str, Any]] = []
+        for name, aliases in distinct_checkpoints(run, names).items():
             trained, state = run.trained(name)
+            prior = next((r for r in rows if r["step"] == state["step"]), None)
+            if prior is not None:  # one run's weights at one step: the same checkpoint
+                prior["same_as"] += [name, *aliases]
+                continue
             method = method_from_state(trained, state, splits, device, "analyze")
             values = probe(method, int(state["step"]))
             rows.append(
-                {"checkpoint": name, "step": state["step"], "epoch": state["epoch"], **values}
+                {
+                    "checkpoint": name,
+                    "same_as": aliases,
+                    "step": state["step"],
+                    "epoch": state["epoch"],
+                    **values,
+                }
             )
-    rows.sort(key=lambda r: r["step"])
+    rows.sort(key=lambda r: r["step"])  # stable: at one step, the names' order
     write_json(out_dir / "history.json", rows)
     from .plots import plot_probe_records
 

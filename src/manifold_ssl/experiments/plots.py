@@ -640,6 +640,14 @@ def plot_probe_records(source: Path, probes: list[dict[str, Any]], out: Path) ->
     return _plot_probes(source, probes, out, plt)
 
 
+def _integer_ticks(*axes: Any) -> None:
+    """Integer x ticks (steps and epochs are counts: no tick at step 2.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _plot_probes(run_dir: Path, probes: list[dict[str, Any]], out: Path, plt: Any) -> list[Path]:
     """The probes' figures (see :func:`plot_run`)."""
     write_json(out / "probes.json", probes)
@@ -652,6 +660,7 @@ def _plot_probes(run_dir: Path, probes: list[dict[str, Any]], out: Path, plt: An
         ax.plot(steps, [r[f"probe/{key}"] for r in probes], "o-", ms=3)
         ax.set_xlabel("training step")
         ax.set_title(label, fontsize=9)
+        _integer_ticks(ax)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(f"probes of {run_dir.name} (fixed validation images and views)")
@@ -660,12 +669,15 @@ def _plot_probes(run_dir: Path, probes: list[dict[str, Any]], out: Path, plt: An
     plt.close(fig)
 
     hists = read_metrics(run_dir / "probes" / "pair_distances.jsonl")
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    epochs = [r["epoch"] for r in probes]
-    axes[0].plot(epochs, [r["probe/neighbours"] for r in probes], "o-", ms=3)
-    axes[0].set(xlabel="epoch", ylabel="neighbours per sub-manifold", title="(a) neighbours")
-    axes[1].plot(epochs, [r["probe/size"] for r in probes], "o-", ms=3)
-    axes[1].set(xlabel="epoch", ylabel="sub-manifold size", title="(b) size")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    # against the step: a probe's epoch is the epoch it fell in (steps 0 and 9 both epoch 0)
+    axes[0].plot(steps, [r["probe/neighbours"] for r in probes], "o-", ms=3)
+    axes[0].set(
+        xlabel="training step", ylabel="neighbours per sub-manifold", title="(a) neighbours"
+    )
+    axes[1].plot(steps, [r["probe/size"] for r in probes], "o-", ms=3)
+    axes[1].set(xlabel="training step", ylabel="sub-manifold size", title="(b) size")
+    _integer_ticks(axes[0], axes[1])
     for rec, name in ((hists[0], "first probe"), (hists[-1], "last probe")) if hists else ():
         counts = np.array(rec["counts"])
         lo, hi = rec["edges"]
@@ -677,6 +689,7 @@ def _plot_probes(run_dir: Path, probes: list[dict[str, Any]], out: Path, plt: An
         title="(c) pair distances",
     )
     axes[2].legend(fontsize=8)
+    fig.suptitle(f"CLAMP training dynamics of {run_dir.name} (Zhang et al. Fig. 3)")
     fig.tight_layout()
     fig.savefig(out / "clamp_dynamics.png", dpi=110)
     plt.close(fig)
@@ -704,6 +717,7 @@ def _plot_probes(run_dir: Path, probes: list[dict[str, Any]], out: Path, plt: An
                 "shuffled": "control: shuffled labels",
             }[group]
             ax.set(xlabel="training step", ylabel="gradient cosine", title=title)
+            _integer_ticks(ax)
             ax.legend(fontsize=8)
         fig.suptitle("gradient coherence (Yerxa et al. Fig. 3)")
         fig.tight_layout()

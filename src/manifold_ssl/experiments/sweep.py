@@ -40,10 +40,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
 from .._atomic import atomic_file
+from .._keys import parse_text
 from ..config import (
     Config,
     config_from_dict,
@@ -58,6 +58,7 @@ from .columns import COLUMNS
 
 __all__ = [
     "SWEEP_DIR",
+    "SweepFailed",
     "SweepSpec",
     "Trial",
     "expand",
@@ -65,6 +66,7 @@ __all__ = [
     "run_sweep",
     "summarise",
     "sweep_status",
+    "trial_table",
 ]
 
 SWEEP_DIR = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
@@ -123,7 +125,7 @@ def load_spec(name_or_path: str, grid_args: Sequence[str] = ()) -> SweepSpec:
         key, sep, values = item.partition("=")
         if not sep or not values:
             raise ValueError(f"--grid {item!r} must look like KEY=V1,V2,...")
-        parsed = [yaml.safe_load(v) for v in values.split(",")]
+        parsed = [parse_text(v) for v in values.split(",")]  # YAML 1.2: off stays text
         if key == "seed":
             spec.seeds = [int(v) for v in parsed]
         else:
@@ -176,6 +178,15 @@ def expand(spec: SweepSpec) -> list[Trial]:
             cfg = config_from_dict(_nested({**values_of, "train.seed": seed}, base), base)
             trials.append(Trial({**point, "seed": seed}, cfg, trial_key(cfg)))
     return trials
+
+
+def trial_table(spec: SweepSpec, out: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every trial of ``spec`` without running any: its directory name under
+    ``out/trials``, its status there (pending where never run) and its grid values."""
+    return [
+        {"trial": t.key, "status": _status(Path(out) / "trials" / t.key), **t.point}
+        for t in expand(spec)
+    ]
 
 
 def _status(trial_dir: Path) -> str:
@@ -238,13 +249,16 @@ def run_sweep(
     trials = expand(spec)
     (out / "trials").mkdir(parents=True, exist_ok=True)
     write_json(out / "sweep.json", {"spec": spec.__dict__, "meta": run_metadata()})
-    todo: list[TrialArgs] = []
+    remaining: list[Trial] = []
     for t in trials:
-        path = out / "trials" / t.key
-        if _status(path) != "done":
-            todo.append((config_to_dict(t.cfg), str(path), spec.evaluate))
+        if _status(out / "trials" / t.key) != "done":
+            remaining.append(t)
         if not (out / "trials" / f"{t.key}.json").exists():
             write_json(out / "trials" / f"{t.key}.json", {"point": t.point})
+    remaining, paired = _first_pair_first(remaining)
+    todo: list[TrialArgs] = [
+        (config_to_dict(t.cfg), str(out / "trials" / t.key), spec.evaluate) for t in remaining
+    ]
     if progress:
         print(
             f"sweep {out}: {len(trials)} trials, {len(trials) - len(todo)} done, {len(todo)} to run"
@@ -259,10 +273,73 @@ def run_sweep(
     if launcher == "slurm":
         _submit_slurm(todo, out, slurm or {})
     elif launcher == "local":
-        _run_local(todo, workers, progress)
+        shared, ran = _run_local(todo, workers, progress, paired)
+        if shared is not None:
+            summarise(out)
+            raise SweepFailed(
+                f"sweep stopped: its first two trials, which differ in every grid value, "
+                f"failed before training with the same error, so every trial would: "
+                f"{shared.strip()} ({ran} trial(s) run, {len(todo) - ran} not started; the "
+                "same command runs the sweep again)"
+            )
     else:
         raise ValueError(f"launcher must be 'local' or 'slurm', got {launcher!r}")
     return summarise(out)
+
+
+class SweepFailed(ValueError):
+    """Every trial of a sweep would fail the same way (see :class:`_FailFast`)."""
+
+
+def _first_pair_first(trials: list[Trial]) -> tuple[list[Trial], bool]:
+    """``trials`` with the first followed by the last one that differs from it in every grid
+    value that varies among them (seed included), the pair :class:`_FailFast` watches, and
+    whether there is one (three trials at least: with two, both run anyway)."""
+    if len(trials) < 3:
+        return trials, False
+    first = trials[0].point
+    varying = [k for k in first if any(t.point[k] != first[k] for t in trials)]
+    for j in range(len(trials) - 1, 0, -1):
+        if all(trials[j].point[k] != first[k] for k in varying):
+            return [trials[0], trials[j], *trials[1:j], *trials[j + 1 :]], True
+    return trials, False
+
+
+class _FailFast:
+    """The rule that stops a sweep whose every trial would fail alike: its first two trials
+    differ in every grid value (:func:`_first_pair_first`); when both fail before their first
+    checkpoint with the same error, that error depends on none of the grid's values (the data
+    is missing, the recipe is wrong) and no other trial is started."""
+
+    def __init__(self, todo: list[TrialArgs], paired: bool) -> None:
+        self.pair = {todo[0][1], todo[1][1]} if paired else set()
+        self.errors: dict[str, str] = {}
+
+    def shared_error(self, trial_dir: str, status: str) -> str | None:
+        """After the trial in ``trial_dir`` ended with ``status``: the pair's shared error,
+        once both failed at start with it; else None."""
+        error = _error_file(Path(trial_dir))
+        at_start = not (Path(trial_dir) / "checkpoints").exists()
+        if trial_dir in self.pair and status == "failed" and at_start and error.exists():
+            self.errors[trial_dir] = error.read_text()
+        texts = set(self.errors.values())
+        return texts.pop() if len(self.errors) == 2 and len(texts) == 1 else None
+
+
+class _Progress:
+    """The sweep's bar: it counts the trials done; those that failed, were interrupted (they
+    checkpointed, and resume) or are run by another process are counted beside it."""
+
+    def __init__(self, total: int, show: bool) -> None:
+        self.bar = tqdm(total=total, desc="trials done", unit="trial", disable=not show)
+        self.counts = {"failed": 0, "interrupted": 0, "busy": 0}
+
+    def ended(self, status: str) -> None:
+        if status == "done":
+            self.bar.update(1)
+            return
+        self.counts["interrupted" if status == "partial" else status] += 1
+        self.bar.set_postfix({k: v for k, v in self.counts.items() if v})
 
 
 def _attempt(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads: int) -> str:
@@ -317,44 +394,63 @@ def _die_with_parent() -> None:
         pass
 
 
-def _run_local(todo: list[TrialArgs], workers: int, progress: bool) -> None:
+def _run_local(
+    todo: list[TrialArgs], workers: int, progress: bool, paired: bool = False
+) -> tuple[str | None, int]:
+    """Run ``todo`` here (``workers`` processes at a time). Returns the error every trial
+    shares when :class:`_FailFast` stopped the sweep (``paired``: its first two trials differ
+    in every grid value), else None, and how many trials ran."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     threads = max(1, (os.cpu_count() or 1) // workers)
-    bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress)
-    statuses = []
+    bar, watch = _Progress(len(todo), progress), _FailFast(todo, paired)
+    statuses: list[str] = []
+    shared = None
     if workers == 1:  # in this process: Ctrl-C reaches the trial's loop, which checkpoints
         for args in todo:
             statuses.append(_attempt(*args, threads))
-            bar.update(1)
+            bar.ended(statuses[-1])
+            if statuses[-1] == "partial":  # interrupted: the sweep stops with it
+                bar.bar.close()
+                _report(statuses)
+                raise KeyboardInterrupt
+            shared = watch.shared_error(args[1], statuses[-1])
+            if shared is not None:
+                break
     else:
-        statuses = _run_pool(todo, workers, threads, bar)
-    bar.close()
+        statuses, shared = _run_pool(todo, workers, threads, bar, watch)
+    bar.bar.close()
     _report(statuses)
+    return shared, len(statuses)
 
 
-def _run_pool(todo: list[TrialArgs], workers: int, threads: int, bar: Any) -> list[str]:
+def _run_pool(
+    todo: list[TrialArgs], workers: int, threads: int, bar: _Progress, watch: _FailFast
+) -> tuple[list[str], str | None]:
     """The trials in ``workers`` processes at a time. SIGINT or SIGTERM of this process stops
     starting trials and passes SIGTERM to the running ones, which checkpoint; it returns when
     they have, then raises KeyboardInterrupt. (A ``ProcessPoolExecutor`` hung on Ctrl-C, and its
-    workers outlived a killed parent.)"""
+    workers outlived a killed parent.) When ``watch`` finds the error every trial shares, no
+    trial is started after it, the running ones end, and it is returned with the statuses."""
     import signal
     from multiprocessing.connection import wait
 
     ctx = get_context("spawn")
     pending, statuses = list(todo), []
     running: dict[Any, Any] = {}
+    trial_of: dict[Any, str] = {}  # sentinel -> trial directory
+    shared = None
     stop: list[int] = []
     stopping = False
     old = {sig: signal.signal(sig, lambda n, f: stop.append(n)) for sig in _STOP_SIGNALS}
     try:
         while pending or running:
             while pending and len(running) < workers and not stop:
-                proc = ctx.Process(
-                    target=_trial_process, args=(pending.pop(0), threads, os.getpid())
-                )
+                args = pending.pop(0)
+                proc = ctx.Process(target=_trial_process, args=(args, threads, os.getpid()))
                 proc.start()
                 running[proc.sentinel] = proc
+                trial_of[proc.sentinel] = args[1]
             if stop and not stopping:  # once: no new trial, SIGTERM to the running ones
                 stopping = True
                 pending.clear()
@@ -365,7 +461,11 @@ def _run_pool(todo: list[TrialArgs], workers: int, threads: int, bar: Any) -> li
                 proc = running.pop(sentinel)
                 proc.join()
                 statuses.append(_EXIT.get(proc.exitcode or 0, "partial"))
-                bar.update(1)
+                bar.ended(statuses[-1])
+                if shared is None:
+                    shared = watch.shared_error(trial_of[sentinel], statuses[-1])
+                    if shared is not None:
+                        pending.clear()
     finally:
         for proc in running.values():  # an error here: leave no trial behind
             proc.terminate()
@@ -373,9 +473,10 @@ def _run_pool(todo: list[TrialArgs], workers: int, threads: int, bar: Any) -> li
         for sig, handler in old.items():
             signal.signal(sig, handler)
     if stop:
+        bar.bar.close()
         _report(statuses)
         raise KeyboardInterrupt
-    return statuses
+    return statuses, shared
 
 
 _STOP_SIGNALS = (2, 15)  # SIGINT, SIGTERM

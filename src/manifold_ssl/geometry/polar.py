@@ -13,10 +13,15 @@ convergence checks also synchronise with the host (:mod:`manifold_ssl.geometry.s
 Accuracy limits (``tests/geometry/test_polar.py`` holds them against float64 SVDs):
 
 * **Which directions converge.** ``c = ‖XᵀX‖_F^{1/2} = (Σσᵢ⁴)^{1/4}``, which lies between
-  ``σ_max`` and ``k^{1/4}·σ_max`` (``k = min(m, n)``). After ``n`` steps every singular value with
-  ``σᵢ/c >= 4.13·1.5⁻ⁿ`` has ``f⁽ⁿ⁾(σᵢ/c) > 1 − 10⁻⁶``: with the default 30 steps, ``σᵢ >=
-  2.2·10⁻⁵·c``, i.e. ``σᵢ >= 10⁻⁴·σ_max`` for any ``k <= 512`` (the float64 path's first level
-  keeps the same directions). Weaker directions enter the gradient with weight
+  ``σ_max`` and ``k^{1/4}·σ_max`` (``k = min(m, n)``; the upper end when all singular values but
+  the weak one equal ``σ_max``). After ``n`` steps every singular value with
+  ``σᵢ/c >= 4.1307·1.5⁻ⁿ`` has ``f⁽ⁿ⁾(σᵢ/c) > 1 − 10⁻⁶`` (the scalar map's constant,
+  4.13063…, rounded up), so ``σᵢ >= ρ·σ_max`` converges for every ``k <= K`` once
+  ``ρ·K^{-1/4} >= 4.1307·1.5⁻ⁿ``, i.e. ``n >= log(4.1307·K^{1/4}/ρ) / log 1.5``
+  (:func:`polar_steps_for`). For ``ρ = 10⁻⁴`` and ``K = 512`` that is 30.06: the default 31
+  steps resolve ``σᵢ >= 1.44·10⁻⁵·c``, i.e. ``σᵢ >= 10⁻⁴·σ_max`` for any ``k <= 2351`` (30 steps
+  held only to ``k <= 464``; the float64 path's first level keeps the same directions).
+  Weaker directions enter the gradient with weight
   ``f⁽ⁿ⁾(σᵢ/c) < 1`` (the exact subgradient gives them 1) and the value loses
   ``σᵢ·(1 − f⁽ⁿ⁾(σᵢ/c))``, at most ``σᵢ``; zero singular values get weight 0, the minimum-norm
   subgradient. Near MMCR's collapse, where centroids differ by 10⁻⁴ and less, use the float64
@@ -24,9 +29,13 @@ Accuracy limits (``tests/geometry/test_polar.py`` holds them against float64 SVD
 * **Rounding.** In float32 each step's product errs by ``~ε₃₂`` of the largest singular value,
   which turns a direction of relative size ``sᵢ = σᵢ/c`` by ``~ε₃₂/sᵢ`` while it grows: the
   gradient of a float32 input is within ``10⁻⁶`` (relative, Frobenius) of a float64 SVD's
-  ``U Vᵀ`` on matrices with ``σ_min >= 10⁻²·σ_max`` and within ``6·10⁻⁵`` on those reaching
-  ``10⁻⁴·σ_max`` (256×128, 128×512 and 512×512; a float64 Gram eigensystem is within 10⁻⁷
-  there). The value is within ``10⁻⁷`` relative.
+  ``U Vᵀ`` on matrices with ``σ_min >= 10⁻²·σ_max`` and within ``6·10⁻⁵`` on log-evenly spread
+  spectra reaching ``10⁻⁴·σ_max`` (256×128, 128×512 and 512×512; a float64 Gram eigensystem is
+  within 10⁻⁷ there); the error grows with the share of the spectrum near ``σ_min``: ``5·10⁻⁴``
+  at 512×512 with half the singular values at ``10⁻⁴·σ_max``. The value is within
+  ``3·10⁻⁷ = 2.5·ε₃₂`` relative: it is first-order insensitive to the rotation errors
+  (``tr(QᵀX)`` is stationary at the polar factor over orthogonal ``Q``), and ``Q``'s singular
+  values, and the float32 sum ``Σ Q∘X``, are each rounded by ``~ε₃₂``.
   Float64 inputs iterate in float64 and match an SVD to ``10⁻¹²``.
 * **TF32.** Matmuls run in full float32 inside (``torch.set_float32_matmul_precision`` is
   ``"highest"`` for the call): TF32's 10-bit mantissa would cap the accuracy at ``~10⁻³``.
@@ -39,6 +48,7 @@ which is a wrong gradient here.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,16 +56,45 @@ import torch
 
 from ._precision import full_precision
 
-__all__ = ["DEFAULT_POLAR_STEPS", "nuclear_norm_polar", "polar_factor", "polar_threshold"]
+__all__ = [
+    "DEFAULT_POLAR_STEPS",
+    "nuclear_norm_polar",
+    "polar_factor",
+    "polar_steps_for",
+    "polar_threshold",
+]
 
-#: Newton–Schulz steps by default: every ``σᵢ >= 2.2·10⁻⁵·(Σσ⁴)^{1/4}`` converges.
-DEFAULT_POLAR_STEPS = 30
+#: ``s·1.5ⁿ`` above which ``n`` steps of ``f(s) = 1.5 s − 0.5 s³`` end above ``1 − 10⁻⁶`` (the
+#: limit for large ``n`` is 4.13063…, approached from below; rounded up).
+_CONVERGED = 4.1307
 
 
-def polar_threshold(steps: int = DEFAULT_POLAR_STEPS) -> float:
-    """The smallest ``σ/c`` that ``steps`` Newton–Schulz steps bring within 10⁻⁶ of 1
-    (``c = (Σσ⁴)^{1/4}``): ``4.13·1.5⁻ˢᵗᵉᵖˢ`` (module docstring)."""
-    return 4.1306 * 1.5 ** (-steps)
+def polar_threshold(steps: int | None = None) -> float:
+    """The smallest ``σ/c`` that ``steps`` Newton–Schulz steps (default
+    :data:`DEFAULT_POLAR_STEPS`) bring within 10⁻⁶ of 1 (``c = (Σσ⁴)^{1/4}``):
+    ``4.1307·1.5⁻ˢᵗᵉᵖˢ`` (module docstring)."""
+    return _CONVERGED * 1.5 ** (-(DEFAULT_POLAR_STEPS if steps is None else steps))
+
+
+def polar_steps_for(ratio: float, k: int) -> int:
+    """The fewest Newton–Schulz steps after which every singular value ``σ >= ratio·σ_max`` of
+    any matrix with ``min(m, n) <= k`` is within 10⁻⁶ of converged: ``c <= k^{1/4}·σ_max``, so
+    ``σ/c >= ratio·k^{-1/4}`` must reach :func:`polar_threshold` (module docstring).
+
+    Args:
+        ratio: the weakest singular value to resolve, relative to the largest, in (0, 1].
+        k: the largest ``min(m, n)`` of the matrices, >= 1.
+    """
+    if not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    return max(1, math.ceil(math.log(_CONVERGED * k**0.25 / ratio) / math.log(1.5)))
+
+
+#: Newton–Schulz steps by default: every ``σ >= 10⁻⁴·σ_max`` converges for ``min(m, n) <= 512``
+#: (31 steps, which reach ``σ >= 1.44·10⁻⁵·(Σσ⁴)^{1/4}``).
+DEFAULT_POLAR_STEPS = polar_steps_for(1e-4, 512)
 
 
 @contextlib.contextmanager

@@ -101,9 +101,9 @@ def mmcr_loss(
             ``eigh``'s convergence check); ``"polar"`` by ``polar_steps`` Newton–Schulz steps,
             matrix products only, in float32 for float32/bf16 input (float64 for float64): the
             choice for GPUs with slow float64, exact for singular values above
-            ``~10⁻⁴·σ_max`` at the default 30 steps, weaker directions counted less
-            (:mod:`manifold_ssl.geometry.polar` gives the limits). The centroids are formed in
-            float64 either way.
+            ``10⁻⁴·σ_max`` at the default 31 steps when min(B, D) <= 512, weaker directions
+            counted less (:mod:`manifold_ssl.geometry.polar` gives the limits). The
+            centroids are formed in float64 either way.
         polar_steps: Newton–Schulz steps of the ``"polar"`` path; each adds a factor 1.5 to
             the range of singular values it resolves.
         return_terms: also return a dict of named terms for logging.

@@ -94,8 +94,16 @@ class MultimodalMethod(nn.Module):
         terms = {"logit_scale": scale.detach()} if scale is not None else {}
         return loss, terms, torch.stack([image, text], dim=1).detach()
 
+    def target_tau(self, step: int, total_steps: int) -> float:
+        """No EMA target: 1.0 (the interface of :class:`~manifold_ssl.methods.SSLMethod`)."""
+        return 1.0
+
     @torch.no_grad()
-    def update_target(self, step: int, total_steps: int) -> None:
+    def after_step(self, tau: float | torch.Tensor = 1.0) -> None:
         """After an optimiser step: clamp CLIP's log scale to [0, log 100] (OpenCLIP)."""
         if self.logit_scale is not None:
             self.logit_scale.clamp_(0, _MAX_LOGIT_SCALE)
+
+    def update_target(self, step: int, total_steps: int) -> None:
+        """After an optimiser step: clamp CLIP's log scale to [0, log 100] (OpenCLIP)."""
+        self.after_step()

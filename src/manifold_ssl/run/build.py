@@ -8,8 +8,13 @@ explicit arguments and never import the config.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -21,11 +26,13 @@ from ..data.captions import (
     GeneratedCaptions,
     ImageAttributes,
     class_words,
+    count_captions,
     read_captions,
 )
 from ..data.datasets import file_sources
-from ..data.files import UNLABELLED
+from ..data.files import UNLABELLED, ImageFiles
 from ..data.pairs import CaptionBatches
+from ..data.paths import DataPath, check_disjoint, split_path
 from ..data.remote import fetch_shards, is_remote, shard_urls
 from ..data.resampled import ResampledBatches
 from ..data.splits import DataSplits, index_files, load_splits, stratified_split
@@ -45,8 +52,10 @@ from ..training.tracking import Tracking
 
 __all__ = [
     "build_method_for",
+    "caption_source",
     "captions_of",
     "check_zero_shot_words",
+    "eval_preprocess",
     "loop_settings",
     "lr_at_step",
     "optimizer_for",
@@ -83,14 +92,60 @@ def splits_of(cfg: Config) -> DataSplits:
     )
 
 
-def _local_path(cfg: Config) -> str | None:
+def _local_path(cfg: Config) -> DataPath | None:
     d = cfg.data
     if not is_remote(d.path) or d.eval_path:
         return d.eval_path or d.path
+    return eval_copy(cfg)
+
+
+def eval_copy(cfg: Config) -> dict[str, str]:
+    """The local copy a remote run's evaluation, monitor and probes read by random access: the
+    test split's shards, and a seeded choice of ``data.eval_shards`` training shards (their
+    labelled images are the kNN bank, the probes' and the linear probe's training images and
+    the validation split; pretraining streams every training shard), fetched once into
+    ``<root>/cache/shards`` (a split given as local files is read where it is). Under
+    ``data.shard_errors=skip`` a shard that cannot be fetched is left out, and one line says
+    how many were. Returns the copy as a ``data.path`` mapping."""
+    d = cfg.data
     assert d.path is not None
+    train = shard_urls(d.path, "train")
+    test = shard_urls(d.path, d.test_split)
+    check_disjoint(d.test_split, test, train)
+    if 0 < d.eval_shards < len(train):
+        pick = np.random.default_rng([d.split_seed, len(train)]).choice(
+            len(train), d.eval_shards, replace=False
+        )
+        train = [train[i] for i in sorted(pick)]
     folder = Path(d.root) / "cache" / "shards"
-    fetch_shards(d.path, "train", folder)  # both splits' copies: one glob with {split}
-    return fetch_shards(d.path, d.test_split, folder)
+    local, skipped, wanted = {}, [], 0
+    for split, urls in (("train", train), (d.test_split, test)):
+        if not is_remote(split_path(d.path, split)):
+            local[split] = split_path(d.path, split)
+            continue
+        copies, missed = fetch_shards(urls, folder, d.shard_errors)
+        skipped += missed
+        wanted += len(urls)
+        if not copies:
+            raise OSError(f"no shard of the {split} split could be fetched: {missed[0]}")
+        local[split] = brace_list(copies)
+    if skipped:
+        print(
+            f"skipped {len(skipped)} of the {wanted} shards fetched for the evaluation "
+            f"(data.shard_errors=skip): {'; '.join(skipped[:3])}",
+            file=sys.stderr,
+        )
+    return local
+
+
+def brace_list(paths: list[str]) -> str:
+    """One brace pattern of the files ``paths`` of one folder (``folder/{a,b}.tar``)."""
+    folders = {os.path.dirname(p) for p in paths}
+    if len(paths) == 1 or len(folders) != 1:
+        assert len(paths) == 1, "one folder's files"
+        return paths[0]
+    names = ",".join(os.path.basename(p) for p in paths)
+    return os.path.join(folders.pop(), "{" + names + "}")
 
 
 def load_splits_ranked(cfg: Config, ctx: DistContext) -> DataSplits:
@@ -104,29 +159,78 @@ def load_splits_ranked(cfg: Config, ctx: DistContext) -> DataSplits:
 
 # --------------------------------------------------------------------------- captions and prompts
 def captions_of(cfg: Config, splits: DataSplits) -> Captions:
-    """The captions of the pretraining images (``text.captions``; see
-    :mod:`manifold_ssl.data.captions`), in the order of ``splits.pretraining()``."""
+    """The captions of the pretraining images (``text.captions``, resolved by
+    :func:`caption_source`; see :mod:`manifold_ssl.data.captions`), in the order of
+    ``splits.pretraining()``."""
     d = cfg.data
-    mode = _caption_mode(cfg)
+    mode, line = caption_source(cfg)
     if d.unlabeled:
         raise ValueError("multimodal pretraining does not read data.unlabeled (no captions)")
     if mode == "files":
-        # the training split's files, in the order both loaders keep them
-        files = index_files(d.name, "train", d.root, d.path, d.classes_file)
-        keep, _ = stratified_split(files.labels, d.val_fraction, d.split_seed)
-        return read_captions(files.subset(keep))
+        return read_captions(_training_files(cfg))
     train = splits.train
     if train.classes == [UNLABELLED]:
         raise ValueError(
-            "text.captions=generated names each image's class, but these images have none "
-            "(caption-only shards): read their captions with text.captions=files"
+            f"{line}; but generated captions name each image's class, and these images have "
+            "none (caption-only shards): give every image its <key>.txt caption"
         )
     if not isinstance(train, ImageTensors):
         raise ValueError(
-            "text.captions=generated measures the images in memory: use data.loader=memory "
-            "(or text.captions=files with <key>.txt captions)"
+            f"{line}; generated captions measure the images in memory: use data.loader=memory "
+            "(or <key>.txt captions for every image, read with text.captions=files)"
         )
     return GeneratedCaptions(train, ImageAttributes.fit(train.images, train.labels))
+
+
+def _training_files(cfg: Config) -> ImageFiles:
+    """The training split's files, in the order both loaders keep them."""
+    d = cfg.data
+    files = index_files(d.name, "train", d.root, d.path, d.classes_file)
+    keep, _ = stratified_split(files.labels, d.val_fraction, d.split_seed)
+    return files.subset(keep)
+
+
+_CAPTIONED: dict[str, tuple[int, int, list[str]]] = {}  # data -> (with a caption, images, missing)
+
+
+def caption_source(cfg: Config) -> tuple[str, str]:
+    """Where a multimodal run's captions come from, ``files`` or ``generated``, and a line
+    saying which and why (printed when a run starts, recorded in its ``meta.json``).
+    ``text.captions: files`` or ``generated`` is taken as given; ``auto``: the data's
+    ``<key>.txt`` captions when every training image has one, else captions generated from
+    the images (a data set without caption files, or one where some images have none: the
+    line counts them, so that no caption is left unread without a word)."""
+    d, mode = cfg.data, cfg.text.captions
+    if mode == "generated":
+        return (
+            mode,
+            "captions: generated from each image's class and pixels (text.captions=generated)",
+        )
+    if mode == "files":
+        return mode, "captions: the data's <key>.txt files (text.captions=files)"
+    if d.name not in file_sources():
+        return "generated", (
+            f"captions: generated from each image's class and pixels (text.captions=auto: "
+            f"{d.name} has no caption files)"
+        )
+    key = json.dumps(
+        [d.name, d.path, d.root, d.classes_file, d.val_fraction, d.split_seed], default=str
+    )
+    if key not in _CAPTIONED:
+        files = _training_files(cfg)
+        have, missing = count_captions(files)
+        _CAPTIONED[key] = (have, len(files), missing[:1])
+    have, total, missing = _CAPTIONED[key]
+    if have == total:
+        return "files", (
+            f"captions: the data's <key>.txt files, one for each of the {total} training images "
+            "(text.captions=auto)"
+        )
+    return "generated", (
+        f"captions: generated from each image's class and pixels (text.captions=auto: "
+        f"{have} of the {total} training images have a <key>.txt caption, e.g. {missing[0]}; "
+        "text.captions=generated says so, text.captions=files refuses the images without one)"
+    )
 
 
 def zero_shot_prompts(cfg: Config, splits: DataSplits) -> tuple[list[str], list[str]]:
@@ -152,7 +256,7 @@ def zero_shot_words(cfg: Config, classes: list[str]) -> list[str]:
                 f"{len(classes)} classes ({', '.join(classes[:10])})"
             )
         return list(names)
-    if _caption_mode(cfg) == "files" and all(c.lstrip("-").isdigit() for c in classes):
+    if caption_source(cfg)[0] == "files" and all(c.lstrip("-").isdigit() for c in classes):
         raise ValueError(
             f"zero-shot prompts need class words, but the classes of {cfg.data.path} are the "
             f"ids {', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''} and its captions "
@@ -166,14 +270,9 @@ def zero_shot_words(cfg: Config, classes: list[str]) -> list[str]:
 def check_zero_shot_words(cfg: Config) -> None:
     """:func:`zero_shot_words` before a run starts (from the files' index: no decoding), so
     that a multimodal run without class words is refused before it trains, not after."""
-    if cfg.method.name in MULTIMODAL and _caption_mode(cfg) == "files":
+    if cfg.method.name in MULTIMODAL and caption_source(cfg)[0] == "files":
         d = cfg.data
         zero_shot_words(cfg, index_files(d.name, "train", d.root, d.path, d.classes_file).classes)
-
-
-def _caption_mode(cfg: Config) -> str:
-    mode = cfg.text.captions
-    return ("files" if cfg.data.name in file_sources() else "generated") if mode == "auto" else mode
 
 
 # --------------------------------------------------------------------------- views and batches
@@ -187,6 +286,22 @@ def view_size(cfg: Config, splits: DataSplits) -> int:
     images' own."""
     spec = preset(cfg.views.preset)[0]
     return cfg.data.image_size or spec.size or splits.image_size
+
+
+def eval_preprocess(cfg: Config, splits: DataSplits) -> dict[str, Any]:
+    """How the run makes an image's un-augmented view (the features, the monitors, zero-shot
+    transfer): the shorter side resized to ``size / crop_fraction`` (bilinear, antialiased:
+    :func:`manifold_ssl.data.files.centre_view`), the central ``size``×``size``, then each
+    channel standardised by the training images' ``mean`` and ``std`` (in [0, 1] units).
+    Recorded in every checkpoint, so that an export hands the same view to other libraries."""
+    mean, std = splits.normalisation
+    return {
+        "size": view_size(cfg, splits),
+        "crop_fraction": cfg.data.crop_fraction,
+        "interpolation": "bilinear",
+        "mean": list(mean),
+        "std": list(std),
+    }
 
 
 def train_batches(
@@ -213,6 +328,7 @@ def train_batches(
             d.workers,
             d.prefetch,
             in_workers,
+            d.shuffle_initial,
         )
     images = make_batches(
         splits.pretraining(), aug, layout, view_size(cfg, splits), d.workers, d.prefetch, d.views_on
@@ -349,6 +465,7 @@ def loop_settings(cfg: Config) -> LoopSettings:
         amp_cpu=t.amp_cpu,
         channels_last=t.channels_last,
         compile=t.compile,
+        compile_backend=t.compile_backend,
         sync_bn=cfg.model.sync_bn,
         online_linear=t.online_linear,
         online_lr=t.online_lr,

@@ -19,8 +19,8 @@ from torch import nn
 
 from ..config import Config, config_to_dict
 from ..data.captions import class_words
-from ..data.datasets import load_dataset
-from ..data.splits import DataSplits
+from ..data.datasets import file_sources, load_dataset
+from ..data.splits import DataSplits, index_files
 from ..data.stream import resolve_workers
 from ..data.tensors import ImageTensors
 from ..evaluation.features import extract_features
@@ -28,14 +28,21 @@ from ..evaluation.knn import knn_accuracy
 from ..evaluation.protocol import evaluate_with_baselines
 from ..evaluation.report import write_report
 from ..evaluation.zeroshot import class_text_embeddings, zero_shot_accuracy
-from ..methods import MultimodalMethod
+from ..methods import MULTIMODAL, MultimodalMethod
 from ..models.text import build_tokenizer
 from ..runinfo import read_metrics, write_json
 from ..training.loop import Method, Monitor
 from ..training.tracking import WandbRun
 from .build import build_method_for, tracking_of, view_size, view_specs, zero_shot_prompts
 
-__all__ = ["evaluate_run", "final_percent_error", "knn_monitor", "online_accuracy", "zero_shot"]
+__all__ = [
+    "check_zero_shot_transfer",
+    "evaluate_run",
+    "final_percent_error",
+    "knn_monitor",
+    "online_accuracy",
+    "zero_shot",
+]
 
 
 def zero_shot(
@@ -104,12 +111,7 @@ def zero_shot_transfer(
         workers=resolve_workers(cfg.data.workers),
     )
     data = ImageTensors(_channels(data.images, splits.channels), data.labels, data.classes)
-    words = list(e.zero_shot_class_names) or class_words(data.classes)
-    if len(words) != len(data.classes):
-        raise ValueError(
-            f"eval.zero_shot_class_names has {len(words)} names, but {e.zero_shot_data} has "
-            f"{len(data.classes)} classes ({', '.join(data.classes[:10])})"
-        )
+    words = _transfer_words(cfg, data.classes)
     _, templates = zero_shot_prompts(cfg, splits)
     split = e.zero_shot_split
     acc = _zero_shot_accuracy(cfg, method, words, templates, {split: data}, splits, device)[split]
@@ -121,6 +123,57 @@ def zero_shot_transfer(
         "images": int(data.images.shape[0]),
         "templates": templates,
     }
+
+
+def _transfer_words(cfg: Config, classes: list[str]) -> list[str]:
+    """The class words of zero-shot transfer: ``eval.zero_shot_class_names``, one per class
+    of the other data set, else its class names as words."""
+    e = cfg.eval
+    words = list(e.zero_shot_class_names) or class_words(classes)
+    if len(words) != len(classes):
+        raise ValueError(
+            f"eval.zero_shot_class_names has {len(words)} names, but {e.zero_shot_data} has "
+            f"{len(classes)} classes ({', '.join(classes[:10])})"
+        )
+    return words
+
+
+def check_zero_shot_transfer(cfg: Config) -> None:
+    """``eval.zero_shot_*`` checked before a run trains, so that a wrong setting is refused at
+    start rather than after training: the data set's split is found (a source of files is
+    indexed, nothing decoded; another is decoded once into the cache, which the evaluation
+    then reads) and the class words fit its classes; the transfer is a multimodal run's;
+    ``zero_shot_path`` or ``zero_shot_class_names`` without ``zero_shot_data`` would be
+    ignored, and is refused."""
+    e = cfg.eval
+    if e.zero_shot_data is None:
+        unused = [k for k in ("zero_shot_path", "zero_shot_class_names") if getattr(e, k)]
+        if unused:
+            raise ValueError(
+                f"eval.{unused[0]} is a setting of zero-shot transfer, which is off: set "
+                "eval.zero_shot_data to the data set it belongs to"
+            )
+        return
+    if cfg.method.name not in MULTIMODAL:
+        raise ValueError(
+            f"eval.zero_shot_data is the zero-shot transfer of a multimodal run (method.name: "
+            f"{' | '.join(sorted(MULTIMODAL))}), but method.name is {cfg.method.name}"
+        )
+    name, split = e.zero_shot_data, e.zero_shot_split
+    try:
+        if name in file_sources():
+            if e.zero_shot_path is None:
+                raise ValueError(f"{name} needs eval.zero_shot_path (its folder or shards)")
+            classes = index_files(name, split, cfg.data.root, e.zero_shot_path, None).classes
+        else:
+            classes = load_dataset(name, split, cfg.data.root, e.zero_shot_path).classes
+    except (ValueError, OSError) as err:
+        raise ValueError(
+            f"eval.zero_shot_data={name} (split eval.zero_shot_split={split}"
+            f"{f', eval.zero_shot_path={e.zero_shot_path}' if e.zero_shot_path else ''}) "
+            f"cannot be read: {err}"
+        ) from err
+    _transfer_words(cfg, classes)
 
 
 def _channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -358,8 +411,15 @@ def keep_previous(path: Path, settings: dict[str, Any]) -> None:
     path.rename(path.with_name(f"{path.stem}.{n}{path.suffix}"))
 
 
-def final_percent_error(run_dir: Path) -> object:
-    values = [
-        r["percent_error"] for r in read_metrics(run_dir / "metrics.jsonl") if "percent_error" in r
+def final_percent_error(run_dir: Path, step: int | None = None) -> object:
+    """The percent error (Schaeffer Eq. 4, of training-batch centroids) last logged at or
+    before ``step`` (None: the run's last), named with its step: a checkpoint's own (``best.pt``
+    is not the last step's); ``-`` when none was logged by then."""
+    rows = [
+        r
+        for r in read_metrics(run_dir / "metrics.jsonl")
+        if "percent_error" in r and (step is None or int(r["step"]) <= step)
     ]
-    return f"{100 * values[-1]:.2f}% (batch centroids, last logged step)" if values else "-"
+    if not rows:
+        return "-"
+    return f"{100 * rows[-1]['percent_error']:.2f}% (batch centroids, step {rows[-1]['step']})"

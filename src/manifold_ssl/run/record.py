@@ -48,14 +48,20 @@ class RunDir:
         """``config.yaml`` (:func:`~manifold_ssl.config.read_run_config`)."""
         return read_run_config(self.path, without)
 
-    def checkpoint(self, name: str = "last.pt", map_location: Any = None) -> dict[str, Any]:
+    def existing_checkpoint(self, name: str = "last.pt") -> Path:
+        """:meth:`checkpoint_file` of ``name``; an error listing the kept checkpoints when the
+        run has none of that name (every command that takes a checkpoint name says which
+        exist)."""
         path = self.checkpoint_file(name)
         if not path.is_file():
             raise FileNotFoundError(
                 f"no checkpoint {path.name} in {self.path}/checkpoints (kept: "
                 f"{', '.join(self.kept()) or 'none'})"
             )
-        return load_checkpoint(path, map_location=map_location)
+        return path
+
+    def checkpoint(self, name: str = "last.pt", map_location: Any = None) -> dict[str, Any]:
+        return load_checkpoint(self.existing_checkpoint(name), map_location=map_location)
 
     def trained(self, name: str = "last.pt") -> tuple[Config, dict[str, Any]]:
         """The config checkpoint ``name`` was trained with, and the checkpoint; an error when

@@ -9,6 +9,7 @@ one against its checkpoint, loads the data, builds the method and its batches
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import torch.distributed as dist
 
 from ..config import Config, save_config
+from ..methods import MULTIMODAL
 from ..runinfo import make_run_dir, run_lock, run_metadata, write_json
 from ..training.distributed import (
     DistContext,
@@ -24,7 +26,15 @@ from ..training.distributed import (
     teardown_distributed,
 )
 from ..training.loop import Monitor, Parts, PretrainResult, ProbeFactory, fit
-from .build import build_method_for, load_splits_ranked, loop_settings, train_batches, view_size
+from .build import (
+    build_method_for,
+    caption_source,
+    eval_preprocess,
+    load_splits_ranked,
+    loop_settings,
+    train_batches,
+    view_size,
+)
 from .record import RunDir
 
 __all__ = ["train"]
@@ -56,6 +66,8 @@ def train(
             run_path = created = _new_run_dir(cfg, ctx, run_dir)
         with run_lock(run_path) if ctx.is_main else contextlib.nullcontext():
             parts = _parts(cfg, ctx)
+            if ctx.is_main and cfg.method.name in MULTIMODAL:
+                _record_captions(cfg, run_path)
             result = fit(parts, loop_settings(cfg), run_path, state, progress, monitor, probes)
         ok = True
         return result
@@ -72,7 +84,18 @@ def _parts(cfg: Config, ctx: DistContext) -> Parts:
     splits = load_splits_ranked(cfg, ctx)
     batches = train_batches(cfg, splits, ctx, device)
     method = build_method_for(cfg, batches.channels, image_size=view_size(cfg, splits))
-    return Parts(method, batches, splits, ctx, device)
+    return Parts(method, batches, splits, ctx, device, eval_preprocess(cfg, splits))
+
+
+def _record_captions(cfg: Config, run_path: Path) -> None:
+    """Say where a multimodal run's captions come from (:func:`caption_source`), and record
+    it as ``captions`` in the run's ``meta.json``."""
+    source, line = caption_source(cfg)
+    print(line)
+    path = run_path / "meta.json"
+    meta = json.loads(path.read_text()) if path.exists() else {}
+    meta["captions"] = {"source": source, "why": line}
+    write_json(path, meta)
 
 
 def _new_run_dir(cfg: Config, ctx: DistContext, run_dir: str | Path | None) -> Path:

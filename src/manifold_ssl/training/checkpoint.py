@@ -13,7 +13,13 @@ import torch
 
 from .._atomic import atomic_file
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "resume_command", "save_checkpoint"]
+
+
+def resume_command(run_dir: str | os.PathLike[str]) -> str:
+    """The command that continues the run ``run_dir`` from its last checkpoint: what every
+    stop that leaves one prints (a stop condition, an interrupt, an error)."""
+    return f"manifold-ssl pretrain --resume {run_dir}"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -16,7 +16,8 @@ parameters and takes its contiguous slice: the global batch, and hence the loss,
 process's.
 
 GPU paths, all testable on the CPU: bf16 autocast (``amp``; ``amp_cpu`` on the CPU),
-channels-last views and weights (``channels_last``), ``torch.compile`` (``compile``).
+channels-last views and weights (``channels_last``), ``torch.compile`` (``compile``: the model
+in place, or ``step``, the whole step as one graph: :mod:`manifold_ssl.training.whole_step`).
 
 Every metrics line carries ``flops``, the cumulative training FLOPs (the compute axis of
 Schaeffer et al. Fig. 4): forward + backward of backbone, heads and loss, counted once per
@@ -52,10 +53,11 @@ from ..distributed import fixed_batch_sizes
 from ..geometry.spectral import effective_rank, percent_error
 from ..methods import MultimodalMethod, SSLMethod
 from ..models.sync_bn import convert_sync_batchnorm
-from .checkpoint import keep_checkpoint, save_checkpoint
+from .checkpoint import keep_checkpoint, resume_command, save_checkpoint
 from .distributed import DistContext
 from .metrics import MetricsLog
 from .tracking import Tracking
+from .whole_step import WholeStep
 
 __all__ = [
     "RESUME_KEYS",
@@ -102,7 +104,8 @@ class LoopSettings:
     amp: bool = True
     amp_cpu: bool = False
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | str = False  # True: the model in place; "step": the whole step (WholeStep)
+    compile_backend: str = "inductor"
     sync_bn: bool = False
     online_linear: bool = True
     online_lr: float = 0.1
@@ -218,6 +221,7 @@ class _Trainer:
         ctx, self.device = parts.ctx, parts.device
         self.splits, self.data, self.method = parts.splits, parts.batches, parts.method
         self.identity = data_identity(self.splits)  # recorded in every checkpoint
+        self.preprocess = parts.preprocess
         self.batch = cfg.batch_size
         online = cfg.online_linear and self.splits.num_classes >= 2
         if online and isinstance(self.method, SSLMethod):
@@ -236,8 +240,14 @@ class _Trainer:
                 self.model = convert_sync_batchnorm(self.model, self.device)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if cfg.compile:  # in place: keeps the module (and its state dict keys) as it is
-            self.model.compile()
+        if cfg.compile == "step" and ctx.world_size > 1:
+            raise ValueError(
+                "train.compile=step compiles one process's step; under DDP use "
+                "train.compile=true (the model)"
+            )
+        if cfg.compile is True:  # in place: keeps the module (and its state dict keys) as it is
+            self.model.compile(backend=cfg.compile_backend)
+        self.whole: WholeStep | None = None  # train.compile=step, from the second step
         self.opt = cfg.optimizer(self.method)
         head = getattr(self.method, "online_head", None)
         self.head_opt = (
@@ -325,6 +335,7 @@ class _Trainer:
                 "best": self.best,  # the best monitor value so far (train.keep_best)
                 # how a torchvision/timm backbone was built (ViTs: img_size), for export
                 "backbone": getattr(self.method.backbone, "spec", None),
+                "preprocess": self.preprocess,  # the evaluation view, for export
             }
             with self.paused():
                 save_checkpoint(state, self.run_path / "checkpoints" / "last.pt")
@@ -339,26 +350,40 @@ class _Trainer:
                 batch = (_channels_last(batch[0]), batch[1])
             else:
                 batch = _channels_last(batch)
+        lr = self.cfg.lr(self.step, self.steps_per_epoch)
         for group in self.opt.param_groups:
-            group["lr"] = self.cfg.lr(self.step, self.steps_per_epoch)
+            group["lr"] = lr
         labels = getattr(self.data, "labels_on_device", None)  # batches read with labels
         if labels is None and self.labels is not None:
             labels = self.labels[self.data.index_on_device]
-        # FLOPs of forward + backward, counted on the first step of each process
-        counter = FlopCounterMode(display=False) if self.step_flops is None else None
-        loss, terms, z = train_step(
-            self.model,
-            self.opt,
-            batch,
-            labels,
-            self.head_opt,
-            self.use_amp,
-            self.nonfinite,
-            counter,
-        )
-        if counter is not None:
-            self.step_flops = counter.get_total_flops() * self.ctx.world_size
-        self.method.update_target(self.step, self.total_steps)
+        if self.whole is None and self.cfg.compile == "step" and self.step_flops is not None:
+            self.whole = WholeStep(
+                self.method,
+                self.opt,
+                self.head_opt,
+                self.use_amp,
+                self.nonfinite,
+                self.cfg.compile_backend,
+            )
+        if self.whole is not None:  # the whole step, EMA included, as one graph
+            tau = self.method.target_tau(self.step, self.total_steps)
+            loss, terms, z = self.whole(batch, labels, lr, tau)
+        else:
+            # FLOPs of forward + backward, counted on the first step of each process
+            counter = FlopCounterMode(display=False) if self.step_flops is None else None
+            loss, terms, z = train_step(
+                self.model,
+                self.opt,
+                batch,
+                labels,
+                self.head_opt,
+                self.use_amp,
+                self.nonfinite,
+                counter,
+            )
+            if counter is not None:
+                self.step_flops = counter.get_total_flops() * self.ctx.world_size
+            self.method.update_target(self.step, self.total_steps)
         self.step += 1
         self.step_in_epoch += 1
         with host_side():
@@ -465,6 +490,8 @@ class Parts:
     splits: DataSplits
     ctx: DistContext
     device: torch.device
+    #: how the run makes un-augmented views (size, crop, statistics), recorded for export
+    preprocess: dict[str, Any] | None = None
 
 
 def fit(
@@ -548,7 +575,8 @@ def _checkpoint_on_error(t: _Trainer) -> Iterator[None]:
             print(f"the checkpoint could not be written either: {save_err}", file=sys.stderr)
         else:
             print(
-                "the last completed step was checkpointed; --resume continues from it",
+                "the last completed step was checkpointed; resume with: "
+                f"{resume_command(t.run_path)}",
                 file=sys.stderr,
             )
         raise
