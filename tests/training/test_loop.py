@@ -29,6 +29,10 @@ def test_resume_continues_exactly_where_training_stopped(tiny_cfg):
     assert full.status == "finished" and full.step == 2 * (1221 // 64)
     stopped = pretrain(tiny_cfg("--train.max_steps=23"), progress=False)  # mid-epoch 2
     assert stopped.status == "max_steps" and stopped.step == 23
+    # resumed from its last step (killed before the run was marked done): nothing is trained
+    again = pretrain(tiny_cfg("--train.max_steps=23"), resume=stopped.run_dir, progress=False)
+    assert again.status == "max_steps" and again.step == 23
+    assert max(losses(stopped.run_dir)) == 23
     resumed = pretrain(tiny_cfg(), resume=stopped.run_dir, progress=False)
     assert resumed.status == "finished" and resumed.step == full.step
     a, b = losses(full.run_dir), losses(stopped.run_dir)

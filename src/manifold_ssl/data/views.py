@@ -376,7 +376,7 @@ def apply_params(spec: AugmentSpec, images: torch.Tensor, p: ViewParams) -> torc
     if p.boxes is None:
         raise ValueError("these view parameters have no crop boxes: sample them with the size")
     d = _on_device(p, images.device)
-    x = images.float().div_(255.0)
+    x = images.to(torch.get_default_dtype()).div_(255.0)
     x = resized_crop(x, d["boxes"], spec.size or images.shape[-1], d["flip"])
     return _photometric(spec, x, d)
 
@@ -436,20 +436,20 @@ def _photometric(spec: AugmentSpec, x: torch.Tensor, d: dict[str, torch.Tensor])
         x = torch.where(d["blur"].view(n, 1, 1, 1), blurred, x)
     if spec.solarize_p > 0:
         x = torch.where(d["solarize"].view(n, 1, 1, 1) & (x >= 0.5), 1.0 - x, x)
-    mean = _constant(spec.mean * (c if len(spec.mean) == 1 else 1), x.device)
-    std = _constant(spec.std * (c if len(spec.std) == 1 else 1), x.device)
+    mean = _constant(spec.mean * (c if len(spec.mean) == 1 else 1), x.device, x.dtype)
+    std = _constant(spec.std * (c if len(spec.std) == 1 else 1), x.device, x.dtype)
     return (x - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
 
 
 _CONSTANTS: dict[tuple[Any, ...], torch.Tensor] = {}
 
 
-def _constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """``values`` as a float32 tensor on ``device``, copied there once (a copy from pageable
+def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` as a ``dtype`` tensor on ``device``, copied there once (a copy from pageable
     host memory waits for the device)."""
-    key = (values, str(device))
+    key = (values, str(device), dtype)
     if key not in _CONSTANTS:
-        _CONSTANTS[key] = torch.tensor(values, device=device)
+        _CONSTANTS[key] = torch.tensor(values, device=device, dtype=dtype)
     return _CONSTANTS[key]
 
 
@@ -535,12 +535,13 @@ class MultiViewAugment:
             ]
 
     def apply(self, images: torch.Tensor, params: list[ViewParams]) -> torch.Tensor:
-        """(n, K, C, s, s) float views of uint8 ``images`` (n, C, H, W): all K views in one
+        """(n, K, C, s, s) views of uint8 ``images`` (n, C, H, W) in the default float dtype
+        (``torch.get_default_dtype()``, float32 unless changed): all K views in one
         batched pass (n·K images) per group of views that share a size (one group for every
         preset), so a batch costs the same launches for any K."""
         n = images.shape[0]
         with _one_cpu_thread(images.device):
-            x = images.float().div_(255.0)
+            x = images.to(torch.get_default_dtype()).div_(255.0)
             parts = []
             for spec, ks in self.groups:
                 with host_side():
@@ -563,7 +564,13 @@ class MultiViewAugment:
             for spec, ks in self.groups:
                 with host_side():
                     p = concat_params([params[k] for k in ks])
-                x = crops[:, ks].transpose(0, 1).flatten(0, 1).float().div_(255.0)
+                x = (
+                    crops[:, ks]
+                    .transpose(0, 1)
+                    .flatten(0, 1)
+                    .to(torch.get_default_dtype())
+                    .div_(255.0)
+                )
                 v = _photometric(spec, x, _on_device(p, crops.device))
                 parts.append(v.unflatten(0, (len(ks), n)))
             return _views_last(parts)

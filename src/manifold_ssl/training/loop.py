@@ -523,6 +523,8 @@ def fit(
     status, start_time = "finished", t.trained_seconds()  # this invocation's start
     show = progress and ctx.is_main
     bar = tqdm(total=t.total_steps, initial=t.step, disable=not show, desc=cfg.name, **_BAR)
+    if cfg.max_steps and t.step >= cfg.max_steps:  # resumed from its last step: nothing to train
+        status = "max_steps"
     with _StopFlag() as stop, _checkpoint_on_error(t), fixed_batch_sizes():
         while t.epoch < cfg.epochs and status == "finished":
             if t.step == 0:
