@@ -116,6 +116,8 @@ class OneOf:
         if v in names or (v is None and self._none):
             return None
         close = suggest(v, names) if self._close and isinstance(v, str) else ""
+        if v in (None, "null") and "none" in names:  # a string key: its "not set" is a word
+            close = " (write none to leave it off: the key is not optional)"
         return f"one of {names}{close}"
 
 

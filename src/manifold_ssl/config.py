@@ -469,6 +469,7 @@ RESUME_FREE_KEYS = (
     "data.workers",
     "data.prefetch",
     "data.views_on",
+    "data.shard_errors",
     "train.wandb",
     "train.wandb_project",
     "train.wandb_group",
@@ -611,6 +612,21 @@ def _check_resampled(cfg: Config, multimodal: bool) -> None:
             "read by data.loader=resampled (or auto)"
         )
     if not resampled(cfg):
+        # keys of the resampled reader only: a random-access run would ignore them
+        if d.samples_per_epoch:
+            raise ValueError(
+                f"data.samples_per_epoch={d.samples_per_epoch} sets the epoch of "
+                "data.loader=resampled; this run reads its training images by random access "
+                f"(data.loader={d.loader}), an epoch being every image: leave it 0, or set "
+                "data.loader=resampled"
+            )
+        if d.shard_errors != "raise":
+            raise ValueError(
+                f"data.shard_errors={d.shard_errors} is for shards read in order "
+                "(data.loader=resampled); local shards read by random access are indexed "
+                f"before training (data.loader={d.loader}), where an unreadable or truncated "
+                "shard is an error naming it: replace the shard, or set data.loader=resampled"
+            )
         return
     if d.name != "webdataset":
         raise ValueError(f"data.loader=resampled reads WebDataset shards, not {d.name}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import json
 import re
 import shutil
 import tarfile
@@ -126,6 +127,19 @@ def test_a_mapping_gives_each_split_its_own_range(shards, server, tmp_path):
         files_run_cfg(tmp_path, "imagefolder", text)
 
 
+def test_keys_of_the_resampled_reader_are_refused_for_a_random_access_run(shards, tmp_path):
+    """Helper 15: a local run ignored ``data.samples_per_epoch`` and ``data.shard_errors``."""
+    local = str(shards / "whole" / "{split}-{000000..000003}.tar")
+    for key, expected in (
+        ("--data.samples_per_epoch=64", r"samples_per_epoch=64 sets the epoch of .*resampled"),
+        ("--data.shard_errors=skip", r"shard_errors=skip is for shards read in order"),
+    ):
+        for loader in ("auto", "memory", "stream"):
+            with pytest.raises(ValueError, match=expected):
+                files_run_cfg(tmp_path, "webdataset", local, f"--data.loader={loader}", key)
+    files_run_cfg(tmp_path, "webdataset", local, "--data.shard_errors=raise")  # the default
+
+
 # --------------------------------------------------------------------------- item 5
 def test_a_shard_cut_at_a_member_boundary_is_an_error_naming_it(shards, server, tmp_path):
     cut = shards / "cut" / "train-000002.tar"
@@ -186,6 +200,10 @@ def test_the_evaluation_fetch_skips_counts_and_keeps_a_bounded_copy(
     # the training split's pick of 2 may hold the cut shard: 1 (test) or 2 of 6 shards skipped
     found = re.search(r"skipped (\d) of the 6 shards fetched for the evaluation", err)
     assert found, err
+    # recorded with the run (helper 15: the checkpoint's count is the training stream's)
+    recorded = json.loads((result.run_dir / "meta.json").read_text())["eval_shards_skipped"]
+    assert len(recorded) == int(found.group(1)) and "test-000003.tar: HTTP 404" in recorded[-1]
+    assert len(result.splits.shards_skipped) == len(recorded)
     copies = sorted((tmp_path / "b" / "data" / "cache" / "shards").glob("*.tar"))
     assert len(copies) == 6 - int(found.group(1))  # 2 training + 3 test shards at most
     assert len(result.splits.test) == 3 * PER_SHARD
@@ -223,10 +241,14 @@ def test_a_shard_error_mid_run_prints_the_resume_command(shards, tmp_path, capsy
     for gone in ("train-000001.tar", "train-000002.tar"):
         (source / gone).unlink()
     capsys.readouterr()
-    assert main(["pretrain", "--resume", str(first.run_dir), "--quiet"]) == 2
+    assert main(["pretrain", "--resume", str(first.run_dir)]) == 2  # with its progress bar
     err = capsys.readouterr().err
-    assert f"resume with: manifold-ssl pretrain --resume {first.run_dir}\n" in err
+    command = f"manifold-ssl pretrain --resume {first.run_dir} --data.shard_errors=skip"
+    # on a line of its own under the bar, and the command given gets past the shard
+    assert f"\nthe last completed step was checkpointed; resume with: {command}\n" in err
     assert re.search(r"error: shard .*train-00000[12]\.tar", err)
+    assert main([*command.split()[1:], "--quiet"]) == 0
+    assert load_checkpoint(first.run_dir / "checkpoints" / "last.pt")["shards_skipped"] > 0
 
 
 # --------------------------------------------------------------------------- item 17f

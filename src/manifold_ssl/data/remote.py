@@ -29,7 +29,17 @@ from .._atomic import atomic_file
 from .paths import DataPath, patterns, split_path
 from .tars import TailReader, file_end_problem
 
-__all__ = ["fetch_shards", "is_remote", "open_shard", "shard_samples", "shard_urls"]
+__all__ = ["ShardError", "fetch_shards", "is_remote", "open_shard", "shard_samples", "shard_urls"]
+
+
+class ShardError(OSError):
+    """A shard that cannot be read (or is truncated) under ``data.shard_errors=raise``. A run it
+    stops resumes past it with ``--data.shard_errors=skip`` (a key a resume may change)."""
+
+    def __init__(self, message: str) -> None:
+        hint = "data.shard_errors=skip"  # present when re-raised from a loader's worker
+        super().__init__(message if hint in message else f"{message} ({hint} skips such shards)")
+
 
 #: Seconds a shard's server may stay silent before the read fails (never a hang).
 TIMEOUT_S = 60.0
@@ -173,7 +183,7 @@ def fetch_shards(
                         raise OSError(f"shard {url}: {problem}")
             except (OSError, http.client.HTTPException) as err:
                 if errors != "skip":
-                    raise OSError(f"{err} (data.shard_errors=skip skips such shards)") from None
+                    raise ShardError(str(err)) from None
                 skipped.append(str(err) if str(err).startswith("shard") else f"shard {url}: {err}")
                 continue
         copies.append(str(target))

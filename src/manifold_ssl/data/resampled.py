@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..dispatch import host_side
 from .files import IMAGE_SUFFIXES, open_rgb, resolve_workers
-from .remote import shard_samples
+from .remote import ShardError, shard_samples
 from .stream import Layout, _ViewParams, geometric_views
 from .views import MultiViewAugment
 
@@ -109,7 +109,7 @@ class _Lane:
 
     def _failed(self, err: OSError) -> None:
         if self.errors == "raise":
-            raise OSError(f"{err} (data.shard_errors=skip skips such shards)") from None
+            raise ShardError(str(err)) from None
         self.skips.append(str(err))
         self.failed_in_a_row += 1
         if self.failed_in_a_row >= max(8, 2 * len(self.urls)):

@@ -59,6 +59,9 @@ class DataSplits:
     val: Split
     test: Split
     unlabeled: Split | None = None
+    #: the shards left out of a remote run's local copy (``data.shard_errors=skip``), each
+    #: with its error: the copy holds fewer images than the shard set
+    shards_skipped: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:

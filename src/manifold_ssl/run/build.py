@@ -8,6 +8,7 @@ explicit arguments and never import the config.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -75,10 +76,11 @@ def splits_of(cfg: Config) -> DataSplits:
     """The splits ``cfg.data`` describes: of remote shards, a local copy read by random access
     (``data.eval_path``, else the train and test shards fetched once into the cache)."""
     d = cfg.data
-    return load_splits(
+    skipped: list[str] = []
+    splits = load_splits(
         d.name,
         d.root,
-        _local_path(cfg),
+        _local_path(cfg, skipped),
         d.val_fraction,
         d.split_seed,
         loader="auto" if d.loader == "resampled" else d.loader,
@@ -90,23 +92,25 @@ def splits_of(cfg: Config) -> DataSplits:
         memory_limit_gb=d.memory_limit_gb,
         workers=resolve_workers(d.workers),
     )
+    return dataclasses.replace(splits, shards_skipped=tuple(skipped)) if skipped else splits
 
 
-def _local_path(cfg: Config) -> DataPath | None:
+def _local_path(cfg: Config, skipped: list[str]) -> DataPath | None:
     d = cfg.data
     if not is_remote(d.path) or d.eval_path:
         return d.eval_path or d.path
-    return eval_copy(cfg)
+    return eval_copy(cfg, skipped)
 
 
-def eval_copy(cfg: Config) -> dict[str, str]:
+def eval_copy(cfg: Config, skipped: list[str] | None = None) -> dict[str, str]:
     """The local copy a remote run's evaluation, monitor and probes read by random access: the
     test split's shards, and a seeded choice of ``data.eval_shards`` training shards (their
     labelled images are the kNN bank, the probes' and the linear probe's training images and
     the validation split; pretraining streams every training shard), fetched once into
     ``<root>/cache/shards`` (a split given as local files is read where it is). Under
     ``data.shard_errors=skip`` a shard that cannot be fetched is left out, and one line says
-    how many were. Returns the copy as a ``data.path`` mapping."""
+    how many were (their errors appended to ``skipped``). Returns the copy as a ``data.path``
+    mapping."""
     d = cfg.data
     assert d.path is not None
     train = shard_urls(d.path, "train")
@@ -118,13 +122,14 @@ def eval_copy(cfg: Config) -> dict[str, str]:
         )
         train = [train[i] for i in sorted(pick)]
     folder = Path(d.root) / "cache" / "shards"
-    local, skipped, wanted = {}, [], 0
+    skipped = [] if skipped is None else skipped
+    local, wanted = {}, 0
     for split, urls in (("train", train), (d.test_split, test)):
         if not is_remote(split_path(d.path, split)):
             local[split] = split_path(d.path, split)
             continue
         copies, missed = fetch_shards(urls, folder, d.shard_errors)
-        skipped += missed
+        skipped.extend(missed)
         wanted += len(urls)
         if not copies:
             raise OSError(f"no shard of the {split} split could be fetched: {missed[0]}")

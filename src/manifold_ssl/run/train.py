@@ -67,7 +67,11 @@ def train(
         with run_lock(run_path) if ctx.is_main else contextlib.nullcontext():
             parts = _parts(cfg, ctx)
             if ctx.is_main and cfg.method.name in MULTIMODAL:
-                _record_captions(cfg, run_path)
+                source, line = caption_source(cfg)
+                print(line)
+                _record(run_path, "captions", {"source": source, "why": line})
+            if ctx.is_main and parts.splits.shards_skipped:
+                _record(run_path, "eval_shards_skipped", list(parts.splits.shards_skipped))
             result = fit(parts, loop_settings(cfg), run_path, state, progress, monitor, probes)
         ok = True
         return result
@@ -87,14 +91,14 @@ def _parts(cfg: Config, ctx: DistContext) -> Parts:
     return Parts(method, batches, splits, ctx, device, eval_preprocess(cfg, splits))
 
 
-def _record_captions(cfg: Config, run_path: Path) -> None:
-    """Say where a multimodal run's captions come from (:func:`caption_source`), and record
-    it as ``captions`` in the run's ``meta.json``."""
-    source, line = caption_source(cfg)
-    print(line)
+def _record(run_path: Path, key: str, value: Any) -> None:
+    """``key`` in the run's ``meta.json``: where a multimodal run's captions come from
+    (:func:`caption_source`), the shards its evaluation copy left out (the errors of
+    ``data.shard_errors=skip``; the training stream's count is the checkpoint's
+    ``shards_skipped``)."""
     path = run_path / "meta.json"
     meta = json.loads(path.read_text()) if path.exists() else {}
-    meta["captions"] = {"source": source, "why": line}
+    meta[key] = value
     write_json(path, meta)
 
 

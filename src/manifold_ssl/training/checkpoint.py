@@ -16,10 +16,11 @@ from .._atomic import atomic_file
 __all__ = ["load_checkpoint", "resume_command", "save_checkpoint"]
 
 
-def resume_command(run_dir: str | os.PathLike[str]) -> str:
-    """The command that continues the run ``run_dir`` from its last checkpoint: what every
-    stop that leaves one prints (a stop condition, an interrupt, an error)."""
-    return f"manifold-ssl pretrain --resume {run_dir}"
+def resume_command(run_dir: str | os.PathLike[str], *overrides: str) -> str:
+    """The command that continues the run ``run_dir`` from its last checkpoint (with
+    ``overrides``, keys a resume may change): what every stop that leaves one prints (a stop
+    condition, an interrupt, an error)."""
+    return " ".join([f"manifold-ssl pretrain --resume {run_dir}", *overrides])
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from .._validation import finiteness_deferred
+from ..data.remote import ShardError
 from ..data.splits import DataSplits, check_same_data, data_identity
 from ..data.stream import TrainBatches
 from ..dispatch import host_side
@@ -525,7 +526,7 @@ def fit(
     bar = tqdm(total=t.total_steps, initial=t.step, disable=not show, desc=cfg.name, **_BAR)
     if cfg.max_steps and t.step >= cfg.max_steps:  # resumed from its last step: nothing to train
         status = "max_steps"
-    with _StopFlag() as stop, _checkpoint_on_error(t), fixed_batch_sizes():
+    with _StopFlag() as stop, _checkpoint_on_error(t, bar), fixed_batch_sizes():
         while t.epoch < cfg.epochs and status == "finished":
             if t.step == 0:
                 maybe_probe()
@@ -561,15 +562,17 @@ _BAR: dict[str, Any] = {"unit": "step", "dynamic_ncols": True}
 
 
 @contextlib.contextmanager
-def _checkpoint_on_error(t: _Trainer) -> Iterator[None]:
+def _checkpoint_on_error(t: _Trainer, bar: tqdm) -> Iterator[None]:
     """On an exception inside the loop, save the last completed step before it propagates, so
     that a crash loses at most the step in progress; unless a loss since the last check was not
-    finite (then that is the error, and the weights that took it are not saved)."""
+    finite (then that is the error, and the weights that took it are not saved). The resume
+    line goes under the closed progress bar; after an unreadable shard it resumes skipping it."""
     try:
         yield
     except FloatingPointError:  # the weights took a non-finite step: nothing to save
         raise
     except Exception as err:
+        bar.close()
         t.check_finite_after(err)
         try:
             t.checkpoint(t.done)
@@ -578,10 +581,15 @@ def _checkpoint_on_error(t: _Trainer) -> Iterator[None]:
         else:
             print(
                 "the last completed step was checkpointed; resume with: "
-                f"{resume_command(t.run_path)}",
+                f"{resume_command(t.run_path, *_past(err))}",
                 file=sys.stderr,
             )
         raise
+
+
+def _past(err: Exception) -> tuple[str, ...]:
+    """The resume overrides that get past ``err``: an unreadable shard is skipped."""
+    return ("--data.shard_errors=skip",) if isinstance(err, ShardError) else ()
 
 
 RESUME_KEYS = ("model", "optimizer", "step", "epoch", "step_in_epoch")  # + the data's state
