@@ -12,8 +12,11 @@ Measured, for ResNet-18 with the CIFAR stem at width 64 (``--width``), global ba
 
 * images/s of ``manifold_ssl.training.pretrain`` (the memory loader: views made on the GPU)
   for MMCR at K = 2, 8, 40 and SimCLR at K = 2, in float32 and in bf16 autocast with
-  channels-last (and ``torch.compile`` for MMCR K = 2), averaged over the logged windows after
-  warm-up; peak GPU memory; host synchronisations per step (``torch.cuda.set_sync_debug_mode``
+  channels-last (and for MMCR K = 2 ``torch.compile`` of the model and ``train.compile=step``,
+  the whole step as one graph, a CUDA graph on CUDA), and in bf16 at ``--batch-large`` (512,
+  lightly's batch; MMCR and SimCLR, MMCR also compiled whole), averaged over the logged windows
+  after warm-up; TFLOP/s from our FLOP count and MFU against the device's dense peak (known
+  H100/H200/A100 parts, or ``--peak-tflops``); peak GPU memory; host synchronisations per step (``torch.cuda.set_sync_debug_mode``
   counts them: every one is a warning);
 * the objective's share of a step: its forward and backward on embeddings of the step's
   shape, timed with CUDA events, against the step's time; MMCR K = 8 also with the matmul-only
@@ -58,6 +61,21 @@ CASES = [  # (label, recipe, K)
     ("MMCR K=40", "cifar10_mmcr", 40),
     ("SimCLR K=2", "cifar10_simclr", 2),
 ]
+
+
+#: dense peak TFLOP/s by device-name fragment: (bf16, tf32), from the vendors' data sheets (SXM
+#: parts; a PCIe part has less). MFU is our FLOP count (torch's FlopCounterMode on one step,
+#: ``flops`` in metrics.jsonl) over the time, against the precision's peak; absent for others.
+PEAK_TFLOPS = {"H200": (989.0, 494.0), "H100": (989.0, 494.0), "A100": (312.0, 156.0)}
+
+
+def peak_tflops(device: str, precision: str, given: float | None) -> float | None:
+    if given:
+        return given
+    for name, (bf16, tf32) in PEAK_TFLOPS.items():
+        if name in device:
+            return bf16 if precision.startswith("bf16") else tf32
+    return None
 
 
 class Budget:
@@ -275,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", default="2,8,40", help="MMCR view counts to run")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument(
+        "--batch-large", type=int, default=512, help="also bf16 at this batch (0: not)"
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, help="the device's dense peak for MFU (default: known GPUs)"
+    )
+    parser.add_argument(
         "--precision", choices=["both", "float32", "bf16"], default="both", help="which to run"
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline loop")
@@ -291,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data:  # a synthetic image folder of CIFAR's shape
         from manifold_ssl.data.synthetic import write_image_folder
 
-        per = {"train": max(args.batch * 3 // 10, 8), "test": max(args.batch // 10, 4)}
+        most = max(args.batch, args.batch_large)
+        per = {"train": max(most * 3 // 10, 8), "test": max(most // 10, 4)}
         args.data = str(write_image_folder(Path(args.root) / "synthetic", 10, per, (32, 32)))
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -326,15 +351,18 @@ def main(argv: list[str] | None = None) -> int:
         polar = [*precisions[1][1], "--method.loss.nuclear=polar"]
         plan.append((f"MMCR K={k}", "cifar10_mmcr", k, "bf16+channels_last+polar", polar))
     if not args.no_compile and 2 in views:
-        plan.append(
-            (
-                "MMCR K=2",
-                "cifar10_mmcr",
-                2,
-                "bf16+channels_last+compile",
-                [*precisions[1][1], "--train.compile=true"],
-            )
-        )
+        for mode in ("true", "step"):  # the model compiled; the whole step (a CUDA graph)
+            name = "compile" if mode == "true" else "compile=step"
+            extra = [*precisions[1][1], f"--train.compile={mode}"]
+            plan.append(("MMCR K=2", "cifar10_mmcr", 2, f"bf16+channels_last+{name}", extra))
+    if args.batch_large and args.precision != "float32":  # lightly's batch, beside --batch
+        large = [*precisions[1][1], f"--train.batch_size={args.batch_large}"]
+        for label, recipe in (("MMCR K=2", "cifar10_mmcr"), ("SimCLR K=2", "cifar10_simclr")):
+            plan.append((label, recipe, 2, f"bf16+channels_last, batch {args.batch_large}", large))
+        if not args.no_compile:
+            step = [*large, "--train.compile=step"]
+            prec = f"bf16+channels_last+compile=step, batch {args.batch_large}"
+            plan.append(("MMCR K=2", "cifar10_mmcr", 2, prec, step))
     splits = None
     for label, recipe, k, prec, extra in plan:
         if budget.left() < 60:
@@ -343,9 +371,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config(args, recipe, k, *extra)
         say(f"{label} {prec}: pretrain {args.steps} steps of {args.batch} images")
         row = {"case": label, "precision": prec, **throughput(args, cfg)}
+        row["batch"] = cfg.train.batch_size
+        row["tflops"] = row["step_flops"] * row["images_per_s"] / cfg.train.batch_size / 1e12
+        peak = peak_tflops(out["device"], prec, args.peak_tflops)
+        row["mfu"] = row["tflops"] / peak if peak else None
         if prec != "float32" or k == 2:
             row["objective_ms"] = objective_ms(args, cfg)
-            row["objective_share"] = row["objective_ms"] / (1e3 * args.batch / row["images_per_s"])
+            row["objective_share"] = row["objective_ms"] / (
+                1e3 * cfg.train.batch_size / row["images_per_s"]
+            )
         say(
             f"  {row['images_per_s']:.0f} images/s, syncs/step {row['syncs_per_step']}, "
             f"peak {row['peak_memory_gb']} GB"
@@ -394,14 +428,16 @@ def write(out: dict[str, Any], path: str) -> None:
     lines = [
         f"# GPU benchmark: {out['device']} (torch {out['torch']})",
         "",
-        "| case | precision | images/s | syncs/step | peak GB | objective ms | objective share |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| case | precision | batch | images/s | TFLOP/s | MFU | syncs/step | peak GB "
+        "| objective ms | objective share |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in out["throughput"]:
         obj = r.get("objective_ms")
         share = r.get("objective_share")
         lines.append(
-            f"| {r['case']} | {r['precision']} | {r['images_per_s']:.0f} | "
+            f"| {r['case']} | {r['precision']} | {r['batch']} | {r['images_per_s']:.0f} | "
+            f"{r['tflops']:.2f} | {_pct(r['mfu'])} | "
             f"{_fmt(r['syncs_per_step'])} | {_fmt(r['peak_memory_gb'])} | {_fmt(obj)} | "
             f"{'-' if share is None else f'{100 * share:.1f}%'} |"
         )
@@ -421,6 +457,10 @@ def write(out: dict[str, Any], path: str) -> None:
     if out["skipped"]:
         lines.append(f"\nskipped (budget): {', '.join(out['skipped'])}")
     file.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _fmt(v: Any) -> str:
