@@ -98,6 +98,7 @@ def run_row(
         if "knn_val_accuracy" in r
     ]
     train_s = max((r["train_seconds"] for r in records if "train_seconds" in r), default=0.0)
+    monitor_s = sum(r.get("monitor_s", 0.0) for r in records)  # each monitor call
     start = time.perf_counter()
     device = str(next(result.method.parameters()).device)
     last = knn_test(cfg, result.method, result.splits, device)
@@ -131,6 +132,9 @@ def run_row(
         "wall_s": wall_s,
         "train_s": train_s,
         "wall_s_without_eval": train_s,
+        "monitor_s": monitor_s,
+        "monitor_share": monitor_s / wall_s if wall_s else None,
+        "final_knn_s": eval_s,
         # the monitor, the final kNN, checkpoints and start-up: all that is not training
         "outside_training_share": (wall_s - train_s) / wall_s if wall_s else None,
         "device": device_name(device),
@@ -239,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * record['knn_test_last']:.2f}%"
         + (f", best-val epoch {best['epoch']} {100 * best['knn_test']:.2f}%" if best else "")
         + f"; {record['images_per_s'] or 0:.0f} images/s; wall {record['wall_s']:.0f} s, "
-        f"{100 * (record['outside_training_share'] or 0):.1f}% of it outside training; wrote {path}",
+        f"{100 * (record['outside_training_share'] or 0):.1f}% of it outside training, the kNN "
+        f"monitor {100 * (record['monitor_share'] or 0):.1f}%; wrote {path}",
         file=sys.stderr,
     )
     return 0

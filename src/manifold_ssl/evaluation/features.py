@@ -61,8 +61,13 @@ def extract_features(
     device: torch.device | str = "cpu",
     workers: int = 0,
     progress: str | None = None,
+    on_device: bool = False,
+    bf16: bool = False,
 ) -> torch.Tensor:
-    """(N, F) float32 CPU features of uint8 ``images`` through ``encoder`` in eval mode.
+    """(N, F) float32 features of uint8 ``images`` through ``encoder`` in eval mode, on the CPU
+    (``on_device``: left on ``device``, as the training monitor keeps them for its kNN, with no
+    copy back per batch); ``bf16``: the forward under bfloat16 autocast (the monitor of a
+    ``train.amp`` run on a GPU).
 
     ``images``: a uint8 (N, C, H, W) tensor, a split in memory, or a split on disk, whose
     un-augmented views ``workers`` DataLoader processes decode batch by batch (evaluation on
@@ -85,10 +90,14 @@ def extract_features(
     out = []
     total = -(-len(images) // batch_size)
     bar = tqdm(batches, total=total, desc=progress, unit="batch", leave=False, disable=not progress)
+    kind = torch.device(device).type
+    where = torch.device(device) if on_device else torch.device("cpu")
     for batch in bar:
         x = normalise_images(batch.to(device), mean, std)
-        out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, 0)
+        with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
+            y = model(x.contiguous(memory_format=torch.channels_last))
+        out.append(y.float().to(where))
+    return torch.cat(out) if out else torch.zeros(0, 0, device=where)
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ def knn_predict(
             f"k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}"
         )
     bank = F.normalize(train_features.float(), dim=1)
+    train_labels = train_labels.to(bank.device)
     k = min(k, bank.shape[0])
     preds = []
     for start in range(0, query_features.shape[0], chunk):
@@ -51,4 +52,4 @@ def knn_accuracy(
     temperature: float = 0.1,
 ) -> float:
     pred = knn_predict(train_features, train_labels, query_features, num_classes, k, temperature)
-    return float((pred == query_labels).float().mean())
+    return float((pred == query_labels.to(pred.device)).float().mean())

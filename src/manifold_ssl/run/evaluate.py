@@ -189,12 +189,23 @@ def _channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 def knn_monitor(cfg: Config) -> Monitor:
     """The training loop's monitor: kNN accuracy of the backbone on the validation split, and
-    the zero-shot accuracy there of a multimodal method."""
+    the zero-shot accuracy there of a multimodal method. On a GPU the features stay there and
+    the kNN runs there, the forward in bfloat16 when the run trains in it (``train.amp``)."""
 
     def monitor(method: Method, splits: DataSplits, device: torch.device) -> dict[str, float]:
         mean, std = splits.normalisation
+        cuda = device.type == "cuda"
         feats = [
-            extract_features(method.backbone, s, mean, std, device=device, workers=cfg.data.workers)
+            extract_features(
+                method.backbone,
+                s,
+                mean,
+                std,
+                device=device,
+                workers=cfg.data.workers,
+                on_device=cuda,
+                bf16=cuda and cfg.train.amp,
+            )
             for s in (splits.train, splits.val)
         ]
         acc = knn_accuracy(

@@ -272,6 +272,7 @@ class _Trainer:
         # a failure in the step in progress (which has drawn its views already) must hold
         self.done = self.data.state_dict()
         self.best: float | None = None  # the best value of cfg.keep_best so far
+        self.monitor_seconds = 0.0  # this invocation's time in the monitor
 
     def release(self) -> Method:
         """The trained method, with the DDP wrapper dropped and collected. A DDP wrapper sits
@@ -453,9 +454,12 @@ class _Trainer:
         every = cfg.knn_every
         values: dict[str, float] = {}
         if monitor and every and (self.epoch % every == 0 or last) and self.ctx.is_main:
+            start = time.perf_counter()
             with self.paused():
                 values = monitor(self.method, self.splits, self.device)
-            self.log.log({**self.position(), **values})
+            seconds = time.perf_counter() - start
+            self.monitor_seconds += seconds
+            self.log.log({**self.position(), **values, "monitor_s": round(seconds, 3)})
             bar.write(
                 f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
             )
@@ -522,6 +526,7 @@ def fit(
                 log.log({**t.position(), **probe(t.method, t.step)})
 
     status, start_time = "finished", t.trained_seconds()  # this invocation's start
+    wall_start = time.perf_counter()
     show = progress and ctx.is_main
     bar = tqdm(total=t.total_steps, initial=t.step, disable=not show, desc=cfg.name, **_BAR)
     if cfg.max_steps and t.step >= cfg.max_steps:  # resumed from its last step: nothing to train
@@ -553,6 +558,12 @@ def fit(
             maybe_probe(last=True)  # the trained network, whatever the schedule
     if probe is not None and probe.summary() and show:
         bar.write(str(probe.summary()))
+    if t.monitor_seconds and show:  # issue 28: what the monitor costs a run
+        wall = time.perf_counter() - wall_start
+        bar.write(
+            f"kNN monitor: {t.monitor_seconds:.1f} s, {100 * t.monitor_seconds / wall:.1f}% "
+            f"of this run's {wall:.0f} s"
+        )
     bar.close()
     log.close()
     return PretrainResult(run_path, status, t.step, t.release(), t.splits, ctx)
