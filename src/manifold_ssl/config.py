@@ -2,7 +2,7 @@
 ``--key=value`` overrides. Unknown keys are errors; the resolved config is saved with the run.
 
 Derived values are computed here and only here: :func:`effective_lr` (the learning-rate scaling
-rule) and :func:`resolve_device`.
+rule).
 """
 
 from __future__ import annotations

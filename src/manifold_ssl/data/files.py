@@ -57,7 +57,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 __all__ = [
     "ImageFiles",
     "centre_view",
-    "decode_rgb",
     "index_images",
     "index_shards",
     "open_rgb",
@@ -180,12 +179,6 @@ def open_rgb(data: bytes) -> Image.Image:
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """uint8 (3, H, W) of an RGB PIL image."""
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
-
-
-def decode_rgb(data: bytes) -> torch.Tensor:
-    """uint8 (3, H, W) RGB of an encoded image. Decoded by Pillow (libjpeg-turbo): the
-    torchvision decoders are deprecated since torchvision 0.29."""
-    return to_tensor(open_rgb(data))
 
 
 def centre_view(image: torch.Tensor, size: int, crop_fraction: float = 1.0) -> torch.Tensor:

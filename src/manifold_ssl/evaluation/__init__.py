@@ -12,7 +12,6 @@ from .._lazy import lazy_exports
 
 _WHERE = {
     "EvalConfig": "settings",
-    "augmentation_manifolds": "features",
     "class_manifolds": "features",
     "evaluate_encoder": "protocol",
     "evaluate_features": "protocol",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from copy import deepcopy
 
 import torch
@@ -12,7 +12,6 @@ from ..data.files import ImageFiles
 from ..data.tensors import ImageTensors
 
 __all__ = [
-    "augmentation_manifolds",
     "class_manifolds",
     "default_per_class",
     "extract_features",
@@ -169,19 +168,3 @@ def default_per_class(labels: torch.Tensor, cap: int = 50) -> int:
     counts = torch.unique(labels, return_counts=True)[1]
     usable = sorted(int(n) for n in counts if n >= 2)
     return min(cap, usable[0]) if usable else 2
-
-
-def augmentation_manifolds(
-    encode: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    n_augment: int,
-    seed: int = 0,
-) -> torch.Tensor:
-    """(P, n_augment, F) augmentation manifolds (exemplars × augmentations): ``augment(images,
-    gen)`` returns (P, n_augment, C, H, W) views, which ``encode`` maps to features."""
-    gen = torch.Generator().manual_seed(seed)
-    views = augment(images, gen)  # (P, n_augment, C, H, W)
-    with torch.no_grad():
-        feats = encode(views.flatten(0, 1))
-    return feats.reshape(images.shape[0], n_augment, -1)

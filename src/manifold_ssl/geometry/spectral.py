@@ -59,7 +59,6 @@ __all__ = [
     "effective_rank",
     "nuclear_norm",
     "nuclear_norm_bound",
-    "nuclear_norm_from_gram",
     "nuclear_norm_of_rows",
     "participation_ratio",
     "percent_error",
@@ -67,44 +66,6 @@ __all__ = [
     "rankme",
     "singular_values",
 ]
-
-
-def _rank_tolerance(eigvals: torch.Tensor, n: int, eps: float) -> torch.Tensor:
-    """Eigenvalues of a Gram matrix below this are zero (numerical rank, as ``matrix_rank``)."""
-    top = eigvals.amax(dim=-1, keepdim=True).clamp_min(0)
-    return top * n * eps
-
-
-def _sqrt_spectrum(gram: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvectors V and ``√λ`` of a PSD Gram matrix, eigenvalues below tolerance set to 0."""
-    eigvals, eigvecs = torch.linalg.eigh(gram)
-    keep = eigvals > _rank_tolerance(eigvals, gram.shape[-1], eps)
-    return eigvecs, torch.where(keep, eigvals.clamp_min(0).sqrt(), torch.zeros_like(eigvals))
-
-
-def _inverse_on_range(eigvecs: torch.Tensor, sqrt_vals: torch.Tensor) -> torch.Tensor:
-    """``V diag(1/√λ) Vᵀ`` (..., n, n) on the numerical range (zero for dropped eigenvalues)."""
-    keep = sqrt_vals > 0
-    inv = torch.where(keep, 1.0 / sqrt_vals.where(keep, torch.ones_like(sqrt_vals)), 0.0)
-    return (eigvecs * inv.unsqueeze(-2)) @ eigvecs.transpose(-1, -2)
-
-
-class _SqrtTrace(torch.autograd.Function):
-    """``tr(G^{1/2}) = Σ √λ(G)`` for symmetric PSD ``G`` (..., n, n), with a safe backward.
-
-    ``∂ tr(G^{1/2}) / ∂G = ½ V Λ₊^{-1/2} Vᵀ`` on the numerical range of ``G`` (zero elsewhere).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, gram: torch.Tensor, eps: float) -> torch.Tensor:
-        eigvecs, sqrt_vals = _sqrt_spectrum(gram, eps)
-        ctx.save_for_backward(eigvecs, sqrt_vals)
-        return sqrt_vals.sum(dim=-1)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        eigvecs, sqrt_vals = ctx.saved_tensors
-        return 0.5 * _inverse_on_range(eigvecs, sqrt_vals) * grad[..., None, None], None
 
 
 #: Level 1 keeps the Gram's eigenpairs above this fraction of the largest eigenvalue.
@@ -201,24 +162,6 @@ def nuclear_norm_of_rows(
     """
     with full_precision(x):
         out: torch.Tensor = _NuclearNorm.apply(to_float64(x), reduce, rows)
-    return out
-
-
-def nuclear_norm_from_gram(gram: torch.Tensor, rank_eps: float | None = None) -> torch.Tensor:
-    """``Σ √λ(G)`` of a symmetric PSD Gram matrix ``G = XᵀX`` (..., n, n), i.e. ``‖X‖*``.
-
-    Eigenvalues below ``λ_max · n · rank_eps`` count as zero (value and gradient); ``rank_eps``
-    is the machine epsilon of the precision ``G`` was accumulated in (default: its dtype's).
-    One level only: given ``G`` alone there is no ``X`` to refine with, so singular values
-    below ``√(n·rank_eps)·σ_max`` are lost; with the rows of ``X`` at hand use
-    :func:`nuclear_norm` or, over ranks, :func:`nuclear_norm_of_rows`. The eigensystem is
-    computed in float64; the result is float64.
-    """
-    eps = float(torch.finfo(gram.dtype).eps) if rank_eps is None else rank_eps
-    with full_precision(gram):
-        g = to_float64(gram)
-        g = 0.5 * (g + g.transpose(-1, -2))
-        out: torch.Tensor = _SqrtTrace.apply(g, eps)
     return out
 
 
