@@ -192,3 +192,16 @@ def test_a_string_key_takes_the_text_as_typed():
     ):
         apply_overrides(base, ["--train.keep_best=null"])
     assert check_flag(_settings("lm"), "task", "null") is None
+
+
+def test_pretrain_help_lists_every_objectives_keywords_with_defaults():
+    # issue 29: method.loss was the one key with no default and no help
+    from manifold_ssl.config import config_help
+    from manifold_ssl.methods import METHODS, MULTIMODAL
+
+    text = config_help()
+    for name in {*METHODS, *MULTIMODAL}:
+        assert f"\n      {name}: " in text, name
+    assert "      mmcr: lambd=0.0, local_views=online, nuclear=gram" in text
+    assert "      simclr: temperature=0.5\n" in text
+    assert "      vicreg: sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0\n" in text

@@ -38,6 +38,7 @@ from ._keys import (
     one_of,
     settings_help,
     update_settings,
+    value_text,
 )
 from .evaluation.settings import EvalConfig
 from .probes.settings import ProbesConfig
@@ -234,7 +235,11 @@ class MethodConfig:
         "Matrix-SSL, constant for MMCR) | cosine | constant (lightly's benchmarks)",
         one_of("auto", "cosine", "constant"),
     )
-    loss: dict[str, Any] = key(help="hyperparameters of the objective", factory=dict)
+    loss: dict[str, Any] = key(
+        help="hyperparameters of the objective, each method's with its defaults below "
+        "(--method.loss.KEY=VALUE sets one, keeping the others)",
+        factory=dict,
+    )
 
 
 @dataclass
@@ -382,8 +387,35 @@ class Config:
 
 
 def config_help() -> str:
-    """Every config key with its default and help, one line each (for ``pretrain --help``)."""
-    return "\n".join(settings_help(Config()))
+    """Every config key with its default and help, one line each (for ``pretrain --help``),
+    and under ``method.loss`` every method's objective keywords with their defaults."""
+    from .methods import METHODS, MULTIMODAL
+
+    lines = settings_help(Config())
+    at = next(i for i, line in enumerate(lines) if line.startswith("  --method.loss="))
+    losses = [
+        f"      {name}: "
+        + (", ".join(f"{k}={value_text(v)}" for k, v in loss_keywords(name).items()) or "none")
+        for name in sorted({*METHODS, *MULTIMODAL})
+    ]
+    return "\n".join([*lines[: at + 1], *losses, *lines[at + 1 :]])
+
+
+def loss_keywords(method: str) -> dict[str, Any]:
+    """The keywords ``method.loss`` may set for ``method``: its objective's constructor
+    keywords (the loss registry, :data:`manifold_ssl.losses.LOSSES`) with their defaults."""
+    import inspect
+
+    from .losses import LOSSES
+    from .methods import METHODS, MULTIMODAL
+
+    name = METHODS[method].loss if method in METHODS else MULTIMODAL[method]
+    params = inspect.signature(LOSSES[name]).parameters.values()
+    return {
+        p.name: p.default
+        for p in params
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.default is not p.empty
+    }
 
 
 # --------------------------------------------------------------------------- (de)serialisation
