@@ -58,7 +58,16 @@ def barlow_twins_loss(
 
 @register_loss("barlow_twins")
 class BarlowTwinsLoss(nn.Module):
-    """Barlow Twins. See :func:`barlow_twins_loss`. ``forward(z1, z2)``, both (B, D)."""
+    """Barlow Twins. See :func:`barlow_twins_loss`. ``forward(z1, z2)``, both (B, D).
+
+    Example:
+        >>> loss_fn = BarlowTwinsLoss(lambd=0.0051)
+        >>> z1, z2 = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+        >>> loss = loss_fn(z1, z2)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
+    """
 
     inputs = "pair"
 

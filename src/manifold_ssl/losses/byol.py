@@ -57,7 +57,16 @@ def simsiam_loss(
 
 @register_loss("byol")
 class BYOLLoss(nn.Module):
-    """BYOL's normalised MSE. ``forward(p, z)``, both (B, D). See :func:`byol_loss`."""
+    """BYOL's normalised MSE. ``forward(p, z)``, both (B, D). See :func:`byol_loss`.
+
+    Example:
+        >>> loss_fn = BYOLLoss()
+        >>> p, z = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+        >>> loss = loss_fn(p, z)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
+    """
 
     inputs = "pair"
 
@@ -69,7 +78,16 @@ class BYOLLoss(nn.Module):
 
 @register_loss("simsiam")
 class SimSiamLoss(nn.Module):
-    """SimSiam's negative cosine. ``forward(p, z)``, both (B, D). See :func:`simsiam_loss`."""
+    """SimSiam's negative cosine. ``forward(p, z)``, both (B, D). See :func:`simsiam_loss`.
+
+    Example:
+        >>> loss_fn = SimSiamLoss()
+        >>> p, z = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+        >>> loss = loss_fn(p, z)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
+    """
 
     inputs = "pair"
 

@@ -180,6 +180,14 @@ class CLAMPLoss(nn.Module):
     """CLAMP packing loss (Zhang et al., Algorithm 1). See :func:`clamp_loss`.
 
     ``forward(z)`` with ``z`` (b, m, D).
+
+    Example:
+        >>> loss_fn = CLAMPLoss(r_s=7.0)
+        >>> z = torch.randn(8, 4, 16, requires_grad=True)  # (b, m, D)
+        >>> loss = loss_fn(z)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
     """
 
     inputs = "views"

@@ -49,7 +49,16 @@ def tcr_loss(z: torch.Tensor, eps: float = 0.5) -> torch.Tensor:
 
 @register_loss("tcr")
 class TCRLoss(nn.Module):
-    """TCR of each of the two views, averaged: ``(L_TCR(z1) + L_TCR(z2)) / 2``."""
+    """TCR of each of the two views, averaged: ``(L_TCR(z1) + L_TCR(z2)) / 2``.
+
+    Example:
+        >>> loss_fn = TCRLoss()
+        >>> z1, z2 = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+        >>> loss = loss_fn(z1, z2)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
+    """
 
     inputs = "pair"
 
@@ -101,7 +110,16 @@ def mec_loss(
 
 @register_loss("mec")
 class MECLoss(nn.Module):
-    """MEC (Eq. 8), symmetrised over the two orders. ``forward(z1, z2)``, both (B, d)."""
+    """MEC (Eq. 8), symmetrised over the two orders. ``forward(z1, z2)``, both (B, d).
+
+    Example:
+        >>> loss_fn = MECLoss()
+        >>> z1, z2 = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+        >>> loss = loss_fn(z1, z2)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
+    """
 
     inputs = "pair"
 

@@ -175,6 +175,14 @@ class MatrixSSLLoss(nn.Module):
     ``target_first``: the training method passes the target (EMA-teacher, stop-gradient)
     branch first, in both forms (the official step's ``mce_loss_func(p2, z1)`` with ``p`` the
     teacher; the paper's Z1 of Sec. 5.1).
+
+    Example:
+        >>> loss_fn = MatrixSSLLoss()
+        >>> z1, z2 = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+        >>> loss = loss_fn(z1, z2)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
     """
 
     inputs = "pair"

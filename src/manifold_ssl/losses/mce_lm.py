@@ -88,7 +88,17 @@ def mce_lm_loss(
 
 @register_loss("mce_lm")
 class MCELMLoss(nn.Module):
-    """Matrix-SSL App. B loss. ``forward(logits, targets, embeddings)``; see :func:`mce_lm_loss`."""
+    """Matrix-SSL App. B loss. ``forward(logits, targets, embeddings)``; see :func:`mce_lm_loss`.
+
+    Example:
+        >>> loss_fn = MCELMLoss()
+        >>> logits, targets = torch.randn(6, 10, requires_grad=True), torch.randint(0, 10, (6,))
+        >>> embeddings = torch.randn(10, 4)  # (V, d): one vector per token
+        >>> loss = loss_fn(logits, targets, embeddings)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
+    """
 
     inputs = "lm"
 

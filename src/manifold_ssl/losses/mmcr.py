@@ -171,6 +171,14 @@ class MMCRLoss(nn.Module):
     """MMCR objective (Yerxa et al. 2023, Eq. 2). See :func:`mmcr_loss`.
 
     ``forward(z, z_momentum=None)`` with ``z`` (B, K, D).
+
+    Example:
+        >>> loss_fn = MMCRLoss()
+        >>> z = torch.randn(8, 4, 16, requires_grad=True)  # (B, K, D)
+        >>> loss = loss_fn(z)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
     """
 
     inputs = "views"
@@ -242,6 +250,14 @@ class MultimodalMMCRLoss(OpenCLIPSignature):
     ``logit_scale`` (and a SigLIP model's ``logit_bias``) enter the loss times zero, so that they
     receive a zero gradient rather than none, and DDP without ``find_unused_parameters`` (as
     OpenCLIP runs it) finds every parameter used.
+
+    Example:
+        >>> loss_fn = MultimodalMMCRLoss()
+        >>> image, text = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+        >>> loss = loss_fn(image, text)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
     """
 
     inputs = "pair"

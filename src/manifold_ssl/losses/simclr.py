@@ -69,7 +69,16 @@ def simclr_loss(
 
 @register_loss("simclr")
 class SimCLRLoss(nn.Module):
-    """NT-Xent for K >= 2 views. See :func:`simclr_loss`. ``forward(z)``, ``z`` (B, K, D)."""
+    """NT-Xent for K >= 2 views. See :func:`simclr_loss`. ``forward(z)``, ``z`` (B, K, D).
+
+    Example:
+        >>> loss_fn = SimCLRLoss(temperature=0.5)
+        >>> z = torch.randn(8, 2, 16, requires_grad=True)  # (B, K, D)
+        >>> loss = loss_fn(z)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
+    """
 
     inputs = "views"
 
@@ -126,6 +135,14 @@ class CLIPLoss(OpenCLIPSignature):
     ``logit_scale`` is the model's (already exponentiated) scale, or the fixed one given here
     when None; with ``output_dict`` the loss comes back as ``{"contrastive_loss": loss}``, the
     key OpenCLIP logs and sums.
+
+    Example:
+        >>> loss_fn = CLIPLoss()
+        >>> image, text = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+        >>> loss = loss_fn(image, text)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
     """
 
     inputs = "pair"

@@ -72,7 +72,16 @@ def vicreg_loss(
 
 @register_loss("vicreg")
 class VICRegLoss(nn.Module):
-    """VICReg. See :func:`vicreg_loss`. ``forward(z1, z2)``, both (B, D)."""
+    """VICReg. See :func:`vicreg_loss`. ``forward(z1, z2)``, both (B, D).
+
+    Example:
+        >>> loss_fn = VICRegLoss()
+        >>> z1, z2 = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+        >>> loss = loss_fn(z1, z2)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
+    """
 
     inputs = "pair"
 

@@ -49,7 +49,16 @@ def uniformity_loss(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
 
 @register_loss("alignment")
 class AlignmentLoss(nn.Module):
-    """Wang–Isola alignment of the two views. ``forward(z1, z2)``, both (B, D)."""
+    """Wang–Isola alignment of the two views. ``forward(z1, z2)``, both (B, D).
+
+    Example:
+        >>> loss_fn = AlignmentLoss()
+        >>> z1, z2 = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+        >>> loss = loss_fn(z1, z2)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
+    """
 
     inputs = "pair"
 
@@ -66,7 +75,16 @@ class AlignmentLoss(nn.Module):
 
 @register_loss("uniformity")
 class UniformityLoss(nn.Module):
-    """Wang–Isola uniformity averaged over the two views (their Eq. 5 with weights ½, ½)."""
+    """Wang–Isola uniformity averaged over the two views (their Eq. 5 with weights ½, ½).
+
+    Example:
+        >>> loss_fn = UniformityLoss()
+        >>> z1, z2 = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+        >>> loss = loss_fn(z1, z2)
+        >>> loss.shape, bool(torch.isfinite(loss))
+        (torch.Size([]), True)
+        >>> loss.backward()
+    """
 
     inputs = "pair"
 

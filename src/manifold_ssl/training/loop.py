@@ -499,6 +499,17 @@ class Parts:
     preprocess: dict[str, Any] | None = None
 
 
+def _summarise(bar: Any, probe: Any, monitor_seconds: float, wall: float) -> None:
+    """Print the probe's summary and what the kNN monitor cost this run (issue 28)."""
+    if probe is not None and probe.summary():
+        bar.write(str(probe.summary()))
+    if monitor_seconds:
+        bar.write(
+            f"kNN monitor: {monitor_seconds:.1f} s, {100 * monitor_seconds / wall:.1f}% "
+            f"of this run's {wall:.0f} s"
+        )
+
+
 def fit(
     parts: Parts,
     cfg: LoopSettings,
@@ -525,12 +536,10 @@ def fit(
             with t.paused():
                 log.log({**t.position(), **probe(t.method, t.step)})
 
-    status, start_time = "finished", t.trained_seconds()  # this invocation's start
-    wall_start = time.perf_counter()
-    show = progress and ctx.is_main
+    start_time, wall_start = t.trained_seconds(), time.perf_counter()  # this invocation's start
+    done = cfg.max_steps and t.step >= cfg.max_steps  # resumed from its last step: nothing to do
+    status, show = "max_steps" if done else "finished", progress and ctx.is_main
     bar = tqdm(total=t.total_steps, initial=t.step, disable=not show, desc=cfg.name, **_BAR)
-    if cfg.max_steps and t.step >= cfg.max_steps:  # resumed from its last step: nothing to train
-        status = "max_steps"
     with _StopFlag() as stop, _checkpoint_on_error(t, bar), fixed_batch_sizes():
         while t.epoch < cfg.epochs and status == "finished":
             if t.step == 0:
@@ -556,14 +565,8 @@ def fit(
             t.checkpoint()
         if status != "interrupted":
             maybe_probe(last=True)  # the trained network, whatever the schedule
-    if probe is not None and probe.summary() and show:
-        bar.write(str(probe.summary()))
-    if t.monitor_seconds and show:  # issue 28: what the monitor costs a run
-        wall = time.perf_counter() - wall_start
-        bar.write(
-            f"kNN monitor: {t.monitor_seconds:.1f} s, {100 * t.monitor_seconds / wall:.1f}% "
-            f"of this run's {wall:.0f} s"
-        )
+    if show:
+        _summarise(bar, probe, t.monitor_seconds, time.perf_counter() - wall_start)
     bar.close()
     log.close()
     return PretrainResult(run_path, status, t.step, t.release(), t.splits, ctx)
