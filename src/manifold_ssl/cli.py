@@ -208,11 +208,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import EVAL_FREE_KEYS, RESUME_FREE_KEYS, apply_overrides, is_free
     from .run import evaluate_run, final_percent_error, splits_of
     from .run.evaluate import result_stem
-    from .run.record import RunDir, method_from_state
+    from .run.record import RunDir, checkpoint_name, method_from_state
     from .training.distributed import DistContext, resolve_device
 
     run = RunDir(args.run_dir)
-    run_dir = run.path
+    run_dir, args.checkpoint = run.path, checkpoint_name(args.checkpoint)  # one name per file
     cfg, state = run.trained(args.checkpoint)
     not_free = [o for o in args.overrides if not is_free(o, EVAL_FREE_KEYS)]
     if not_free:
@@ -456,7 +456,7 @@ COMMANDS: dict[str, Command] = {
             _arg("run_dir", help="a run directory (with config.yaml and checkpoints/)"),
             _arg(
                 "--checkpoint",
-                default="last.pt",
+                default="last",
                 help="checkpoint in checkpoints/: last (default), best, epoch-<N> (train.keep_*)",
             ),
             _arg("--device", type=_device, help="torch device (default: the run's train.device)"),

@@ -25,6 +25,7 @@ it.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ import torch
 
 from ._keys import given, key, one_of
 from .config import Config, config_from_dict
-from .run.record import RunDir
+from .run.record import RunDir, checkpoint_name
 from .runinfo import atomic_write_text
 from .training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -50,11 +51,11 @@ class ExportConfig:
 
     format: str | None = key(None, f"one of {list(FORMATS)} (required)", one_of(*FORMATS))
     out: str | None = key(
-        None, "the .pt file to write, or a directory for RUN-FORMAT.pt (required)", given
+        None,
+        "the .pt file to write, or a folder (DIR/ or no suffix) for RUN-FORMAT.pt (required)",
+        given,
     )
-    checkpoint: str = key(
-        "last.pt", "of a run directory: last, best, epoch-<N> (train.keep_*)", given
-    )
+    checkpoint: str = key("last", "of a run directory: last, best, epoch-<N> (train.keep_*)", given)
     overwrite: bool = key(False, "replace an existing --out file")
 
 
@@ -315,18 +316,18 @@ def export_backbone(
     fmt: str,
     out: str | Path,
     overwrite: bool = False,
-    checkpoint: str = "last.pt",
+    checkpoint: str = "last",
 ) -> Path:
     """Write the backbone of ``source`` (a run directory or a checkpoint file) to ``out`` in
-    format ``fmt``, and ``out.json`` beside it; returns the file written. ``out`` an existing
-    directory: ``out/<run>-<fmt>.pt`` inside it. An existing file is replaced only with
+    format ``fmt``, and ``out.json`` beside it; returns the file written. ``out`` a folder
+    (existing, or ending in ``/`` or without a suffix): ``out/<run>[-<checkpoint>]-<fmt>.pt``. An existing file is replaced only with
     ``overwrite``, and never anything but a regular file (a device, a link). ``checkpoint``:
     which of a run directory's kept checkpoints (``last``, ``best``, ``epoch-<N>``)."""
     src = Path(source)
     ckpt = RunDir(src).existing_checkpoint(checkpoint) if src.is_dir() else src
     if not ckpt.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt} (export takes a run directory or a .pt)")
-    out = _export_target(Path(out), src, fmt, overwrite)
+    out = _export_target(str(out), ckpt if src.is_file() else src, fmt, overwrite, checkpoint)
     if src.is_dir():  # a run still training moves its checkpoint: read it under the run's lock
         run = RunDir(src)
         with run.lock():
@@ -366,9 +367,17 @@ def _preprocess_from_data(cfg: Config, ckpt: Path) -> dict[str, Any]:
     return eval_preprocess(cfg, splits)
 
 
-def _export_target(out: Path, src: Path, fmt: str, overwrite: bool) -> Path:
-    if out.is_dir():
-        out = out / f"{src.stem if src.is_file() else src.name}-{fmt}.pt"
+def _export_target(target: str, src: Path, fmt: str, overwrite: bool, checkpoint: str) -> Path:
+    """The file ``--out`` names: ``target`` itself, or ``<run>[-<checkpoint>]-<fmt>.pt`` in
+    it when it is a folder (one that exists, or a path ending in ``/`` or without a suffix,
+    made here), so that a name never becomes a file the user meant as a folder."""
+    out = Path(target)
+    if out.is_dir() or target.endswith(("/", os.sep)) or not out.suffix:
+        kept = checkpoint_name(checkpoint).removesuffix(".pt")
+        name = src.stem if src.is_file() else src.name + ("" if kept == "last" else f"-{kept}")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {target} is a file, not a folder; choose another path")
+        out = out / f"{name}-{fmt}.pt"
     written = [out, out.with_name(out.name + ".json")]
     written += [out.with_suffix(".json")] if fmt == "open_clip" else []  # its model config
     for path in written:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import re
 import threading
 
 import numpy as np
@@ -180,6 +181,10 @@ def test_a_shard_that_vanishes_mid_run_is_an_error_or_a_counted_skip(shards, tmp
     state = load_checkpoint(done.run_dir / "checkpoints" / "last.pt")
     skips = [ln for ln in capsys.readouterr().err.splitlines() if "skipped an unreadable" in ln]
     assert state["shards_skipped"] == len(skips) > 0
+    assert 1 <= len(state["bad_shards"]) <= 2 and all(  # the two failing shards, by name
+        re.search(r"train-00000[12]\.tar", url) for url in state["bad_shards"]
+    )
+    assert f"of {len(state['bad_shards'])} distinct shards" in skips[-1]
 
 
 def test_a_local_copy_serves_the_evaluation_and_nothing_is_fetched(shards, server, tmp_path):

@@ -168,10 +168,14 @@ def test_the_resampled_loader_stops_at_a_cut_shard_or_counts_it(shards, server, 
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "skipped an unreadable" in ln]
     # item 17a: one line per skipped shard, numbered for the run (not per stream), no source
     assert skipped > 0 and len(lines) == skipped
-    assert [int(re.search(r"\((\d+) this run", ln).group(1)) for ln in lines] == list(
+    assert [int(re.search(r"\(skip (\d+) this run", ln).group(1)) for ln in lines] == list(
         range(1, skipped + 1)
     )
     assert all("train-000002.tar: truncated" in ln for ln in lines)
+    # helper 16: skips count draws (with replacement); the distinct shards are named apart
+    assert all("of 1 distinct shards" in ln for ln in lines)
+    state = load_checkpoint(done.run_dir / "checkpoints" / "last.pt")
+    assert state["bad_shards"] == [f"{server}/cut/train-000002.tar"]
 
 
 # --------------------------------------------------------------------------- item 7

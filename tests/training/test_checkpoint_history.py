@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from helpers import tiny_run_args
@@ -93,11 +94,14 @@ def test_evaluate_analyze_and_export_take_a_kept_checkpoint(history, tmp_path, c
     assert main(["evaluate", str(history.path), "--checkpoint", "best", "--quiet"]) == 0
     console = capsys.readouterr().out
     result = json.loads((history.path / "eval-best.json").read_text())
-    assert result["checkpoint"] == "best" and "pretrained" in result["results"]
+    assert result["checkpoint"] == "best.pt" and "pretrained" in result["results"]
     # issue 27.10: every number and label is best.pt's: its step, the percent error logged
     # at (or last before) its step, its file
     logged = [r for r in history.metrics() if "percent_error" in r and r["step"] <= best["step"]]
-    own = f"{100 * logged[-1]['percent_error']:.2f}% (batch centroids, step {logged[-1]['step']})"
+    at = logged[-1]["step"]
+    before = f", the last logged before this checkpoint's step {best['step']}"
+    before = "" if at == best["step"] else before
+    own = f"{100 * logged[-1]['percent_error']:.2f}% (batch centroids, step {at}{before})"
     assert result["steps"] == best["step"] and result["final percent error"] == own
     assert own in (history.path / "report-best.md").read_text()
     assert f"checkpoint: {history.checkpoint_file('best')}" in console
@@ -110,11 +114,35 @@ def test_evaluate_analyze_and_export_take_a_kept_checkpoint(history, tmp_path, c
     exported = json.loads(out.with_name("b.pt.json").read_text())
     assert exported["step"] == history.checkpoint("epoch-0003")["step"]
     capsys.readouterr()
-    assert main([*args, "--checkpoint", "epoch-3", "--overwrite"]) == 2  # issue 27.17e
+    # helper 16: epoch-3 is epoch-0003.pt, in every command and in every file named after it
+    assert main([*args, "--checkpoint", "epoch-3", "--overwrite"]) == 0
+    assert json.loads(out.with_name("b.pt.json").read_text())["step"] == exported["step"]
+    assert main(["evaluate", str(history.path), "--checkpoint", "epoch-3", "--quiet"]) == 0
+    assert json.loads((history.path / "eval-epoch-0003.json").read_text())["checkpoint"] == (
+        "epoch-0003.pt"
+    )
+    assert not (history.path / "eval-epoch-3.json").exists()
+    assert main([*args, "--checkpoint", "epoch-9", "--overwrite"]) == 2  # issue 27.17e
     err = capsys.readouterr().err
-    assert "no checkpoint epoch-3.pt" in err and ", ".join(history.kept()) in err
+    assert "no checkpoint epoch-0009.pt" in err and ", ".join(history.kept()) in err
     assert main(["evaluate", str(history.path), "--checkpoint", "epoch-0001"]) == 2
     assert "no checkpoint epoch-0001.pt" in capsys.readouterr().err
+
+
+def test_export_out_a_folder_that_does_not_exist_is_made(history, tmp_path):
+    # helper 16: --out new/ wrote a file named new (and new.json), not a folder
+    for target in (f"{tmp_path / 'new'}/", str(tmp_path / "bare")):
+        args = ["export", str(history.path), "--format", "state_dict", "--out", target]
+        assert main([*args, "--checkpoint", "best"]) == 0
+        folder = Path(target.rstrip("/"))
+        assert folder.is_dir(), target
+        written = folder / f"{history.path.name}-best-state_dict.pt"
+        assert written.is_file() and written.with_name(written.name + ".json").is_file()
+        assert main(args) == 0  # last: the run's name alone
+        assert (folder / f"{history.path.name}-state_dict.pt").is_file()
+    (tmp_path / "file").write_text("")
+    args = ["export", str(history.path), "--format", "state_dict", "--out", f"{tmp_path}/file/"]
+    assert main(args) == 2
 
 
 def test_keep_best_needs_a_monitor():

@@ -26,8 +26,10 @@ Semantics, which differ from the random-access loaders (:mod:`.stream`):
   streams goes into the checkpoint.
 * A shard that cannot be read (HTTP error, a failing command, a truncated tar) raises an error
   naming it (``data.shard_errors: raise``), or is skipped, reported on one line and counted for
-  the run (``skip``: :attr:`ResampledBatches.shards_skipped`; the samples a truncated shard gave
-  before its cut are used; a transient failure makes the run
+  the run (``skip``: :attr:`ResampledBatches.shards_skipped` skips, of the distinct shards
+  :attr:`ResampledBatches.bad_shards`: shards are drawn with replacement, so one bad shard is
+  skipped again; the samples a truncated shard gave before its cut are used; a transient
+  failure makes the run
   differ from an uninterrupted one). Reads time out (:data:`~.remote.TIMEOUT_S`); when every
   shard drawn in a row fails, the run stops with an error rather than loop.
 """
@@ -73,7 +75,7 @@ class _Lane:
         self.buffer: list[dict[str, bytes]] = []
         self.shard: Iterator[dict[str, bytes]] | None = None
         self.failed_in_a_row = self.barren_in_a_row = 0
-        self.skips: list[str] = []  # the errors of the shards skipped, not yet reported
+        self.skips: list[tuple[str, str]] = []  # (url, error) of each skip, not yet reported
         self.kept_in_shard, self.url = False, ""
 
     def _read(self) -> dict[str, bytes]:
@@ -110,7 +112,7 @@ class _Lane:
     def _failed(self, err: OSError) -> None:
         if self.errors == "raise":
             raise ShardError(str(err)) from None
-        self.skips.append(str(err))
+        self.skips.append((self.url, str(err)))
         self.failed_in_a_row += 1
         if self.failed_in_a_row >= max(8, 2 * len(self.urls)):
             raise OSError(f"{self.failed_in_a_row} shards in a row could not be read; last: {err}")
@@ -256,7 +258,8 @@ class ResampledBatches:
         self._it: Iterator[Any] | None = None
         self._pending: dict[int, Any] = {}
         self.epoch = self.k = 0
-        self.shards_skipped = 0  # unreadable shards skipped in this run (shard_errors=skip)
+        self.shards_skipped = 0  # reads of an unreadable shard skipped (shard_errors=skip)
+        self.bad_shards: set[str] = set()  # the distinct shards those reads were of
         self.last_index = torch.empty(0, dtype=torch.long)  # not indices into a split
         self.index_on_device = self.last_index
         self.labels_on_device = self.last_index
@@ -273,11 +276,12 @@ class ResampledBatches:
         while self.k not in self._pending:  # the workers' batches, back in step order
             k, batch, labels, skips = next(self._it)
             self._pending[k] = (batch, labels)
-            for cause in skips:  # one line each, counted for the run (not per stream)
+            for url, cause in skips:  # one line each, counted for the run (not per stream)
                 self.shards_skipped += 1
-                print(
-                    f"skipped an unreadable shard ({self.shards_skipped} this run, "
-                    f"data.shard_errors=skip): {cause}",
+                self.bad_shards.add(url)
+                print(  # shards are drawn with replacement: one bad shard is met again
+                    f"skipped an unreadable shard (skip {self.shards_skipped} this run, of "
+                    f"{len(self.bad_shards)} distinct shards; data.shard_errors=skip): {cause}",
                     file=sys.stderr,
                 )
         batch, labels = self._pending.pop(self.k)
@@ -290,7 +294,11 @@ class ResampledBatches:
 
     def state_dict(self) -> dict[str, Any]:
         # the epoch and step are the loop's; the streams restart from them (module doc)
-        return {"resampled_seed": self.seed, "shards_skipped": self.shards_skipped}
+        return {
+            "resampled_seed": self.seed,
+            "shards_skipped": self.shards_skipped,
+            "bad_shards": sorted(self.bad_shards),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "resampled_seed" not in state:
@@ -299,3 +307,4 @@ class ResampledBatches:
                 "data.loader=resampled run"
             )
         self.shards_skipped = int(state["shards_skipped"])
+        self.bad_shards = set(state.get("bad_shards", ()))  # absent before helper 16

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..run.build import splits_of, training_probe
-from ..run.record import RunDir, method_from_state
+from ..run.record import RunDir, checkpoint_name, method_from_state
 from ..runinfo import write_json
 
 __all__ = ["analyze_history", "distinct_checkpoints", "kept_checkpoints"]
@@ -65,7 +65,7 @@ def _resolve(run: RunDir, which: str | list[str]) -> list[str]:
         names = kept_checkpoints(run)
     else:
         items = which.split(",") if isinstance(which, str) else which
-        names = [n if n.endswith(".pt") else f"{n}.pt" for n in (i.strip() for i in items) if n]
+        names = [checkpoint_name(n) for n in (i.strip() for i in items) if n]
     missing = [n for n in names if not run.checkpoint_file(n).is_file()]
     if missing or not names:
         kept = ", ".join(kept_checkpoints(run)) or "none"

@@ -34,6 +34,7 @@ from ..runinfo import read_metrics, write_json
 from ..training.loop import Method, Monitor
 from ..training.tracking import WandbRun
 from .build import build_method_for, tracking_of, view_size, view_specs, zero_shot_prompts
+from .record import checkpoint_name
 
 __all__ = [
     "check_zero_shot_transfer",
@@ -392,7 +393,7 @@ def result_stem(name: str, overrides: Sequence[str], checkpoint: str = "last.pt"
     """``name`` for the run's own settings, ``name-<the overrides>`` for an evaluation with
     ``--eval.*`` overrides, so that it never replaces the run's own results; a kept checkpoint
     other than ``last.pt`` adds its name (``eval-best.json``)."""
-    kept = Path(checkpoint).stem
+    kept = checkpoint_name(checkpoint).removesuffix(".pt")
     if kept != "last":
         name = f"{name}-{kept}"
     if not overrides:
@@ -433,4 +434,8 @@ def final_percent_error(run_dir: Path, step: int | None = None) -> object:
     ]
     if not rows:
         return "-"
-    return f"{100 * rows[-1]['percent_error']:.2f}% (batch centroids, step {rows[-1]['step']})"
+    row = rows[-1]
+    at = f"step {row['step']}"
+    if step is not None and int(row["step"]) != step:  # logged every train.log_every steps
+        at += f", the last logged before this checkpoint's step {step}"
+    return f"{100 * row['percent_error']:.2f}% (batch centroids, {at})"

@@ -12,6 +12,7 @@ resume may change (:data:`manifold_ssl.config.RESUME_FREE_KEYS`): a run stopped 
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,20 @@ from ..training.checkpoint import load_checkpoint
 from ..training.loop import RESUME_KEYS, Method
 from .build import build_method_for, view_size
 
-__all__ = ["RunDir", "method_from_state"]
+__all__ = ["RunDir", "checkpoint_name", "method_from_state"]
+
+
+def checkpoint_name(name: str) -> str:
+    """The file name of a kept checkpoint as a user writes it: ``.pt`` added when missing and
+    the epoch written as the loop writes it (``epoch-1`` → ``epoch-0001.pt``), so that one
+    checkpoint has one name in every file named after it.
+
+    >>> checkpoint_name("best"), checkpoint_name("epoch-7"), checkpoint_name("epoch-0012.pt")
+    ('best.pt', 'epoch-0007.pt', 'epoch-0012.pt')
+    """
+    stem = name.removesuffix(".pt")
+    epoch = re.fullmatch(r"epoch-(\d+)", stem)
+    return f"epoch-{int(epoch[1]):04d}.pt" if epoch else f"{stem}.pt"
 
 
 class RunDir:
@@ -37,8 +51,8 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     def checkpoint_file(self, name: str = "last.pt") -> Path:
-        """``checkpoints/<name>`` (``.pt`` added when missing: ``best``, ``epoch-0005``)."""
-        return self.path / "checkpoints" / (name if name.endswith(".pt") else f"{name}.pt")
+        """``checkpoints/<name>`` (:func:`checkpoint_name`: ``best``, ``epoch-5``)."""
+        return self.path / "checkpoints" / checkpoint_name(name)
 
     def kept(self) -> list[str]:
         """The checkpoint files of the run, by name."""
