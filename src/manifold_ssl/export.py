@@ -320,9 +320,10 @@ def export_backbone(
 ) -> Path:
     """Write the backbone of ``source`` (a run directory or a checkpoint file) to ``out`` in
     format ``fmt``, and ``out.json`` beside it; returns the file written. ``out`` a folder
-    (existing, or ending in ``/`` or without a suffix): ``out/<run>[-<checkpoint>]-<fmt>.pt``. An existing file is replaced only with
-    ``overwrite``, and never anything but a regular file (a device, a link). ``checkpoint``:
-    which of a run directory's kept checkpoints (``last``, ``best``, ``epoch-<N>``)."""
+    (existing, or ending in ``/`` or without a suffix): ``out/<run>[-<checkpoint>]-<fmt>.pt``.
+    An existing file is replaced only with ``overwrite``, and never anything but a regular file
+    (a device, a link). ``checkpoint``: which of a run directory's kept checkpoints (``last``,
+    ``best``, ``epoch-<N>``)."""
     src = Path(source)
     ckpt = RunDir(src).existing_checkpoint(checkpoint) if src.is_dir() else src
     if not ckpt.is_file():
