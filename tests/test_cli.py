@@ -152,11 +152,11 @@ def _pretrain_config(monkeypatch, *argv):
     """The config ``manifold-ssl pretrain ARGV`` would train (stopped before training)."""
     seen = {}
 
-    def stop(cfg, **kwargs):
+    def stop(cfg, *args, **kwargs):
         seen["cfg"] = cfg
         raise ValueError("stopped before training")
 
-    monkeypatch.setattr("manifold_ssl.run.pretrain", stop)
+    monkeypatch.setattr("manifold_ssl.run.pipeline.run", stop)
     assert main(["pretrain", *argv]) == 2
     return seen["cfg"]
 
@@ -184,7 +184,7 @@ def test_a_loss_keyword_is_checked_before_anything_is_built(monkeypatch, capsys,
     # issue 27.14: --method.loss.nuclr=polar ended in a raw TypeError once the model was built
     from manifold_ssl.config import apply_overrides, load_recipe
 
-    monkeypatch.setattr("manifold_ssl.run.pretrain", lambda *a, **k: pytest.fail("built"))
+    monkeypatch.setattr("manifold_ssl.run.pipeline.run", lambda *a, **k: pytest.fail("built"))
     assert main(["pretrain", "--method.loss.nuclr=polar"]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'method.loss.nuclr' for the mmcr loss" in err

@@ -154,60 +154,29 @@ def _run_config(args: argparse.Namespace) -> Config:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from .run import evaluate_run, final_percent_error, pretrain
+    from .run.pipeline import run
     from .training.checkpoint import resume_command
-    from .training.distributed import resolve_device, teardown_distributed
 
     cfg = _run_config(args)
-    if not args.no_eval:  # what the evaluation after training needs, checked before it trains
-        from .run.build import check_zero_shot_words
-        from .run.evaluate import check_zero_shot_transfer
-
-        check_zero_shot_words(cfg)
-        check_zero_shot_transfer(cfg)
-    result = pretrain(cfg, resume=args.resume, progress=not args.quiet)
-    ctx = result.ctx
-    if result.status != "finished" and ctx.is_main:
+    resume = "yes" if args.resume else "no"
+    done = run(cfg, args.resume, resume=resume, evaluate=not args.no_eval, progress=not args.quiet)
+    result = done.result
+    if result.status != "finished" and result.ctx.is_main:
         print(
             f"stopped ({result.status}) at step {result.step}; resume with: "
             f"{resume_command(result.run_dir)}"
         )
-    # a group the caller made (pretrain ends its own): what follows runs on rank 0 alone, and a
-    # synchronised layer must not wait there for ranks that have returned
-    teardown_distributed()
-    if result.status != "finished" or not ctx.is_main or args.no_eval:
-        return 0 if result.status in ("finished", "interrupted", "budget", "max_steps") else 1
-    if result.splits.num_classes < 2 and not cfg.eval.zero_shot_data:
-        print(
-            f"evaluation skipped: the dataset has one class ({result.splits.train.classes}), so "
-            f"every classifier would score 100%; run directory: {result.run_dir}"
-        )
-        return 0
-    device = str(resolve_device(cfg.train.device, ctx))
-    extra = {
-        "method": cfg.method.name,
-        "dataset": cfg.data.name,
-        "steps": result.step,
-        "final percent error": final_percent_error(result.run_dir),
-    }
-    try:
-        results = evaluate_run(
-            cfg, result.method, result.splits, result.run_dir, device, extra, not args.quiet
-        )
-    except (ValueError, OSError) as err:  # the trained run is kept: say how to finish it
-        raise ValueError(
-            f"{_one_line(err)}; the trained run is kept: finish its evaluation with "
-            f"manifold-ssl evaluate {result.run_dir} (--eval.* to correct a setting, "
-            "e.g. --eval.zero_shot_path=...)"
-        ) from err
-    _print_run(results, extra, result.run_dir)
-    return 0
+    if done.skipped:
+        print(f"evaluation skipped: {done.skipped}; run directory: {result.run_dir}")
+    if done.results is not None:
+        _print_run(done.results, done.extra, result.run_dir)
+    return 0 if result.status in ("finished", "interrupted", "budget", "max_steps") else 1
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import EVAL_FREE_KEYS, RESUME_FREE_KEYS, apply_overrides, is_free
-    from .run import evaluate_run, final_percent_error, splits_of
-    from .run.evaluate import result_stem
+    from .run import evaluate_run, splits_of
+    from .run.evaluate import result_stem, run_summary
     from .run.record import RunDir, checkpoint_name, method_from_state
     from .training.distributed import DistContext, resolve_device
 
@@ -227,13 +196,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     with run.lock():  # not while the run trains: its checkpoint is still moving
         splits = splits_of(cfg)
         method = method_from_state(cfg, state, splits, device, "evaluate")
-        extra: dict[str, object] = {
-            "method": cfg.method.name,
-            "dataset": cfg.data.name,
-            "steps": state["step"],
-            "checkpoint": args.checkpoint,
-            "final percent error": final_percent_error(run_dir, int(state["step"])),
-        }
+        extra = run_summary(cfg, run_dir, int(state["step"]), args.checkpoint)
         if overrides:
             extra["evaluation overrides"] = " ".join(overrides)
         results = evaluate_run(

@@ -53,7 +53,7 @@ from ..config import (
     read_run_config,
 )
 from ..models.heads import embedding_dim
-from ..runinfo import RunInUse, read_metrics, run_lock, run_metadata, write_json
+from ..runinfo import RunInUse, read_metrics, run_metadata, write_json
 from .columns import COLUMNS
 
 __all__ = [
@@ -206,11 +206,11 @@ def _error_file(trial_dir: Path) -> Path:
 
 
 def run_trial(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads: int) -> str:
-    """Run (or resume) one trial in this process; returns its status. Used by every launcher."""
+    """Run (or resume) one trial in this process (:func:`manifold_ssl.run.pipeline.run`);
+    returns its status. Used by every launcher."""
     import torch
 
-    from ..run import evaluate_run, final_percent_error, pretrain
-    from ..training.distributed import DistContext, resolve_device
+    from ..run.pipeline import EVALUATED, run
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -219,19 +219,9 @@ def run_trial(cfg_dict: dict[str, Any], trial_dir: str, evaluate: bool, threads:
         cfg.train.wandb_group = path.parent.parent.name  # <sweep>/trials/<trial>: the sweep
     if _status(path) == "done":
         return "done"
-    if _status(path) == "partial":
-        result = pretrain(cfg, resume=path, progress=False)
-    else:
-        if path.exists():  # created, but no step was checkpointed: start over, unless
-            with run_lock(path):  # another process (a second launch of the sweep) runs it
-                shutil.rmtree(path)
-        result = pretrain(cfg, progress=False, run_dir=path)
-    if result.status not in ("finished", "max_steps", "budget"):  # budget: a speedrun's end
+    result = run(cfg, path, resume="auto", evaluate=evaluate, progress=False).result
+    if result.status not in EVALUATED:  # budget: a speedrun's end
         return "partial"
-    if evaluate and (result.splits.num_classes >= 2 or cfg.eval.zero_shot_data):
-        extra = {"steps": result.step, "final percent error": final_percent_error(path)}
-        device = str(resolve_device(cfg.train.device, DistContext()))
-        evaluate_run(cfg, result.method, result.splits, path, device, extra, progress=False)
     write_json(path / "done.json", {"status": result.status, "step": result.step})
     return "done"
 

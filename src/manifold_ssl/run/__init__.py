@@ -6,7 +6,9 @@
   the bare loop :func:`manifold_ssl.training.fit`;
 * :mod:`.evaluate`: :func:`evaluate_run` (``eval.json``, ``report.md``), the kNN monitor,
   zero-shot classification;
-* :mod:`.pipeline`: :func:`pretrain`, training with the monitor and probes the config asks for.
+* :mod:`.pipeline`: :func:`pretrain`, training with the monitor and probes the config asks for,
+  and :func:`run`, the one run (train, new or resumed, then evaluate) of the CLI, the sweeps'
+  trials and the Slurm jobs.
 
 The CLI, the sweeps and the benchmarks call these; the libraries below (``data``, ``losses``,
 ``geometry``, ``models``, ``methods``, ``training``, ``evaluation``) never import the config.
@@ -14,7 +16,7 @@ The CLI, the sweeps and the benchmarks call these; the libraries below (``data``
 
 from .build import build_method_for, splits_of, view_size
 from .evaluate import evaluate_run, final_percent_error, knn_monitor, zero_shot
-from .pipeline import pretrain
+from .pipeline import pretrain, run
 from .train import train
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "final_percent_error",
     "knn_monitor",
     "pretrain",
+    "run",
     "splits_of",
     "train",
     "view_size",

@@ -423,6 +423,22 @@ def keep_previous(path: Path, settings: dict[str, Any]) -> None:
     path.rename(path.with_name(f"{path.stem}.{n}{path.suffix}"))
 
 
+def run_summary(
+    cfg: Config, run_dir: Path, step: int, checkpoint: str | None = None
+) -> dict[str, object]:
+    """What ``eval.json`` and ``report.md`` record beside the results, the same from every
+    command: the method, the data set, the checkpoint's step (and name, for a kept checkpoint
+    evaluated by ``evaluate --checkpoint``) and its :func:`final_percent_error`."""
+    named = {} if checkpoint is None else {"checkpoint": checkpoint}
+    return {
+        "method": cfg.method.name,
+        "dataset": cfg.data.name,
+        "steps": step,
+        **named,
+        "final percent error": final_percent_error(run_dir, step),
+    }
+
+
 def final_percent_error(run_dir: Path, step: int | None = None) -> object:
     """The percent error (Schaeffer Eq. 4, of training-batch centroids) last logged at or
     before ``step`` (None: the run's last), named with its step: a checkpoint's own (``best.pt``

@@ -93,23 +93,12 @@ class RunJob:
         self.args = (cfg_dict, run_dir, evaluate)
 
     def __call__(self) -> str:
-        from .pipeline import pretrain
+        from .pipeline import run
 
-        rank = _join()
+        _join()
         cfg_dict, run_dir, evaluate = self.args
-        cfg, path = config_from_dict(cfg_dict), Path(run_dir)
-        resume = (path / "checkpoints" / "last.pt").is_file()
-        if not resume and path.exists() and rank == 0:
-            shutil.rmtree(path)  # created by an attempt that checkpointed nothing: start over
-        if resume:
-            result = pretrain(cfg, resume=path, progress=False)
-        else:
-            result = pretrain(cfg, progress=False, run_dir=path)
-        if result.status not in ("finished", "max_steps", "budget"):
-            return result.status
-        if rank == 0 and evaluate and (result.splits.num_classes >= 2 or cfg.eval.zero_shot_data):
-            _evaluate(cfg, result, path)
-        return result.status
+        cfg = config_from_dict(cfg_dict)
+        return run(cfg, run_dir, resume="auto", evaluate=evaluate, progress=False).result.status
 
     def checkpoint(self) -> Any:
         import submitit
@@ -129,15 +118,6 @@ def _join() -> int:
     if env.world_size > 1:
         env.export(set_cuda_visible_devices=False, overwrite=True)
     return int(env.rank)
-
-
-def _evaluate(cfg: Config, result: Any, path: Path) -> None:
-    from ..training.distributed import DistContext, resolve_device
-    from .evaluate import evaluate_run, final_percent_error
-
-    extra = {"steps": result.step, "final percent error": final_percent_error(path)}
-    device = str(resolve_device(cfg.train.device, DistContext()))
-    evaluate_run(cfg, result.method, result.splits, path, device, extra, progress=False)
 
 
 def launch_slurm(cfg: Config, run_dir: str | Path, settings: LaunchConfig | None = None) -> Any:
