@@ -63,3 +63,28 @@ def test_auto_resume_continues_a_checkpoint_and_starts_over_without_one(tmp_path
         run(base, path, resume="maybe")
     with pytest.raises(ValueError, match="resume=auto needs the run directory"):
         run(base, resume="auto")
+
+
+def test_a_run_records_what_it_derived_from_its_config(tmp_path):
+    # issue 29.4: the peak learning rate, the view size, the widths and every loss
+    # hyperparameter with its default were in no file of the run
+    from manifold_ssl.config import effective_lr, loss_keywords
+
+    cfg = apply_overrides(
+        load_recipe("digits_mmcr"),
+        tiny_run_args(
+            tmp_path,
+            "--train.max_steps=1",
+            "--method.loss.lambd=0.25",
+            "--optim.lr_scaling=linear",
+            *SMALL,
+        ),
+    )
+    done = run(cfg, evaluate=False, progress=False)
+    resolved = json.loads((done.result.run_dir / "meta.json").read_text())["resolved"]
+    assert resolved["peak_lr"] == effective_lr(cfg) == cfg.optim.lr / 4  # batch 64 of ref 256
+    assert resolved["embedding_dim"] == 16  # --model.projector=32-16
+    assert resolved["feature_dim"] == done.result.method.backbone.out_dim
+    assert resolved["view_size"] == done.result.splits.image_size
+    assert resolved["loss"] == {**loss_keywords("mmcr"), "lambd": 0.25}
+    assert set(loss_keywords("mmcr")) > {"lambd"}  # the defaults are there too

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch.distributed as dist
 
-from ..config import Config, save_config
+from ..config import Config, effective_lr, loss_keywords, save_config
 from ..methods import MULTIMODAL
+from ..models.heads import embedding_dim
 from ..runinfo import make_run_dir, run_lock, run_metadata, write_json
 from ..training.distributed import (
     DistContext,
@@ -70,6 +71,8 @@ def train(
                 source, line = caption_source(cfg)
                 print(line)
                 _record(run_path, "captions", {"source": source, "why": line})
+            if ctx.is_main:  # issue 29.4: what the config leaves to be derived, as derived
+                _record(run_path, "resolved", resolved_settings(cfg, parts))
             if ctx.is_main and parts.splits.shards_skipped:
                 _record(run_path, "eval_shards_skipped", list(parts.splits.shards_skipped))
             result = fit(parts, loop_settings(cfg), run_path, state, progress, monitor, probes)
@@ -89,6 +92,22 @@ def _parts(cfg: Config, ctx: DistContext) -> Parts:
     batches = train_batches(cfg, splits, ctx, device)
     method = build_method_for(cfg, batches.channels, image_size=view_size(cfg, splits))
     return Parts(method, batches, splits, ctx, device, eval_preprocess(cfg, splits))
+
+
+def resolved_settings(cfg: Config, parts: Parts) -> dict[str, Any]:
+    """The values a run derives from its config, recorded once in ``meta.json`` as
+    ``resolved`` (dinov2 writes its scaled config): the peak learning rate after
+    ``optim.lr_scaling``, the training views' side, the backbone's feature and the projector's
+    embedding widths, and every hyperparameter of the objective (its defaults with
+    ``method.loss`` over them: what it trained with)."""
+    features = int(parts.method.backbone.out_dim)  # type: ignore[arg-type]
+    return {
+        "peak_lr": effective_lr(cfg),
+        "view_size": view_size(cfg, parts.splits),
+        "feature_dim": features,
+        "embedding_dim": embedding_dim(cfg.model.projector, features),
+        "loss": {**loss_keywords(cfg.method.name), **cfg.method.loss},
+    }
 
 
 def _record(run_path: Path, key: str, value: Any) -> None:
